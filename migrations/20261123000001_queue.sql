@@ -116,6 +116,7 @@ CREATE FUNCTION chainsync.enqueue(
     backoff_base_ms bigint DEFAULT NULL,
     backoff_cap_ms  bigint DEFAULT NULL
 ) RETURNS uuid LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
     k  chainsync.kinds%ROWTYPE;
     new_id uuid;
