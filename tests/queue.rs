@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Queue engine against a real Postgres: one database per test (`#[sqlx::test]`).
 
 use std::{sync::Arc, time::Duration};

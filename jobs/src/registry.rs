@@ -115,10 +115,10 @@ impl Registry {
         if job.unique_key.is_none() {
             job.unique_key = key;
         }
-        if let Some(p) = job.priority {
-            if !(0..=100).contains(&p) {
-                return Err(format!("priority must be in 0..=100, got {p}"));
-            }
+        if let Some(p) = job.priority
+            && !(0..=100).contains(&p)
+        {
+            return Err(format!("priority must be in 0..=100, got {p}"));
         }
         match (job.backoff_base_ms, job.backoff_cap_ms) {
             (Some(b), _) if b < 1 => {
@@ -134,10 +134,10 @@ impl Registry {
             }
             _ => {}
         }
-        if let Some(m) = job.max_attempts {
-            if m < 1 {
-                return Err(format!("max_attempts must be at least 1, got {m}"));
-            }
+        if let Some(m) = job.max_attempts
+            && m < 1
+        {
+            return Err(format!("max_attempts must be at least 1, got {m}"));
         }
         Ok(())
     }

@@ -87,13 +87,13 @@ const JOB_COLUMNS: &str =
 impl Queue {
     pub async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>, QueueError> {
         check_page(f.limit, f.offset)?;
-        if let Some(s) = &f.state {
-            if !STATES.contains(&s.as_str()) {
-                return Err(QueueError::Invalid(format!(
-                    "unknown state {s:?} (one of: {})",
-                    STATES.join(", ")
-                )));
-            }
+        if let Some(s) = &f.state
+            && !STATES.contains(&s.as_str())
+        {
+            return Err(QueueError::Invalid(format!(
+                "unknown state {s:?} (one of: {})",
+                STATES.join(", ")
+            )));
         }
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM chainsync.jobs

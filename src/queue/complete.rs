@@ -76,6 +76,9 @@ pub struct CompleteStats {
     pub fenced: u64,
 }
 
+/// Columns of retry.sql: id, attempt, delay_ms, refund, error.
+type RetryColumns = (Vec<Uuid>, Vec<i32>, Vec<i64>, Vec<i32>, Vec<Option<Value>>);
+
 fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
     json!({
         "attempt": attempt,
@@ -107,9 +110,7 @@ impl Queue {
         retain: bool,
     ) -> Result<CompleteStats, QueueError> {
         let mut done = (Vec::new(), Vec::new());
-        // id, attempt, delay_ms, refund, error
-        let mut retry: (Vec<Uuid>, Vec<i32>, Vec<i64>, Vec<i32>, Vec<Option<Value>>) =
-            Default::default();
+        let mut retry = RetryColumns::default();
         let mut dead: (Vec<Uuid>, Vec<i32>, Vec<Value>, Vec<&str>) = Default::default();
         let mut stats = CompleteStats::default();
         for c in batch {

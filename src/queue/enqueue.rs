@@ -30,10 +30,8 @@ impl Queue {
     fn prepare(&self, mut job: NewJob) -> Result<Row, QueueError> {
         self.registry.check(&mut job).map_err(QueueError::Invalid)?;
         let policy = self.policies.get(&job.kind);
-        if let Some(q) = &job.queue {
-            if q.is_empty() {
-                return Err(QueueError::Invalid("queue must not be empty".into()));
-            }
+        if job.queue.as_deref() == Some("") {
+            return Err(QueueError::Invalid("queue must not be empty".into()));
         }
         Ok(Row {
             id: Uuid::now_v7(),
