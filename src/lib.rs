@@ -5,6 +5,7 @@
 //! `chainsync-jobs` crate.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -48,6 +48,27 @@ pub enum Command {
     Dlq(DlqCmd),
     /// List the job kinds this binary knows, with their policies.
     Kinds,
+    /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// One unit of the queue workload; prints `RESULT {json}`. Uses a scratch database.
+    Queue {
+        /// `misc` (single enqueue + latency) or `drain` (bulk enqueue + drain).
+        #[arg(long, default_value = "drain")]
+        mode: String,
+        /// Drain config: c<concurrency>-b<fetch batch>[-keep].
+        #[arg(long, default_value = "c500-b500")]
+        drain_config: String,
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Scratch database, dropped and re-created.
+        #[arg(long, default_value = "bench_chainsync")]
+        database: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +150,33 @@ pub enum DlqCmd {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench(BenchCmd::Queue {
+        mode,
+        drain_config,
+        jobs,
+        database,
+    }) = &cli.command
+    {
+        crate::telemetry::init(false, "warn");
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        if mode != "drain" && mode != "misc" {
+            anyhow::bail!("--mode must be drain or misc, got {mode:?}");
+        }
+        let opts = crate::bench::BenchOptions {
+            admin_url,
+            database: database.clone(),
+            mode: mode.clone(),
+            config: drain_config.clone(),
+            jobs: *jobs,
+        };
+        let result = crate::bench::run_unit(&opts).await?;
+        println!("RESULT {result}");
+        return Ok(());
+    }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
     let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
@@ -141,5 +189,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
         Command::Kinds => queue_cmds::kinds(&app, &out),
+        Command::Bench(_) => Ok(()),
     }
 }
