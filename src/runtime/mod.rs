@@ -263,6 +263,7 @@ async fn fetcher(
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut backlog = false;
     loop {
         // Take at least one free slot, then as many more as are free, up to a batch.
         let first = tokio::select! {
@@ -271,15 +272,19 @@ async fn fetcher(
         };
         let Ok(first) = first else { return };
         first.forget();
-        let mut want = 1usize;
-        while want < settings.fetch_batch {
-            match permits.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    want += 1;
-                }
-                Err(_) => break,
+        let mut want = 1 + take_free(&permits, settings.fetch_batch - 1);
+        // With a backlog, slots come back one job at a time; waiting a moment for half a batch
+        // turns many tiny fetches into a few full ones.
+        let half = settings.fetch_batch / 2;
+        if backlog && want < half {
+            let more = u32::try_from(half - want).unwrap_or(u32::MAX);
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(Duration::from_millis(2), permits.acquire_many(more)).await
+            {
+                p.forget();
+                want = half;
             }
+            want += take_free(&permits, settings.fetch_batch - want);
         }
         let fetched = queue.fetch(&name, want, owner, settings.lease).await;
         let batch = match fetched {
@@ -299,6 +304,7 @@ async fn fetcher(
             }
         };
         let got = batch.len();
+        backlog = got == want;
         if got < want {
             permits.add_permits(want - got);
         }
@@ -318,6 +324,21 @@ async fn fetcher(
             }
         }
     }
+}
+
+/// Takes up to `n` free slots without waiting; returns how many.
+fn take_free(permits: &Semaphore, n: usize) -> usize {
+    let mut taken = 0;
+    while taken < n {
+        match permits.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                taken += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    taken
 }
 
 async fn listen(queue: Queue, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
