@@ -95,6 +95,11 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     #[serde(default)]
     pub max_attempts: Option<i32>,
+    /// Per-job backoff override (milliseconds); `None` = the kind's policy.
+    #[serde(default)]
+    pub backoff_base_ms: Option<i64>,
+    #[serde(default)]
+    pub backoff_cap_ms: Option<i64>,
 }
 
 impl NewJob {
@@ -108,7 +113,7 @@ impl NewJob {
             priority: None,
             run_at: None,
             unique_key: job.unique_key(),
-            max_attempts: None,
+            ..Self::default()
         })
     }
 

@@ -81,9 +81,7 @@ pub struct Registry {
 impl Registry {
     /// Every kind chainsync ships.
     pub fn builtin() -> Self {
-        Self::from_specs(vec![
-            KindSpec::of::<kinds::noop::Noop>(),
-        ])
+        Self::from_specs(vec![KindSpec::of::<kinds::noop::Noop>()])
     }
 
     pub fn from_specs(specs: Vec<KindSpec>) -> Self {
@@ -117,15 +115,29 @@ impl Registry {
         if job.unique_key.is_none() {
             job.unique_key = key;
         }
-        if let Some(p) = job.priority {
-            if !(0..=100).contains(&p) {
-                return Err(format!("priority must be in 0..=100, got {p}"));
-            }
+        if let Some(p) = job.priority
+            && !(0..=100).contains(&p)
+        {
+            return Err(format!("priority must be in 0..=100, got {p}"));
         }
-        if let Some(m) = job.max_attempts {
-            if m < 1 {
-                return Err(format!("max_attempts must be at least 1, got {m}"));
+        match (job.backoff_base_ms, job.backoff_cap_ms) {
+            (Some(b), _) if b < 1 => {
+                return Err(format!("backoff_base_ms must be positive, got {b}"));
             }
+            (_, Some(c)) if c < 1 => {
+                return Err(format!("backoff_cap_ms must be positive, got {c}"));
+            }
+            (Some(b), Some(c)) if c < b => {
+                return Err(format!(
+                    "backoff_cap_ms ({c}) must not be below backoff_base_ms ({b})"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(m) = job.max_attempts
+            && m < 1
+        {
+            return Err(format!("max_attempts must be at least 1, got {m}"));
         }
         Ok(())
     }

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The job-facing part of the configuration.
+/// The job-facing part of the configuration, flattened into the top level of the config file.
+/// (No `deny_unknown_fields` here: the loader rejects unknown top-level keys itself. Every field
+/// must have `#[serde(default)]` and serialize, so the loader can list the known keys.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
@@ -56,7 +57,9 @@ impl DomainConfig {
     pub fn validate(&self) -> Result<(), String> {
         for (i, c) in self.chains.iter().enumerate() {
             if c.rpc_urls.is_empty() {
-                return Err(format!("chains[{i}].rpc_urls: at least one URL is required"));
+                return Err(format!(
+                    "chains[{i}].rpc_urls: at least one URL is required"
+                ));
             }
         }
         for (i, t) in self.tokens.iter().enumerate() {

@@ -1,0 +1,89 @@
+//! Wiring shared by the daemon, the CLI and tests: pool, queue, services.
+
+use std::sync::Arc;
+
+use chainsync_jobs::{Registry, Services};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::{config::Config, queue::Queue};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("database {0}: {1}")]
+    Connect(String, sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("{0}")]
+    Services(String),
+}
+
+/// Everything a command needs, built from the config.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub queue: Queue,
+}
+
+/// Postgres URL without credentials, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl App {
+    pub async fn connect(config: Config) -> Result<Self, AppError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&config.database_url)
+            .await
+            .map_err(|e| AppError::Connect(redact_url(&config.database_url), e))?;
+        Self::with_pool(config, pool)
+    }
+
+    pub fn with_pool(config: Config, pool: PgPool) -> Result<Self, AppError> {
+        let registry = Arc::new(Registry::builtin());
+        let policies = Arc::new(config.policies(&registry)?);
+        let queue = Queue::new(pool, registry, policies)
+            .retaining_completed(!config.maintenance.completed_retention.is_zero());
+        Ok(Self {
+            config: Arc::new(config),
+            queue,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.queue.pool()
+    }
+
+    /// Services for job runs. Redis is optional and its absence is not an error.
+    pub async fn services(&self) -> Result<Services, AppError> {
+        let redis = match &self.config.redis_url {
+            None => None,
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| AppError::Redis(e.to_string()))?;
+                match redis::aio::ConnectionManager::new(client).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis unavailable at start-up; continuing without the cache");
+                        None
+                    }
+                }
+            }
+        };
+        Services::new(
+            self.pool().clone(),
+            redis,
+            Arc::new(self.config.domain.clone()),
+            Arc::new(self.queue.clone()),
+        )
+        .map_err(AppError::Services)
+    }
+}

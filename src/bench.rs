@@ -1,0 +1,294 @@
+//! `chainsync bench queue`: the workload of the peers' harness (../shared/bench/peers) on our
+//! engine, printing one `RESULT {json}` line in the same format so the results aggregate together.
+//!
+//! - bulk enqueue: 100 calls of 1,000 jobs (one UNNEST insert each), no worker running;
+//! - drain: 100,000 queued no-op jobs, timer started before the worker starts, stopped when the
+//!   handler has seen every job and SQL shows none unfinished;
+//! - single enqueue: 5,000 awaited calls, each its own transaction;
+//! - latency: an idle worker, 200 enqueues 20 ms apart, handler start minus enqueue start.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chainsync_jobs::{
+    Job, JobContext, JobError, KindSpec, NewJob, Registry, Services, settings::DomainConfig,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::{
+    queue::{Policies, Queue},
+    runtime::{Runtime, WorkerSettings},
+};
+
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+fn starts() -> &'static Mutex<HashMap<u64, Instant>> {
+    static S: OnceLock<Mutex<HashMap<u64, Instant>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn latencies() -> &'static Mutex<Vec<f64>> {
+    static L: OnceLock<Mutex<Vec<f64>>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The peers' payload; the handler only counts it (and timestamps latency probes).
+#[derive(Debug, Serialize, Deserialize)]
+struct BenchNoop {
+    user: String,
+    chain_id: u64,
+    seq: u64,
+}
+
+const PROBE: u64 = 1_000_000_000;
+
+#[async_trait]
+impl Job for BenchNoop {
+    const KIND: &'static str = "bench-noop";
+
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        if self.seq >= PROBE {
+            let t0 = starts().lock().ok().and_then(|mut m| m.remove(&self.seq));
+            if let (Some(t0), Ok(mut l)) = (t0, latencies().lock()) {
+                l.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        HANDLED.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn payload(i: u64) -> NewJob {
+    NewJob::untyped(
+        BenchNoop::KIND,
+        json!({"user": format!("0x{i:040x}"), "chain_id": 1, "seq": i}),
+    )
+}
+
+/// Options of one bench unit.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub admin_url: String,
+    pub database: String,
+    pub mode: String,
+    pub config: String,
+    pub jobs: usize,
+}
+
+/// Parsed drain config: `c<concurrency>-b<fetch batch>[-keep]`; `-keep` retains completed rows.
+fn parse_config(name: &str) -> Result<(usize, usize, bool), String> {
+    let bad = || format!("bad bench config {name:?}: expected c<concurrency>-b<batch>[-keep]");
+    let mut parts = name.split('-');
+    let c = parts
+        .next()
+        .and_then(|p| p.strip_prefix('c'))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(bad)?;
+    let b = parts
+        .next()
+        .and_then(|p| p.strip_prefix('b'))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(bad)?;
+    let keep = match parts.next() {
+        None => false,
+        Some("keep") => true,
+        Some(_) => return Err(bad()),
+    };
+    Ok((c, b, keep))
+}
+
+async fn fresh_db(opts: &BenchOptions) -> anyhow::Result<PgPool> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&opts.admin_url)
+        .await?;
+    if !opts
+        .database
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        anyhow::bail!("bench database name must be [A-Za-z0-9_]");
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        opts.database
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {}",
+        opts.database
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    let url = match opts.admin_url.rfind('/') {
+        Some(i) => format!("{}/{}", &opts.admin_url[..i], opts.database),
+        None => anyhow::bail!("admin url has no database part"),
+    };
+    Ok(PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await?)
+}
+
+fn queue(pool: &PgPool, keep: bool) -> Queue {
+    let mut specs: Vec<KindSpec> = Registry::builtin().specs().cloned().collect();
+    specs.push(KindSpec::of::<BenchNoop>());
+    let registry = Arc::new(Registry::from_specs(specs));
+    let policies = Arc::new(Policies::from_registry(&registry));
+    Queue::new(pool.clone(), registry, policies).retaining_completed(keep)
+}
+
+fn services(q: &Queue) -> anyhow::Result<Services> {
+    Services::new(
+        q.pool().clone(),
+        None,
+        Arc::new(DomainConfig::default()),
+        Arc::new(q.clone()),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+async fn unfinished(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM chainsync.jobs WHERE state IN ('available', 'running')",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+fn pct(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(idx.saturating_sub(1).min(sorted.len() - 1))
+        .copied()
+}
+
+/// Runs one unit and returns its result object.
+pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
+    let pool = fresh_db(opts).await?;
+    crate::queue::migrate(&pool).await?;
+    let mut out = json!({
+        "peer": "chainsync",
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": opts.mode,
+        "batch_size": 1000,
+    });
+    if opts.mode == "drain" {
+        let (concurrency, batch, keep) = parse_config(&opts.config).map_err(anyhow::Error::msg)?;
+        let q = queue(&pool, keep);
+        q.sync_kinds().await?;
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        while (i as usize) < opts.jobs {
+            let end = (i + 1000).min(opts.jobs as u64);
+            q.enqueue_many((i..end).map(payload).collect()).await?;
+            i = end;
+        }
+        out["bulk_jobs_s"] = (opts.jobs as f64 / t0.elapsed().as_secs_f64()).into();
+        HANDLED.store(0, Ordering::SeqCst);
+        let settings = WorkerSettings {
+            concurrency,
+            fetch_batch: batch,
+            complete_batch: 2000,
+            ..WorkerSettings::default()
+        };
+        let t0 = Instant::now();
+        let rt = Runtime::start(q.clone(), services(&q)?, settings);
+        while HANDLED.load(Ordering::Relaxed) < opts.jobs {
+            if t0.elapsed() > Duration::from_secs(170) {
+                anyhow::bail!(
+                    "drain timed out at {} jobs",
+                    HANDLED.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let handled = t0.elapsed();
+        while unfinished(&pool).await? > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let total = t0.elapsed();
+        rt.stop().await;
+        out["drain_jobs_s"] = (opts.jobs as f64 / total.as_secs_f64()).into();
+        out["drain_total_s"] = total.as_secs_f64().into();
+        out["handled_all_s"] = handled.as_secs_f64().into();
+        out["config"] = opts.config.clone().into();
+    } else {
+        let q = queue(&pool, false);
+        q.sync_kinds().await?;
+        let single_n = 5000u64;
+        let t0 = Instant::now();
+        for i in 0..single_n {
+            q.enqueue(payload(i)).await?;
+        }
+        out["single_jobs_s"] = (single_n as f64 / t0.elapsed().as_secs_f64()).into();
+        HANDLED.store(0, Ordering::SeqCst);
+        let settings = WorkerSettings {
+            concurrency: 10,
+            fetch_batch: 10,
+            ..WorkerSettings::default()
+        };
+        let rt = Runtime::start(q.clone(), services(&q)?, settings);
+        while HANDLED.load(Ordering::Relaxed) < single_n as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(mut l) = latencies().lock() {
+            l.clear();
+        }
+        let start = Instant::now();
+        for i in 0..200u64 {
+            tokio::time::sleep_until((start + Duration::from_millis(i * 20)).into()).await;
+            let seq = PROBE + i;
+            if let Ok(mut s) = starts().lock() {
+                s.insert(seq, Instant::now());
+            }
+            q.enqueue(payload(seq)).await?;
+        }
+        let t = Instant::now();
+        while latencies().lock().map(|l| l.len()).unwrap_or(0) < 200
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rt.stop().await;
+        let mut lat = latencies().lock().map(|l| l.clone()).unwrap_or_default();
+        lat.sort_by(f64::total_cmp);
+        out["latency"] = json!({
+            "n": lat.len(),
+            "p50_ms": pct(&lat, 50.0),
+            "p90_ms": pct(&lat, 90.0),
+            "p99_ms": pct(&lat, 99.0),
+            "max_ms": lat.last(),
+        });
+    }
+    pool.close().await;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_configs() {
+        assert_eq!(parse_config("c500-b500"), Ok((500, 500, false)));
+        assert_eq!(parse_config("c50-b100-keep"), Ok((50, 100, true)));
+        assert!(parse_config("c50").is_err());
+        assert!(parse_config("c50-b10-x").is_err());
+    }
+}

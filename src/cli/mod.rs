@@ -1,0 +1,194 @@
+//! The `chainsync` command line. Raw flags are parsed here, validated into queue calls, and
+//! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
+
+mod output;
+mod queue_cmds;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::{app::App, config::Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chainsync",
+    version,
+    about = "Keeps your Postgres in step with EVM chains: typed sync jobs on a durable Postgres queue."
+)]
+pub struct Cli {
+    /// Config file (TOML); see config/default.toml for every key.
+    #[arg(long, global = true, env = "CHAINSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Postgres URL (overrides the config file and DATABASE_URL).
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the chainsync schema and register the job kinds.
+    Migrate,
+    /// Run workers, rescuer and pruner until SIGINT/SIGTERM.
+    Daemon,
+    /// Enqueue a job: `chainsync enqueue sync-user-balance --args '{"chain_id":1,...}'`.
+    Enqueue(EnqueueArgs),
+    /// List, show and cancel jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// List the job kinds this binary knows, with their policies.
+    Kinds,
+    /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// One unit of the queue workload; prints `RESULT {json}`. Uses a scratch database.
+    Queue {
+        /// `misc` (single enqueue + latency) or `drain` (bulk enqueue + drain).
+        #[arg(long, default_value = "drain")]
+        mode: String,
+        /// Drain config: c<concurrency>-b<fetch batch>[-keep].
+        #[arg(long, default_value = "c500-b500")]
+        drain_config: String,
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Scratch database, dropped and re-created.
+        #[arg(long, default_value = "bench_chainsync")]
+        database: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job kind, e.g. sync-user-balance.
+    pub kind: String,
+    /// Arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub args: String,
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    #[arg(long)]
+    pub priority: Option<i16>,
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Earliest run time, RFC 3339.
+    #[arg(long)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+    /// One job with its arguments and error history.
+    Show { id: Uuid },
+    /// Cancel an available or running job.
+    Cancel { id: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCmd {
+    /// Dead letters, most recent first.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        /// Failed at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+    /// One dead letter with every attempt's error.
+    Show { id: Uuid },
+    /// Replay one dead letter by id, or all matching --kind/--since.
+    Replay {
+        id: Option<Uuid>,
+        #[arg(long, conflicts_with = "id")]
+        kind: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        since: Option<DateTime<Utc>>,
+    },
+    /// Delete dead letters for good: by id, --kind, --before, or --all.
+    Purge {
+        id: Option<Uuid>,
+        #[arg(long, conflicts_with = "id")]
+        kind: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        before: Option<DateTime<Utc>>,
+        #[arg(long, conflicts_with_all = ["id", "kind", "before"])]
+        all: bool,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench(BenchCmd::Queue {
+        mode,
+        drain_config,
+        jobs,
+        database,
+    }) = &cli.command
+    {
+        crate::telemetry::init(false, "warn");
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        if mode != "drain" && mode != "misc" {
+            anyhow::bail!("--mode must be drain or misc, got {mode:?}");
+        }
+        let opts = crate::bench::BenchOptions {
+            admin_url,
+            database: database.clone(),
+            mode: mode.clone(),
+            config: drain_config.clone(),
+            jobs: *jobs,
+        };
+        let result = crate::bench::run_unit(&opts).await?;
+        println!("RESULT {result}");
+        return Ok(());
+    }
+    let daemon = matches!(cli.command, Command::Daemon);
+    crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
+    let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
+    let app = App::connect(config).await?;
+    let out = output::Out { json: cli.json };
+    match cli.command {
+        Command::Migrate => queue_cmds::migrate(&app, &out).await,
+        Command::Daemon => crate::daemon::run(app).await,
+        Command::Enqueue(a) => queue_cmds::enqueue(&app, &out, a).await,
+        Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
+        Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
+        Command::Kinds => queue_cmds::kinds(&app, &out),
+        Command::Bench(_) => Ok(()),
+    }
+}

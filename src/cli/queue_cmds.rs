@@ -1,0 +1,285 @@
+//! Queue commands: migrate, enqueue, jobs, dlq, kinds.
+
+use anyhow::{Context, bail};
+use chainsync_jobs::NewJob;
+use serde_json::{Value, json};
+
+use super::{
+    DlqCmd, EnqueueArgs, JobsCmd,
+    output::{Out, clip, short_time},
+};
+use crate::{
+    app::App,
+    config::format_duration,
+    queue::{DlqFilter, JobFilter},
+};
+
+pub async fn migrate(app: &App, out: &Out) -> anyhow::Result<()> {
+    app.queue.migrate().await.context("migration failed")?;
+    let kinds = app.queue.registry().names();
+    out.message(
+        &json!({"migrated": true, "kinds": kinds}),
+        &format!(
+            "schema chainsync up to date; {} job kinds registered",
+            kinds.len()
+        ),
+    );
+    Ok(())
+}
+
+pub async fn enqueue(app: &App, out: &Out, a: EnqueueArgs) -> anyhow::Result<()> {
+    let args: Value = serde_json::from_str(&a.args)
+        .map_err(|e| anyhow::anyhow!("--args is not valid JSON: {e}"))?;
+    if !args.is_object() {
+        bail!("--args must be a JSON object, e.g. '{{\"chain_id\": 1}}'");
+    }
+    let job = NewJob {
+        kind: a.kind,
+        args,
+        queue: a.queue,
+        priority: a.priority,
+        run_at: a.run_at,
+        unique_key: a.unique_key,
+        max_attempts: a.max_attempts,
+        ..NewJob::default()
+    };
+    let e = app.queue.enqueue(job).await?;
+    let text = if e.inserted {
+        format!("enqueued {}", e.id)
+    } else {
+        format!("already queued as {} (same unique key)", e.id)
+    };
+    out.message(&e, &text);
+    Ok(())
+}
+
+pub async fn jobs(app: &App, out: &Out, cmd: JobsCmd) -> anyhow::Result<()> {
+    match cmd {
+        JobsCmd::List {
+            state,
+            kind,
+            queue,
+            limit,
+            offset,
+        } => {
+            let rows = app
+                .queue
+                .list_jobs(&JobFilter {
+                    state,
+                    kind,
+                    queue,
+                    limit,
+                    offset,
+                })
+                .await?;
+            let table = rows
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.kind.clone(),
+                        j.queue.clone(),
+                        j.state.clone(),
+                        format!("{}/{}", j.attempt, j.max_attempts),
+                        short_time(&j.run_at),
+                        j.errors
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .and_then(|e| e.get("error"))
+                            .and_then(Value::as_str)
+                            .map(|s| clip(s, 60))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.print(
+                &rows,
+                &[
+                    "ID",
+                    "KIND",
+                    "QUEUE",
+                    "STATE",
+                    "ATTEMPT",
+                    "RUN AT",
+                    "LAST ERROR",
+                ],
+                table,
+            );
+        }
+        JobsCmd::Show { id } => {
+            let j = app.queue.get_job(id).await?;
+            let mut rows = vec![
+                vec!["id".into(), j.id.to_string()],
+                vec!["kind".into(), j.kind.clone()],
+                vec!["queue".into(), j.queue.clone()],
+                vec!["state".into(), j.state.clone()],
+                vec![
+                    "attempt".into(),
+                    format!("{}/{}", j.attempt, j.max_attempts),
+                ],
+                vec!["priority".into(), j.priority.to_string()],
+                vec!["run_at".into(), short_time(&j.run_at)],
+                vec!["created_at".into(), short_time(&j.created_at)],
+                vec![
+                    "unique_key".into(),
+                    j.unique_key.clone().unwrap_or_default(),
+                ],
+                vec!["args".into(), j.args.to_string()],
+            ];
+            rows.extend(error_rows(&j.errors));
+            out.print(&j, &["FIELD", "VALUE"], rows);
+        }
+        JobsCmd::Cancel { id } => {
+            app.queue.cancel_job(id).await?;
+            out.message(&json!({"cancelled": id}), &format!("cancelled {id}"));
+        }
+    }
+    Ok(())
+}
+
+fn error_rows(errors: &Value) -> Vec<Vec<String>> {
+    errors
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    vec![
+                        format!(
+                            "error #{}",
+                            e.get("attempt").map(Value::to_string).unwrap_or_default()
+                        ),
+                        format!(
+                            "{} [{}] {}",
+                            e.get("at").and_then(Value::as_str).unwrap_or(""),
+                            e.get("class").and_then(Value::as_str).unwrap_or(""),
+                            e.get("error").and_then(Value::as_str).unwrap_or("")
+                        ),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn dlq(app: &App, out: &Out, cmd: DlqCmd) -> anyhow::Result<()> {
+    match cmd {
+        DlqCmd::List {
+            kind,
+            since,
+            limit,
+            offset,
+        } => {
+            let rows = app
+                .queue
+                .list_dead(&DlqFilter {
+                    kind,
+                    since,
+                    until: None,
+                    limit,
+                    offset,
+                })
+                .await?;
+            let table = rows
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.to_string(),
+                        d.kind.clone(),
+                        d.reason.clone(),
+                        d.attempt.to_string(),
+                        short_time(&d.failed_at),
+                        d.errors
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .and_then(|e| e.get("error"))
+                            .and_then(Value::as_str)
+                            .map(|s| clip(s, 60))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.print(
+                &rows,
+                &[
+                    "ID",
+                    "KIND",
+                    "REASON",
+                    "ATTEMPTS",
+                    "FAILED AT",
+                    "LAST ERROR",
+                ],
+                table,
+            );
+        }
+        DlqCmd::Show { id } => {
+            let d = app.queue.get_dead(id).await?;
+            let mut rows = vec![
+                vec!["id".into(), d.id.to_string()],
+                vec!["kind".into(), d.kind.clone()],
+                vec!["reason".into(), d.reason.clone()],
+                vec![
+                    "attempts".into(),
+                    format!("{}/{}", d.attempt, d.max_attempts),
+                ],
+                vec!["failed_at".into(), short_time(&d.failed_at)],
+                vec!["args".into(), d.args.to_string()],
+            ];
+            rows.extend(error_rows(&d.errors));
+            out.print(&d, &["FIELD", "VALUE"], rows);
+        }
+        DlqCmd::Replay { id, kind, since } => {
+            let ids = match id {
+                Some(id) => vec![app.queue.replay(id).await?],
+                None => app.queue.replay_filter(kind.as_deref(), since).await?,
+            };
+            out.message(
+                &json!({"replayed": ids}),
+                &format!("replayed {} dead letter(s)", ids.len()),
+            );
+        }
+        DlqCmd::Purge {
+            id,
+            kind,
+            before,
+            all,
+        } => {
+            let n = app.queue.purge(id, kind.as_deref(), before, all).await?;
+            out.message(&json!({"purged": n}), &format!("purged {n} dead letter(s)"));
+        }
+    }
+    Ok(())
+}
+
+pub fn kinds(app: &App, out: &Out) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut value = Vec::new();
+    for spec in app.queue.registry().specs() {
+        let p = app.queue.policies().get(spec.kind);
+        rows.push(vec![
+            spec.kind.to_string(),
+            p.queue.clone(),
+            p.retry.max_attempts.to_string(),
+            format_duration(p.retry.base),
+            format_duration(p.retry.cap),
+            format_duration(p.timeout),
+        ]);
+        value.push(json!({
+            "kind": spec.kind, "queue": p.queue, "max_attempts": p.retry.max_attempts,
+            "backoff_base": format_duration(p.retry.base), "backoff_cap": format_duration(p.retry.cap),
+            "timeout": format_duration(p.timeout),
+        }));
+    }
+    out.print(
+        &value,
+        &[
+            "KIND",
+            "QUEUE",
+            "MAX ATTEMPTS",
+            "BACKOFF BASE",
+            "BACKOFF CAP",
+            "TIMEOUT",
+        ],
+        rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Configuration: `config/default.toml` documents every key. Sources, later wins: the file
+//! (`--config`, else `CHAINSYNC_CONFIG`, else built-in defaults), then environment variables
+//! `CHAINSYNC_<SECTION>__<KEY>` (and `DATABASE_URL`), then flags. The raw values are validated
+//! into settings at start-up; every error names its key.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use chainsync_jobs::{Registry, settings::DomainConfig};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    queue::{KindOverride, Policies},
+    runtime::{WorkerSettings, maintenance::MaintenanceSettings},
+};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// The whole configuration as read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub database_url: String,
+    /// Optional Redis: balance cache and shared RPC rate limit.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Connections in the daemon's Postgres pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub maintenance: MaintenanceSettings,
+    /// Per-kind overrides: `[kinds.sync-balances] max_attempts = 5`.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindOverride>,
+    /// Chains, tokens and the other job settings.
+    #[serde(flatten)]
+    pub domain: DomainConfig,
+}
+
+fn default_pool_size() -> u32 {
+    20
+}
+
+/// Keys of the engine part; the domain part's keys come from `DomainConfig` itself.
+const ENGINE_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "pool_size",
+    "worker",
+    "maintenance",
+    "kinds",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads from an optional file, the environment and the given overrides.
+    pub fn load(path: Option<&Path>, database_url: Option<&str>) -> Result<Self, ConfigError> {
+        let mut fig =
+            Figment::new().merge(Serialized::default("database_url", DEFAULT_DATABASE_URL));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError(format!("file {} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            fig = fig.merge(Serialized::default("database_url", url));
+        }
+        fig = fig.merge(Env::prefixed("CHAINSYNC_").split("__").ignore(&["config"]));
+        if let Some(url) = database_url {
+            fig = fig.merge(Serialized::default("database_url", url));
+        }
+        Self::from_figment(fig)
+    }
+
+    /// Parses a TOML string (tests, examples).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::new()
+                .merge(Serialized::default("database_url", DEFAULT_DATABASE_URL))
+                .merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        // Unknown top-level keys are errors, like deny_unknown_fields (which serde cannot
+        // combine with the flattened domain part).
+        let domain_keys = serde_json::to_value(DomainConfig::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+            .unwrap_or_default();
+        let raw: BTreeMap<String, figment::value::Value> =
+            fig.extract().map_err(|e| ConfigError(flatten_err(e)))?;
+        for key in raw.keys() {
+            if !ENGINE_KEYS.contains(&key.as_str()) && !domain_keys.iter().any(|k| k == key) {
+                return Err(ConfigError(format!("unknown key {key:?}")));
+            }
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(flatten_err(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that does not need a connection.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err(ConfigError(
+                "database_url: must start with postgres://".into(),
+            ));
+        }
+        if self.pool_size < 2 {
+            return Err(ConfigError("pool_size: must be at least 2".into()));
+        }
+        self.worker.validate().map_err(ConfigError)?;
+        self.maintenance.validate().map_err(ConfigError)?;
+        self.policies(&Registry::builtin())?;
+        self.domain.validate().map_err(ConfigError)?;
+        Ok(())
+    }
+
+    /// Effective per-kind policies.
+    pub fn policies(&self, registry: &Registry) -> Result<Policies, ConfigError> {
+        Policies::with_overrides(registry, &self.kinds).map_err(ConfigError)
+    }
+}
+
+fn flatten_err(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            if path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{path}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Parses "500ms", "30s", "5m", "2h", "1d" (or a plain number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 30s, 5m, 2h, 1d)"))?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (ms, s, m, h, d)"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Formats a duration the way `parse_duration` reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms > 0 && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// serde for `Duration` fields as "30s" strings.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde for `Option<Duration>` fields.
+pub mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_toml("databse_url = 'x'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("databse_url"), "{e}");
+        let e = Config::from_toml("[worker]\nconcurrency = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker.concurrency"), "{e}");
+        let e = Config::from_toml("[worker]\nlease = 'soon'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease"), "{e}");
+        let e = Config::from_toml("[kinds.nope]\nmax_attempts = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kinds.nope"), "{e}");
+        let e = Config::from_toml("[kinds.noop]\nmax_attempts = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kinds.noop"), "{e}");
+    }
+
+    #[test]
+    fn shipped_default_config_parses() {
+        let text = include_str!("../config/default.toml");
+        let cfg = Config::from_toml(text).unwrap();
+        assert_eq!(cfg.worker, WorkerSettings::default());
+        assert_eq!(cfg.maintenance, MaintenanceSettings::default());
+    }
+
+    proptest! {
+        #[test]
+        fn duration_round_trips(ms in 0u64..10_000_000_000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+
+        #[test]
+        fn duration_parser_never_panics(s in ".{0,20}") {
+            let _ = parse_duration(&s);
+        }
+    }
+}

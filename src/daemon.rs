@@ -1,0 +1,49 @@
+//! `chainsync daemon`: workers + maintenance until SIGINT/SIGTERM, then a graceful stop.
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{app::App, runtime::Runtime};
+
+pub async fn run(app: App) -> anyhow::Result<()> {
+    app.queue.migrate().await?;
+    let services = app.services().await?;
+    let stop = CancellationToken::new();
+    let runtime = Runtime::start(app.queue.clone(), services, app.config.worker.clone());
+    let maintenance = tokio::spawn(crate::runtime::maintenance::run(
+        app.queue.clone(),
+        app.config.maintenance.clone(),
+        stop.clone(),
+    ));
+    info!(worker = %runtime.owner(), "daemon running");
+    shutdown_signal().await;
+    info!("signal received, stopping");
+    stop.cancel();
+    runtime.stop().await;
+    let _ = maintenance.await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

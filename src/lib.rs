@@ -1,0 +1,14 @@
+//! chainsync: keeps an application's Postgres database in step with EVM chains.
+//!
+//! HOW work runs lives here: the queue engine ([`queue`]), the worker runtime on apalis
+//! ([`runtime`]), configuration, telemetry and the CLI. WHAT work exists lives in the
+//! `chainsync-jobs` crate.
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod queue;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,266 @@
+//! Listing, inspecting and cancelling jobs; listing, replaying and purging dead letters.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Queue, QueueError};
+
+const REPLAY: &str = include_str!("sql/replay.sql");
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub queue: String,
+    pub state: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i16,
+    pub args: Value,
+    pub unique_key: Option<String>,
+    pub errors: Value,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<Uuid>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub kind: String,
+    pub queue: String,
+    pub args: Value,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+    pub errors: Value,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Job states a filter may name.
+pub const STATES: [&str; 4] = ["available", "running", "completed", "cancelled"];
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DlqFilter {
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+fn check_page(limit: i64, offset: i64) -> Result<(), QueueError> {
+    if !(1..=10_000).contains(&limit) {
+        return Err(QueueError::Invalid(format!(
+            "limit must be in 1..=10000, got {limit}"
+        )));
+    }
+    if offset < 0 {
+        return Err(QueueError::Invalid(format!(
+            "offset must not be negative, got {offset}"
+        )));
+    }
+    Ok(())
+}
+
+const JOB_COLUMNS: &str =
+    "id, kind, queue, state::text AS state, attempt, max_attempts, priority, args,
+    unique_key, errors, run_at, created_at, started_at, finished_at, lease_owner, lease_expires_at";
+
+impl Queue {
+    pub async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>, QueueError> {
+        check_page(f.limit, f.offset)?;
+        if let Some(s) = &f.state
+            && !STATES.contains(&s.as_str())
+        {
+            return Err(QueueError::Invalid(format!(
+                "unknown state {s:?} (one of: {})",
+                STATES.join(", ")
+            )));
+        }
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM chainsync.jobs
+             WHERE ($1::text IS NULL OR state::text = $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR queue = $3)
+             ORDER BY id DESC LIMIT $4 OFFSET $5"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&f.state)
+            .bind(&f.kind)
+            .bind(&f.queue)
+            .bind(f.limit)
+            .bind(f.offset)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<JobRow, QueueError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM chainsync.jobs WHERE id = $1");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+    }
+
+    /// Cancels an available or running job. A running job's eventual outcome is then refused by
+    /// fencing; its side effects so far stay (they are idempotent by design).
+    pub async fn cancel_job(&self, id: Uuid) -> Result<(), QueueError> {
+        let n = sqlx::query(
+            "UPDATE chainsync.jobs SET state = 'cancelled', finished_at = now(),
+                lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state IN ('available', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            return Ok(());
+        }
+        let job = self.get_job(id).await?;
+        Err(QueueError::Conflict(format!(
+            "job {id} is {} and cannot be cancelled",
+            job.state
+        )))
+    }
+
+    /// Jobs per (queue, kind, state), for health and metrics.
+    pub async fn counts(&self) -> Result<Vec<(String, String, String, i64)>, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT queue, kind, state::text, count(*) FROM chainsync.jobs
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_dead(&self, f: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+        check_page(f.limit, f.offset)?;
+        Ok(sqlx::query_as(
+            "SELECT id, kind, queue, args, priority, attempt, max_attempts, unique_key, errors,
+                    reason, created_at, failed_at
+             FROM chainsync.dead_letters
+             WHERE ($1::text IS NULL OR kind = $1) AND ($2::timestamptz IS NULL OR failed_at >= $2)
+               AND ($3::timestamptz IS NULL OR failed_at < $3)
+             ORDER BY failed_at DESC, id DESC LIMIT $4 OFFSET $5",
+        )
+        .bind(&f.kind)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn get_dead(&self, id: Uuid) -> Result<DeadLetter, QueueError> {
+        sqlx::query_as(
+            "SELECT id, kind, queue, args, priority, attempt, max_attempts, unique_key, errors,
+                    reason, created_at, failed_at
+             FROM chainsync.dead_letters WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| QueueError::NotFound(format!("dead letter {id}")))
+    }
+
+    pub async fn count_dead(&self) -> Result<i64, QueueError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM chainsync.dead_letters")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Moves one dead letter back to the queue with its attempts reset.
+    pub async fn replay(&self, id: Uuid) -> Result<Uuid, QueueError> {
+        let dl = self.get_dead(id).await?;
+        let done = self.replay_where(Some(&[id]), None, None).await?;
+        if done.contains(&id) {
+            return Ok(id);
+        }
+        Err(QueueError::Conflict(format!(
+            "dead letter {id} not replayed: an active {} job holds its unique key {:?}",
+            dl.kind,
+            dl.unique_key.unwrap_or_default()
+        )))
+    }
+
+    /// Replays every dead letter of `kind` (and failed since `since`); returns the ids moved.
+    /// Dead letters whose unique key is held by an active job stay where they are.
+    pub async fn replay_filter(
+        &self,
+        kind: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, QueueError> {
+        if kind.is_none() && since.is_none() {
+            return Err(QueueError::Invalid(
+                "replay by filter needs a kind or a since time".into(),
+            ));
+        }
+        self.replay_where(None, kind, since).await
+    }
+
+    async fn replay_where(
+        &self,
+        ids: Option<&[Uuid]>,
+        kind: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, QueueError> {
+        Ok(sqlx::query_scalar(REPLAY)
+            .bind(ids)
+            .bind(kind)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Deletes dead letters for good: one id, or every one of `kind` / failed before `before`.
+    pub async fn purge(
+        &self,
+        id: Option<Uuid>,
+        kind: Option<&str>,
+        before: Option<DateTime<Utc>>,
+        all: bool,
+    ) -> Result<u64, QueueError> {
+        if id.is_none() && kind.is_none() && before.is_none() && !all {
+            return Err(QueueError::Invalid(
+                "purge needs an id, a kind, a before time, or --all".into(),
+            ));
+        }
+        let n = sqlx::query(
+            "DELETE FROM chainsync.dead_letters
+             WHERE ($1::uuid IS NULL OR id = $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::timestamptz IS NULL OR failed_at < $3)",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if let (Some(id), 0) = (id, n) {
+            return Err(QueueError::NotFound(format!("dead letter {id}")));
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,129 @@
+//! The queue engine: SQL over the `chainsync` schema. Enqueue, fetch with leases, batched
+//! completion with fencing, persisted backoff, dead letters and replay, rescue and pruning.
+
+pub mod admin;
+pub mod complete;
+pub mod enqueue;
+pub mod fetch;
+pub mod maintenance;
+pub mod policy;
+
+use std::sync::Arc;
+
+use chainsync_jobs::Registry;
+use sqlx::PgPool;
+
+pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
+pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
+pub use fetch::Fetched;
+pub use policy::{KindOverride, Policies};
+
+/// Errors of the engine's public operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Bad input: unknown kind, args that do not decode, bad filter. Nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Handle on the queue: a pool, the registry of kinds and their effective policies.
+#[derive(Clone)]
+pub struct Queue {
+    pool: PgPool,
+    registry: Arc<Registry>,
+    policies: Arc<Policies>,
+    retain_completed: bool,
+}
+
+impl Queue {
+    pub fn new(pool: PgPool, registry: Arc<Registry>, policies: Arc<Policies>) -> Self {
+        Self {
+            pool,
+            registry,
+            policies,
+            retain_completed: true,
+        }
+    }
+
+    /// Keep successful jobs as `completed` until the pruner removes them (`true`, the default),
+    /// or delete them at once (`false`: the hot table stays smallest).
+    pub fn retaining_completed(mut self, retain: bool) -> Self {
+        self.retain_completed = retain;
+        self
+    }
+
+    pub fn retain_completed(&self) -> bool {
+        self.retain_completed
+    }
+
+    /// A queue with the registry's built-in kinds and their default policies.
+    pub fn with_defaults(pool: PgPool) -> Self {
+        let registry = Arc::new(Registry::builtin());
+        let policies = Arc::new(Policies::from_registry(&registry));
+        Self::new(pool, registry, policies)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    /// Applies the migrations and records the known kinds for `chainsync.enqueue()`.
+    pub async fn migrate(&self) -> Result<(), QueueError> {
+        migrate(&self.pool).await?;
+        self.sync_kinds().await
+    }
+
+    /// Upserts `chainsync.kinds` from the registry and config overrides.
+    pub async fn sync_kinds(&self) -> Result<(), QueueError> {
+        let mut kinds = Vec::new();
+        let mut queues = Vec::new();
+        let mut attempts = Vec::new();
+        let mut bases = Vec::new();
+        let mut caps = Vec::new();
+        for spec in self.registry.specs() {
+            let p = self.policies.get(spec.kind);
+            kinds.push(spec.kind.to_string());
+            queues.push(p.queue.clone());
+            attempts.push(i32::try_from(p.retry.max_attempts).unwrap_or(i32::MAX));
+            bases.push(i64::try_from(p.retry.base.as_millis()).unwrap_or(i64::MAX));
+            caps.push(i64::try_from(p.retry.cap.as_millis()).unwrap_or(i64::MAX));
+        }
+        sqlx::query(
+            "INSERT INTO chainsync.kinds (kind, queue, max_attempts, backoff_base_ms, backoff_cap_ms)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (kind) DO UPDATE SET queue = EXCLUDED.queue,
+                max_attempts = EXCLUDED.max_attempts, backoff_base_ms = EXCLUDED.backoff_base_ms,
+                backoff_cap_ms = EXCLUDED.backoff_cap_ms, updated_at = now()",
+        )
+        .bind(&kinds)
+        .bind(&queues)
+        .bind(&attempts)
+        .bind(&bases)
+        .bind(&caps)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Runs the embedded sqlx migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::migrate!("./migrations")
+        .run(pool)
+        .await
+        .map_err(|e| sqlx::Error::Migrate(Box::new(e)))
+}

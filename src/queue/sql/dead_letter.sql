@@ -1,0 +1,16 @@
+-- Exhausted or fatal runs: moved to dead_letters in one statement (so in one transaction) with the
+-- whole error history. Fenced like a completion.
+WITH moved AS (
+    DELETE FROM chainsync.jobs j
+    USING unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[]) AS d(id, attempt, error, reason)
+    WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.lease_owner = $5
+    RETURNING j.*, d.error AS last_error, d.reason
+)
+INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,
+    backoff_base_ms, backoff_cap_ms, unique_key, errors, reason, created_at)
+SELECT id, kind, queue, args, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
+       unique_key, errors || jsonb_build_array(last_error), reason, created_at
+FROM moved
+ON CONFLICT (id) DO UPDATE
+SET errors = EXCLUDED.errors, attempt = EXCLUDED.attempt, reason = EXCLUDED.reason,
+    args = EXCLUDED.args, failed_at = now()

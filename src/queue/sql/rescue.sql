@@ -1,0 +1,40 @@
+-- Jobs whose lease ran out (worker killed, partitioned or stuck): those with attempts left go back
+-- to 'available' now; the others are dead-lettered as exhausted. The lost attempt is recorded.
+WITH expired AS (
+    SELECT id FROM chainsync.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+lost AS (
+    SELECT j.id, j.attempt >= j.max_attempts AS exhausted,
+           jsonb_build_object('attempt', j.attempt, 'at', now(), 'class', 'lease_expired',
+                              'error', 'lease expired: worker lost or stuck') AS error
+    FROM chainsync.jobs j JOIN expired USING (id)
+),
+requeued AS (
+    UPDATE chainsync.jobs j
+    SET state = 'available', run_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+        errors = j.errors || jsonb_build_array(lost.error)
+    FROM lost
+    WHERE j.id = lost.id AND NOT lost.exhausted
+    RETURNING j.id
+),
+moved AS (
+    DELETE FROM chainsync.jobs j
+    USING lost
+    WHERE j.id = lost.id AND lost.exhausted
+    RETURNING j.*, lost.error AS last_error
+),
+dead AS (
+    INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,
+        backoff_base_ms, backoff_cap_ms, unique_key, errors, reason, created_at)
+    SELECT id, kind, queue, args, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
+           unique_key, errors || jsonb_build_array(last_error), 'exhausted', created_at
+    FROM moved
+    ON CONFLICT (id) DO UPDATE SET errors = EXCLUDED.errors, attempt = EXCLUDED.attempt,
+        reason = EXCLUDED.reason, failed_at = now()
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM dead) AS dead

@@ -1,0 +1,11 @@
+-- Failed runs with attempts left: back to 'available' at the persisted backoff time, with the
+-- error appended to the history. Snoozes come through here too, with the attempt given back.
+UPDATE chainsync.jobs j
+SET state = 'available',
+    run_at = now() + make_interval(secs => d.delay_ms::double precision / 1000),
+    attempt = j.attempt - d.refund,
+    errors = CASE WHEN d.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(d.error) END,
+    lease_owner = NULL,
+    lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::int[], $5::jsonb[]) AS d(id, attempt, delay_ms, refund, error)
+WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.lease_owner = $6
