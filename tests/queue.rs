@@ -650,3 +650,181 @@ async fn cancel_and_listing(pool: PgPool) {
         Err(QueueError::Invalid(_))
     ));
 }
+
+fn db_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("test")
+    )
+}
+
+/// Entry point of the worker child process used by `orphans_are_rescued_after_sigkill`;
+/// does nothing when run as an ordinary test.
+#[test]
+fn child_worker() {
+    let Ok(url) = std::env::var("CHAINSYNC_TEST_CHILD_DB") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .unwrap();
+        let reg = registry();
+        let q = Queue::new(pool, reg.clone(), Arc::new(Policies::from_registry(&reg)));
+        let settings = WorkerSettings {
+            lease: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(500),
+            ..fast_settings()
+        };
+        let _rt = Runtime::start(q.clone(), services(&q), settings);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
+    let q = setup(&pool).await;
+    let n = 30;
+    q.enqueue_many(
+        (0..n)
+            .map(|i| NewJob::untyped("record", json!({"tag": format!("k{i}"), "sleep_ms": 1500})))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_worker", "--nocapture"])
+        .env("CHAINSYNC_TEST_CHILD_DB", db_url(&pool))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the child while it holds jobs mid-run.
+    let t = std::time::Instant::now();
+    while count(&pool, "SELECT count(*) FROM test_runs").await < 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "child never started jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let held = count(
+        &pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+    )
+    .await;
+    assert!(held > 0, "the killed child held no jobs");
+
+    // A healthy worker plus the rescuer finish everything.
+    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let t = std::time::Instant::now();
+    loop {
+        q.rescue(100).await.unwrap();
+        if count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        )
+        .await
+            == n
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "jobs not all completed after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rt.stop().await;
+    // No job lost, none run to completion twice: orphaned jobs ran once more, at the next attempt.
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT job_id) FROM test_runs").await,
+        n
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM (SELECT job_id, attempt FROM test_runs GROUP BY 1, 2 HAVING count(*) > 1) d").await, 0);
+    let rescued = count(
+        &pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE errors @> '[{\"class\": \"lease_expired\"}]'",
+    )
+    .await;
+    assert_eq!(rescued, held, "every job the child held was rescued once");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE attempt = 2"
+        )
+        .await,
+        held
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn cli_bad_input_fails_with_one_line_and_writes_nothing(pool: PgPool) {
+    setup(&pool).await;
+    let url = db_url(&pool);
+    let bin = env!("CARGO_BIN_EXE_chainsync");
+    let cases: &[(&[&str], &str)] = &[
+        (&["enqueue", "nope"], "unknown job kind"),
+        (
+            &["enqueue", "noop", "--args", "{not json"],
+            "not valid JSON",
+        ),
+        (&["enqueue", "noop", "--args", "[1]"], "JSON object"),
+        (
+            &["enqueue", "noop", "--args", "{\"sleep_ms\": \"x\"}"],
+            "invalid args for noop",
+        ),
+        (&["jobs", "show", "not-a-uuid"], "invalid value"),
+        (&["jobs", "list", "--state", "zombie"], "unknown state"),
+        (&["dlq", "replay"], "needs a kind or a since time"),
+        (&["dlq", "purge"], "needs an id"),
+        (
+            &["dlq", "show", "01a20aa5-4f07-7020-afc5-0430ca531b79"],
+            "not found",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(bin)
+            .arg("--database-url")
+            .arg(&url)
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(bin)
+        .args([
+            "--database-url",
+            &url,
+            "--json",
+            "enqueue",
+            "noop",
+            "--args",
+            "{}",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inserted"], true);
+    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+}

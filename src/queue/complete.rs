@@ -154,14 +154,28 @@ impl Queue {
                 }
             }
         }
+        let sql_done = if retain {
+            COMPLETE_RETAIN
+        } else {
+            COMPLETE_DELETE
+        };
+        if retry.0.is_empty() && dead.0.is_empty() {
+            // The common case: only successes, one statement, no explicit transaction.
+            if !done.0.is_empty() {
+                stats.done = sqlx::query(sql_done)
+                    .bind(&done.0)
+                    .bind(&done.1)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+            stats.fenced = (batch.len() as u64).saturating_sub(stats.done);
+            return Ok(stats);
+        }
         let mut tx = self.pool.begin().await?;
         if !done.0.is_empty() {
-            let sql = if retain {
-                COMPLETE_RETAIN
-            } else {
-                COMPLETE_DELETE
-            };
-            stats.done = sqlx::query(sql)
+            stats.done = sqlx::query(sql_done)
                 .bind(&done.0)
                 .bind(&done.1)
                 .bind(owner)

@@ -40,6 +40,10 @@ pub struct WorkerSettings {
     pub heartbeat: Duration,
     /// Most outcomes written by one completion statement.
     pub complete_batch: usize,
+    /// Fetch loops per queue (each runs one fetch query at a time).
+    pub fetchers: usize,
+    /// Completion batches written concurrently.
+    pub writers: usize,
     /// How long shutdown waits for running jobs before giving them back.
     #[serde(with = "crate::config::duration")]
     pub shutdown_timeout: Duration,
@@ -55,6 +59,8 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
             complete_batch: 1000,
+            fetchers: 1,
+            writers: 2,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -67,6 +73,12 @@ impl WorkerSettings {
         }
         if self.fetch_batch == 0 {
             return Err("worker.fetch_batch: must be at least 1".into());
+        }
+        if !(1..=16).contains(&self.fetchers) {
+            return Err("worker.fetchers: must be in 1..=16".into());
+        }
+        if !(1..=16).contains(&self.writers) {
+            return Err("worker.writers: must be in 1..=16".into());
         }
         if self.complete_batch == 0 {
             return Err("worker.complete_batch: must be at least 1".into());
@@ -156,7 +168,8 @@ async fn run(
         owner,
         done_rx,
         settings.complete_batch,
-        queue_retain(&queue),
+        settings.writers,
+        queue.retain_completed(),
     ));
     let heartbeat = tokio::spawn(heartbeat(
         queue.clone(),
@@ -164,11 +177,15 @@ async fn run(
         settings.clone(),
         aux.clone(),
     ));
-    let wakeups: Vec<Arc<Notify>> = queues.iter().map(|_| Arc::new(Notify::new())).collect();
-    let listener = tokio::spawn(listen(queue.clone(), wakeups.clone(), aux.clone()));
-    let fetchers: Vec<_> = queues
+    // One wake-up per fetch loop, so a notification reaches every idle loop.
+    let loops: Vec<(String, Arc<Notify>)> = queues
         .iter()
-        .zip(&wakeups)
+        .flat_map(|q| (0..settings.fetchers).map(move |_| (q.clone(), Arc::new(Notify::new()))))
+        .collect();
+    let wakeups: Vec<Arc<Notify>> = loops.iter().map(|(_, w)| w.clone()).collect();
+    let listener = tokio::spawn(listen(queue.clone(), wakeups, aux.clone()));
+    let fetchers: Vec<_> = loops
+        .iter()
         .map(|(q, wake)| {
             tokio::spawn(fetcher(
                 queue.clone(),
@@ -232,10 +249,6 @@ async fn run(
     let _ = heartbeat.await;
     let _ = listener.await;
     info!(worker = %owner, "worker stopped");
-}
-
-fn queue_retain(queue: &Queue) -> bool {
-    queue.retain_completed()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -366,28 +379,42 @@ async fn completer(
     owner: Uuid,
     mut rx: mpsc::UnboundedReceiver<ToCompleter>,
     max_batch: usize,
+    writers: usize,
     retain: bool,
 ) {
+    // Up to `writers` batches are written concurrently, so completion keeps pace with fetching.
+    let mut inflight = tokio::task::JoinSet::new();
     let mut batch: Vec<Completion> = Vec::with_capacity(max_batch);
-    let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut flush = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 ToCompleter::Done(c) => batch.push(c),
-                ToCompleter::Flush(tx) => flushes.push(tx),
+                ToCompleter::Flush(tx) => {
+                    flush = Some(tx);
+                    break;
+                }
             }
             if batch.len() >= max_batch {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        write_batch(&queue, owner, &batch, retain).await;
-        batch.clear();
-        for f in flushes.drain(..) {
-            let _ = f.send(());
+        while inflight.len() >= writers.max(1) {
+            let _ = inflight.join_next().await;
+        }
+        if !batch.is_empty() {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+            let q = queue.clone();
+            inflight.spawn(async move { write_batch(&q, owner, &full, retain).await });
+        }
+        if let Some(tx) = flush {
+            while inflight.join_next().await.is_some() {}
+            let _ = tx.send(());
         }
     }
+    while inflight.join_next().await.is_some() {}
 }
 
 /// Writes outcomes, retrying while the database is away. If it stays away past the lease,
