@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts Postgres and Redis, checks that the contract
 # artifacts match their sources, then runs every test of the workspace. Extra arguments go to
-# `cargo test` (e.g. `scripts/test.sh --test devchain`).
+# `cargo test` (e.g. `scripts/test.sh --test devchain`, `scripts/test.sh -- --nocapture`).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,5 +21,16 @@ fi
 
 scripts/build-contracts.sh --check
 
-echo "test: cargo test --workspace --all-targets $* (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace --all-targets "$@"
+# All targets unless the arguments pick some themselves (cargo would otherwise run the union).
+targets=(--all-targets)
+for arg in "$@"; do
+    [ "$arg" = "--" ] && break
+    case "$arg" in
+        --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --benches | --bench | \
+            --bench=* | --examples | --example | --example=* | --doc | --all-targets)
+            targets=()
+            ;;
+    esac
+done
+echo "test: cargo test --workspace ${targets[*]} $* (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace "${targets[@]}" "$@"

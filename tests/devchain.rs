@@ -305,6 +305,18 @@ async fn interval_mining_and_many_accounts() {
         .transfer(token, 49, holders[0].0, U256::ZERO)
         .await
         .unwrap();
+
+    // Back to automine: a transfer is mined at once, in a block of its own.
+    chain.set_block_time(None).await.unwrap();
+    assert_eq!(chain.options().block_time, None);
+    let head = chain.block_number().await.unwrap();
+    let started = Instant::now();
+    chain
+        .transfer(token, 1, holders[1].0, U256::ZERO)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    assert_eq!(chain.block_number().await.unwrap(), head + 1);
 }
 
 #[tokio::test]
