@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, starts Postgres and Redis, checks that the contract
+# artifacts match their sources, then runs every test of the workspace. Extra arguments go to
+# `cargo test` (e.g. `scripts/test.sh --test devchain`, `scripts/test.sh -- --nocapture`).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+scripts/install-deps.sh
+scripts/services.sh
+
+export DATABASE_URL="${DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
+tools="${CHAINSYNC_TOOLS:-$HOME/.local/chainsync-tools}"
+if ! command -v anvil >/dev/null 2>&1 && [ -z "${ANVIL_BIN:-}" ]; then
+    for bin in "$tools"/node_modules/@foundry-rs/anvil-linux-*/bin/anvil; do
+        [ -x "$bin" ] && export ANVIL_BIN="$bin"
+    done
+fi
+
+scripts/build-contracts.sh --check
+
+# All targets unless the arguments pick some themselves (cargo would otherwise run the union).
+targets=(--all-targets)
+for arg in "$@"; do
+    [ "$arg" = "--" ] && break
+    case "$arg" in
+        --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --benches | --bench | \
+            --bench=* | --examples | --example | --example=* | --doc | --all-targets)
+            targets=()
+            ;;
+    esac
+done
+echo "test: cargo test --workspace ${targets[*]} $* (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace "${targets[@]}" "$@"
