@@ -7,7 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_DIR="$ROOT/../shared/bench/peers"
-export REPS="${REPS:-3}" PEERS="${PEERS:-graphile pgboss}"
+REPS="${REPS:-3}"; export PEERS="${PEERS:-graphile pgboss}"
 CONFIGS="${CONFIGS:-c500-b500 c500-b500-keep}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-root}"
@@ -17,12 +17,19 @@ cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin chainsync
 BIN="$CARGO_TARGET_DIR/release/chainsync"
 OUT="$ROOT/target/bench-queue/$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 
-if [ -n "$PEERS" ]; then
-  echo "== peers: $PEERS (REPS=$REPS)" >&2
-  "$PEERS_DIR/run.sh" >&2
-  cp "$PEERS_DIR/results/$(ls -t "$PEERS_DIR/results" | grep -v latest | head -1)/raw.jsonl" "$OUT/raw.jsonl"
-fi
+: > "$OUT/raw.jsonl"
+# Interleaved: each repetition runs the peers once (their own run.sh, REPS=1), then our units, so
+# machine noise falls on both sides alike.
 for rep in $(seq 1 "$REPS"); do
+  if [ -n "$PEERS" ]; then
+    echo "== rep $rep: peers $PEERS" >&2
+    REPS=1 "$PEERS_DIR/run.sh" >&2
+    latest="$(ls -t "$PEERS_DIR/results" | grep -v latest | head -1)"
+    python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if l.strip():
+        d=json.loads(l); d["rep"]=int(sys.argv[2]); print(json.dumps(d))' "$PEERS_DIR/results/$latest/raw.jsonl" "$rep" >> "$OUT/raw.jsonl"
+  fi
   for unit in misc $CONFIGS; do
     echo "-- chainsync rep $rep: $unit" >&2
     if [ "$unit" = misc ]; then args=(--mode misc); else args=(--mode drain --drain-config "$unit"); fi
