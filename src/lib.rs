@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod devchain;
 pub mod queue;
 pub mod runtime;

@@ -2,6 +2,7 @@
 //! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
 
 mod output;
+pub use output::table;
 mod queue_cmds;
 
 use std::path::PathBuf;
@@ -48,6 +49,16 @@ pub enum Command {
     Dlq(DlqCmd),
     /// List the job kinds this binary knows, with their policies.
     Kinds,
+    /// The main job end to end on a local anvil chain: full sync, event-driven sync, reconcile
+    /// with repair, dead letters and a replay, then a summary. Uses a scratch database.
+    Demo {
+        /// Token holders to create.
+        #[arg(long, default_value_t = 5000)]
+        holders: usize,
+        /// Scratch database (dropped and re-created) on the server of DATABASE_URL.
+        #[arg(long, default_value = "chainsync_demo")]
+        database: String,
+    },
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -177,6 +188,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("RESULT {result}");
         return Ok(());
     }
+    if let Command::Demo { holders, database } = &cli.command {
+        crate::telemetry::init(false, "warn");
+        if *holders < 3 {
+            anyhow::bail!("--holders must be at least 3");
+        }
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        return crate::demo::run(crate::demo::DemoOptions {
+            holders: *holders,
+            database: database.clone(),
+            admin_url,
+        })
+        .await;
+    }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
     let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
@@ -189,6 +217,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
         Command::Kinds => queue_cmds::kinds(&app, &out),
-        Command::Bench(_) => Ok(()),
+        Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }
 }
