@@ -19,6 +19,39 @@ pub enum AppError {
     Redis(String),
     #[error("{0}")]
     Services(String),
+    #[error("scratch database: {0}")]
+    Scratch(String),
+}
+
+/// Drops and re-creates database `name` on the server of `admin_url`; returns its URL.
+/// Used by the demo and the benchmarks, which work on throwaway databases.
+pub async fn recreate_database(admin_url: &str, name: &str) -> Result<String, AppError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(AppError::Scratch(format!(
+            "name must be [A-Za-z0-9_]+, got {name:?}"
+        )));
+    }
+    let base = admin_url
+        .rfind('/')
+        .filter(|&i| i > admin_url.find("://").map_or(0, |s| s + 2))
+        .map(|i| &admin_url[..i])
+        .ok_or_else(|| AppError::Scratch("the database URL has no database part".into()))?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+        .map_err(|e| AppError::Connect(redact_url(admin_url), e))?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .map_err(|e| AppError::Scratch(e.to_string()))?;
+    }
+    admin.close().await;
+    Ok(format!("{base}/{name}"))
 }
 
 /// Everything a command needs, built from the config.

@@ -107,34 +107,7 @@ fn parse_config(name: &str) -> Result<(usize, usize, bool), String> {
 }
 
 async fn fresh_db(opts: &BenchOptions) -> anyhow::Result<PgPool> {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&opts.admin_url)
-        .await?;
-    if !opts
-        .database
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        anyhow::bail!("bench database name must be [A-Za-z0-9_]");
-    }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        opts.database
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE {}",
-        opts.database
-    )))
-    .execute(&admin)
-    .await?;
-    admin.close().await;
-    let url = match opts.admin_url.rfind('/') {
-        Some(i) => format!("{}/{}", &opts.admin_url[..i], opts.database),
-        None => anyhow::bail!("admin url has no database part"),
-    };
+    let url = crate::app::recreate_database(&opts.admin_url, &opts.database).await?;
     Ok(PgPoolOptions::new()
         .max_connections(20)
         .connect(&url)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, U256};
 use anyhow::{Context, bail};
 use serde_json::json;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -36,31 +36,6 @@ impl Summary {
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}] {text}");
-}
-
-async fn scratch_db(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        bail!("demo database name must be [A-Za-z0-9_], got {name:?}");
-    }
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to {}", crate::app::redact_url(admin_url)))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let base = admin_url
-        .rfind('/')
-        .map(|i| &admin_url[..i])
-        .context("DATABASE_URL has no database part")?;
-    Ok(format!("{base}/{name}"))
 }
 
 async fn wait_jobs(pool: &PgPool, kind: &str, limit: Duration) -> anyhow::Result<()> {
@@ -138,7 +113,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         3,
         &format!("fresh database {} and the chainsync schema", opts.database),
     );
-    let url = scratch_db(&opts.admin_url, &opts.database).await?;
+    let url = crate::app::recreate_database(&opts.admin_url, &opts.database).await?;
     let config = Config::from_toml(&format!(
         r#"
 database_url = "{url}"
