@@ -3,12 +3,12 @@
 # REPS as there; default graphile + pg-boss), then `chainsync bench queue` REPS times per unit with
 # the same workload, aggregates all results with the peers' aggregate.py and prints our ratios
 # against the best Postgres peer of this run. Medians of REPS runs.
-# Usage: scripts/bench-queue.sh   (env: REPS=3 PEERS="graphile pgboss" CONFIGS="c500-b500 c500-b500-keep")
+# Usage: scripts/bench-queue.sh   (env: REPS=3 PEERS="graphile pgboss" CONFIGS="c500-b500 c1000-b500-f2-w3 ...")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_DIR="$ROOT/../shared/bench/peers"
 REPS="${REPS:-3}"; export PEERS="${PEERS:-graphile pgboss}"
-CONFIGS="${CONFIGS:-c500-b500 c500-b500-keep}"
+CONFIGS="${CONFIGS:-c500-b500 c1000-b500-f2-w3 c1000-b500-f2-w3-keep}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-root}"
 export DATABASE_URL="${DATABASE_URL:-postgres://$PGUSER@$PGHOST:$PGPORT/test}"

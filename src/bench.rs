@@ -84,26 +84,44 @@ pub struct BenchOptions {
     pub jobs: usize,
 }
 
-/// Parsed drain config: `c<concurrency>-b<fetch batch>[-keep]`; `-keep` retains completed rows.
-fn parse_config(name: &str) -> Result<(usize, usize, bool), String> {
-    let bad = || format!("bad bench config {name:?}: expected c<concurrency>-b<batch>[-keep]");
-    let mut parts = name.split('-');
-    let c = parts
-        .next()
-        .and_then(|p| p.strip_prefix('c'))
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(bad)?;
-    let b = parts
-        .next()
-        .and_then(|p| p.strip_prefix('b'))
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(bad)?;
-    let keep = match parts.next() {
-        None => false,
-        Some("keep") => true,
-        Some(_) => return Err(bad()),
+/// A drain config: `c<concurrency>-b<fetch batch>[-f<fetch loops>][-w<writers>][-keep]`;
+/// `-keep` retains completed rows (the daemon's default) instead of deleting them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DrainConfig {
+    concurrency: usize,
+    batch: usize,
+    fetchers: usize,
+    writers: usize,
+    keep: bool,
+}
+
+fn parse_config(name: &str) -> Result<DrainConfig, String> {
+    let bad = || {
+        format!("bad bench config {name:?}: expected c<concurrency>-b<batch>[-f<n>][-w<n>][-keep]")
     };
-    Ok((c, b, keep))
+    let mut parts = name.split('-');
+    let num = |p: Option<&str>, prefix: char| -> Result<usize, String> {
+        p.and_then(|p| p.strip_prefix(prefix))
+            .and_then(|p| p.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(bad)
+    };
+    let mut c = DrainConfig {
+        concurrency: num(parts.next(), 'c')?,
+        batch: num(parts.next(), 'b')?,
+        fetchers: 1,
+        writers: 2,
+        keep: false,
+    };
+    for p in parts {
+        match p.chars().next() {
+            Some('f') => c.fetchers = num(Some(p), 'f')?,
+            Some('w') => c.writers = num(Some(p), 'w')?,
+            _ if p == "keep" => c.keep = true,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(c)
 }
 
 async fn fresh_db(opts: &BenchOptions) -> anyhow::Result<PgPool> {
@@ -161,8 +179,8 @@ pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
         "batch_size": 1000,
     });
     if opts.mode == "drain" {
-        let (concurrency, batch, keep) = parse_config(&opts.config).map_err(anyhow::Error::msg)?;
-        let q = queue(&pool, keep);
+        let cfg = parse_config(&opts.config).map_err(anyhow::Error::msg)?;
+        let q = queue(&pool, cfg.keep);
         q.sync_kinds().await?;
         let t0 = Instant::now();
         let mut i = 0u64;
@@ -174,8 +192,10 @@ pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
         out["bulk_jobs_s"] = (opts.jobs as f64 / t0.elapsed().as_secs_f64()).into();
         HANDLED.store(0, Ordering::SeqCst);
         let settings = WorkerSettings {
-            concurrency,
-            fetch_batch: batch,
+            concurrency: cfg.concurrency,
+            fetch_batch: cfg.batch,
+            fetchers: cfg.fetchers,
+            writers: cfg.writers,
             complete_batch: 2000,
             ..WorkerSettings::default()
         };
@@ -259,8 +279,17 @@ mod tests {
 
     #[test]
     fn bench_configs() {
-        assert_eq!(parse_config("c500-b500"), Ok((500, 500, false)));
-        assert_eq!(parse_config("c50-b100-keep"), Ok((50, 100, true)));
+        let c = parse_config("c500-b500").unwrap();
+        assert_eq!(
+            (c.concurrency, c.batch, c.fetchers, c.writers, c.keep),
+            (500, 500, 1, 2, false)
+        );
+        let c = parse_config("c50-b100-f2-w3-keep").unwrap();
+        assert_eq!(
+            (c.concurrency, c.batch, c.fetchers, c.writers, c.keep),
+            (50, 100, 2, 3, true)
+        );
+        assert!(parse_config("c0-b10").is_err());
         assert!(parse_config("c50").is_err());
         assert!(parse_config("c50-b10-x").is_err());
     }
