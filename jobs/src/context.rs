@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{Job, settings::DomainConfig};
+use crate::{Job, chain::Chains, settings::DomainConfig};
 
 /// Identity of the run in progress.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct Services {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub settings: Arc<DomainConfig>,
     pub enqueuer: Arc<dyn Enqueuer>,
+    /// One provider per configured chain, built from `settings.chains`.
+    pub chains: Arc<Chains>,
 }
 
 impl Services {
@@ -39,11 +41,13 @@ impl Services {
         settings: Arc<DomainConfig>,
         enqueuer: Arc<dyn Enqueuer>,
     ) -> Result<Self, String> {
+        let chains = Arc::new(Chains::from_settings(&settings)?);
         Ok(Self {
             db,
             redis,
             settings,
             enqueuer,
+            chains,
         })
     }
 }

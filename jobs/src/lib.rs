@@ -4,13 +4,18 @@
 //! async `run`. The one list of kinds is [`registry::Registry::builtin`]; the engine in the
 //! `chainsync` crate never names a concrete kind.
 
+pub mod balance_sync;
+pub mod chain;
 pub mod context;
 pub mod error;
+pub mod ids;
 pub mod job;
 pub mod kinds;
 pub mod registry;
 pub mod retry;
 pub mod settings;
+pub mod store;
+pub mod tracking;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob, Services};
 pub use error::JobError;

@@ -81,7 +81,13 @@ pub struct Registry {
 impl Registry {
     /// Every kind chainsync ships.
     pub fn builtin() -> Self {
-        Self::from_specs(vec![KindSpec::of::<kinds::noop::Noop>()])
+        Self::from_specs(vec![
+            KindSpec::of::<kinds::noop::Noop>(),
+            KindSpec::of::<kinds::sync_user_balance::SyncUserBalance>(),
+            KindSpec::of::<kinds::sync_balances::SyncBalances>(),
+            KindSpec::of::<kinds::reconcile_chain::ReconcileChain>(),
+            KindSpec::of::<kinds::check_pending_tx::CheckPendingTx>(),
+        ])
     }
 
     pub fn from_specs(specs: Vec<KindSpec>) -> Self {

@@ -1,7 +1,15 @@
 //! Domain settings the jobs read: chains, tokens, tracking, thresholds. Parsed by the binary's
 //! config loader (file → env → flags) and validated here so every error names its key.
 
+use std::collections::HashSet;
+
+use alloy::primitives::{Address, U256, address};
 use serde::{Deserialize, Serialize};
+
+use crate::ids::{TokenKey, parse_address, parse_amount};
+
+/// Canonical Multicall3 deployment, the same address on every chain that has it.
+pub const MULTICALL3: Address = address!("0xcA11bde05977b3631167028862bE2a173976CA11");
 
 /// The job-facing part of the configuration, flattened into the top level of the config file.
 /// (No `deny_unknown_fields` here: the loader rejects unknown top-level keys itself. Every field
@@ -12,6 +20,12 @@ pub struct DomainConfig {
     pub chains: Vec<ChainConfig>,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// One EVM chain.
@@ -22,12 +36,64 @@ pub struct ChainConfig {
     pub name: String,
     /// One or more RPC URLs; later ones are fallbacks.
     pub rpc_urls: Vec<String>,
+    /// Blocks on top of a transaction's block before it counts as confirmed.
     #[serde(default = "default_confirmations")]
     pub confirmations: u64,
+    /// Balances are read at `head - balance_lag_blocks` (0 = the latest block).
+    #[serde(default)]
+    pub balance_lag_blocks: u64,
+    /// Multicall3 contract used for batched reads.
+    #[serde(default = "default_multicall")]
+    pub multicall_address: String,
+    /// Calls per Multicall3 `aggregate3` request.
+    #[serde(default = "default_batch_size")]
+    pub multicall_batch_size: usize,
+    /// Multicall batches read and written concurrently by one full sync.
+    #[serde(default = "default_in_flight")]
+    pub batches_in_flight: usize,
+    /// A tracked transaction not confirmed after this many seconds is flagged `stuck`.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_time_secs: u64,
+    /// Timeout of one HTTP request to the node.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Retries of a rate-limited request inside one job attempt before the job is snoozed.
+    #[serde(default = "default_rate_limit_retries")]
+    pub rate_limit_retries: u32,
+    /// Base delay of those retries, in milliseconds.
+    #[serde(default = "default_rate_limit_backoff")]
+    pub rate_limit_backoff_ms: u64,
+    /// The provider's compute-unit budget per second (used to space rate-limit retries).
+    #[serde(default = "default_cups")]
+    pub compute_units_per_second: u64,
 }
 
 fn default_confirmations() -> u64 {
     12
+}
+fn default_multicall() -> String {
+    format!("{MULTICALL3:#x}")
+}
+fn default_batch_size() -> usize {
+    1000
+}
+fn default_in_flight() -> usize {
+    4
+}
+fn default_max_pending() -> u64 {
+    1800
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_rate_limit_retries() -> u32 {
+    5
+}
+fn default_rate_limit_backoff() -> u64 {
+    1000
+}
+fn default_cups() -> u64 {
+    660
 }
 
 /// One tracked token (or the native coin).
@@ -36,11 +102,32 @@ fn default_confirmations() -> u64 {
 pub struct TokenConfig {
     pub chain_id: u64,
     pub symbol: String,
-    /// `None` for the chain's native coin.
+    /// `None` (or `"native"`) for the chain's native coin.
     #[serde(default)]
     pub address: Option<String>,
     pub decimals: u8,
     pub asset_class: AssetClass,
+    /// A reconcile difference above this many base units raises an alert (log + metric).
+    #[serde(default = "default_threshold")]
+    pub reconcile_threshold: String,
+}
+
+fn default_threshold() -> String {
+    "0".into()
+}
+
+impl TokenConfig {
+    /// The token's key; `Err` only for a config that did not pass [`DomainConfig::validate`].
+    pub fn key(&self) -> Result<TokenKey, String> {
+        match self.address.as_deref() {
+            None => Ok(TokenKey::Native),
+            Some(a) => TokenKey::parse(a),
+        }
+    }
+
+    pub fn threshold(&self) -> Result<U256, String> {
+        parse_amount(&self.reconcile_threshold)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -52,24 +139,343 @@ pub enum AssetClass {
     Nft,
 }
 
+impl AssetClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Major => "major",
+            Self::Erc20 => "erc20",
+            Self::Nft => "nft",
+        }
+    }
+}
+
+/// Where the addresses to sync come from; the union of every source is used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Fixed addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Include the `chainsync.tracked_addresses` table (CLI `track add|remove|import`, Rust API).
+    #[serde(default = "yes")]
+    pub use_table: bool,
+    /// A query against the application's own tables whose first column is an address,
+    /// e.g. `SELECT address FROM users`. Rows that are not addresses are skipped and counted.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            use_table: true,
+            query: None,
+        }
+    }
+}
+
+/// Reconciliation of stored against on-chain balances.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Correct mismatching stored balances (with an audit row in `balance_repairs`).
+    #[serde(default)]
+    pub auto_repair: bool,
+}
+
+/// Redis balance cache written through by the sync jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Lifetime of a cached balance, in seconds.
+    #[serde(default = "default_ttl")]
+    pub balance_ttl_secs: u64,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            balance_ttl_secs: default_ttl(),
+        }
+    }
+}
+
 impl DomainConfig {
-    /// Checks cross-references; errors name the offending key.
+    /// Checks values and cross-references; errors name the offending key.
     pub fn validate(&self) -> Result<(), String> {
+        let mut ids = HashSet::new();
         for (i, c) in self.chains.iter().enumerate() {
-            if c.rpc_urls.is_empty() {
+            c.validate(&format!("chains[{i}]"))?;
+            if !ids.insert(c.chain_id) {
                 return Err(format!(
-                    "chains[{i}].rpc_urls: at least one URL is required"
+                    "chains[{i}].chain_id: chain {} is configured twice",
+                    c.chain_id
                 ));
             }
         }
+        let mut tokens = HashSet::new();
+        let mut symbols = HashSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
-            if !self.chains.iter().any(|c| c.chain_id == t.chain_id) {
+            let key = format!("tokens[{i}]");
+            if !ids.contains(&t.chain_id) {
                 return Err(format!(
-                    "tokens[{i}].chain_id: chain {} is not configured",
+                    "{key}.chain_id: chain {} is not configured",
                     t.chain_id
                 ));
             }
+            if t.symbol.trim().is_empty() {
+                return Err(format!("{key}.symbol: must not be empty"));
+            }
+            let token = t.key().map_err(|e| format!("{key}.address: {e}"))?;
+            match (token, t.asset_class) {
+                (TokenKey::Native, AssetClass::Native) => {}
+                (TokenKey::Native, other) => {
+                    return Err(format!(
+                        "{key}.asset_class: the native coin must have asset_class \"native\", got {:?}",
+                        other.as_str()
+                    ));
+                }
+                (TokenKey::Contract(_), AssetClass::Native) => {
+                    return Err(format!(
+                        "{key}.asset_class: \"native\" is only for the chain's coin (no address)"
+                    ));
+                }
+                (TokenKey::Contract(_), _) => {}
+            }
+            if t.decimals > 77 {
+                return Err(format!("{key}.decimals: at most 77, got {}", t.decimals));
+            }
+            t.threshold()
+                .map_err(|e| format!("{key}.reconcile_threshold: {e}"))?;
+            if !tokens.insert((t.chain_id, token)) {
+                return Err(format!(
+                    "{key}.address: token {token} is configured twice on chain {}",
+                    t.chain_id
+                ));
+            }
+            if !symbols.insert((t.chain_id, t.symbol.to_ascii_lowercase())) {
+                return Err(format!(
+                    "{key}.symbol: {:?} is used twice on chain {}",
+                    t.symbol, t.chain_id
+                ));
+            }
+        }
+        self.tracking.validate()?;
+        if self.cache.balance_ttl_secs == 0 {
+            return Err("cache.balance_ttl_secs: must be positive".into());
         }
         Ok(())
+    }
+
+    pub fn chain(&self, chain_id: u64) -> Option<&ChainConfig> {
+        self.chains.iter().find(|c| c.chain_id == chain_id)
+    }
+}
+
+impl ChainConfig {
+    fn validate(&self, key: &str) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err(format!("{key}.name: must not be empty"));
+        }
+        if self.rpc_urls.is_empty() {
+            return Err(format!("{key}.rpc_urls: at least one URL is required"));
+        }
+        for (j, u) in self.rpc_urls.iter().enumerate() {
+            crate::chain::parse_rpc_url(u).map_err(|e| format!("{key}.rpc_urls[{j}]: {e}"))?;
+        }
+        parse_address(&self.multicall_address)
+            .map_err(|e| format!("{key}.multicall_address: {e}"))?;
+        if !(1..=10_000).contains(&self.multicall_batch_size) {
+            return Err(format!(
+                "{key}.multicall_batch_size: must be in 1..=10000, got {}",
+                self.multicall_batch_size
+            ));
+        }
+        if !(1..=64).contains(&self.batches_in_flight) {
+            return Err(format!(
+                "{key}.batches_in_flight: must be in 1..=64, got {}",
+                self.batches_in_flight
+            ));
+        }
+        for (name, v) in [
+            ("max_pending_time_secs", self.max_pending_time_secs),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("rate_limit_backoff_ms", self.rate_limit_backoff_ms),
+            ("compute_units_per_second", self.compute_units_per_second),
+        ] {
+            if v == 0 {
+                return Err(format!("{key}.{name}: must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Multicall3 address; `Err` only for a config that did not pass validation.
+    pub fn multicall(&self) -> Result<Address, String> {
+        parse_address(&self.multicall_address)
+    }
+}
+
+impl TrackingConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (i, a) in self.addresses.iter().enumerate() {
+            parse_address(a).map_err(|e| format!("tracking.addresses[{i}]: {e}"))?;
+        }
+        if let Some(q) = &self.query {
+            check_query(q).map_err(|e| format!("tracking.query: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A tracking query must be one read-only statement.
+fn check_query(q: &str) -> Result<(), String> {
+    let body = q.trim().trim_end_matches(';').trim();
+    if body.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if body.contains(';') {
+        return Err("must be a single statement".into());
+    }
+    let first = body
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if first != "select" && first != "with" {
+        return Err(format!(
+            "must be a SELECT (or WITH … SELECT) statement, starts with {first:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_json() -> serde_json::Value {
+        // The binary loads TOML through figment into the same serde model; JSON is equivalent.
+        serde_json::json!({
+            "chains": [{"chain_id": 31337, "name": "anvil",
+                        "rpc_urls": ["http://127.0.0.1:8545", "https://backup.example/v2/KEY"]}],
+            "tokens": [
+                {"chain_id": 31337, "symbol": "ETH", "decimals": 18, "asset_class": "native"},
+                {"chain_id": 31337, "symbol": "RAT", "decimals": 18, "asset_class": "major",
+                 "address": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+                 "reconcile_threshold": "1000000000000000000"}
+            ],
+            "tracking": {"addresses": ["0x00000000000000000000000000000000000000aa"],
+                         "query": "SELECT address FROM users"}
+        })
+    }
+
+    fn base() -> DomainConfig {
+        serde_json::from_value(base_json()).unwrap()
+    }
+
+    fn err_of(f: impl FnOnce(&mut DomainConfig)) -> String {
+        let mut c = base();
+        f(&mut c);
+        c.validate().unwrap_err()
+    }
+
+    #[test]
+    fn valid_config_passes_with_defaults() {
+        let c = base();
+        c.validate().unwrap();
+        let chain = c.chain(31337).unwrap();
+        assert_eq!(chain.multicall().unwrap(), MULTICALL3);
+        assert_eq!(chain.multicall_batch_size, 1000);
+        assert!(c.tracking.use_table);
+        assert!(!c.reconcile.auto_repair);
+        assert_eq!(
+            c.tokens[1].threshold().unwrap(),
+            U256::from(10u64).pow(U256::from(18))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                err_of(|c| c.chains[0].rpc_urls.clear()),
+                "chains[0].rpc_urls",
+            ),
+            (
+                err_of(|c| c.chains[0].rpc_urls[1] = "ftp://x".into()),
+                "chains[0].rpc_urls[1]",
+            ),
+            (
+                err_of(|c| c.chains[0].multicall_batch_size = 0),
+                "chains[0].multicall_batch_size",
+            ),
+            (
+                err_of(|c| c.chains[0].batches_in_flight = 100),
+                "chains[0].batches_in_flight",
+            ),
+            (
+                err_of(|c| c.chains.push(c.chains[0].clone())),
+                "chains[1].chain_id",
+            ),
+            (err_of(|c| c.tokens[1].chain_id = 1), "tokens[1].chain_id"),
+            (
+                err_of(|c| c.tokens[1].address = Some("0x1234".into())),
+                "tokens[1].address",
+            ),
+            (
+                err_of(|c| c.tokens[0].asset_class = AssetClass::Erc20),
+                "tokens[0].asset_class",
+            ),
+            (
+                err_of(|c| c.tokens[1].asset_class = AssetClass::Native),
+                "tokens[1].asset_class",
+            ),
+            (
+                err_of(|c| c.tokens[1].reconcile_threshold = "-5".into()),
+                "tokens[1].reconcile_threshold",
+            ),
+            (
+                err_of(|c| c.tokens[1].symbol = "eth".into()),
+                "tokens[1].symbol",
+            ),
+            (
+                err_of(|c| c.tracking.addresses.push("nope".into())),
+                "tracking.addresses[1]",
+            ),
+            (
+                err_of(|c| c.tracking.query = Some("DELETE FROM users".into())),
+                "tracking.query",
+            ),
+            (
+                err_of(|c| c.tracking.query = Some("SELECT 1; DROP TABLE users".into())),
+                "tracking.query",
+            ),
+            (
+                err_of(|c| c.cache.balance_ttl_secs = 0),
+                "cache.balance_ttl_secs",
+            ),
+        ];
+        for (err, key) in cases {
+            assert!(err.starts_with(key), "{err:?} does not start with {key:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let mut v = base_json();
+        v["chains"][0]["rpc_url"] = serde_json::json!("http://x");
+        let e = serde_json::from_value::<DomainConfig>(v).unwrap_err();
+        assert!(e.to_string().contains("rpc_url"), "{e}");
     }
 }

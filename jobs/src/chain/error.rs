@@ -1,0 +1,273 @@
+//! The one classification of RPC errors into job results, used by every job.
+//!
+//! - rate limits (HTTP 429, JSON-RPC -32005 and the providers' other rate-limit codes, messages
+//!   saying "rate limit" / "too many requests") → [`JobError::Snooze`]: not the job's fault, no
+//!   attempt used. alloy's `RetryBackoffLayer` already retried inside the attempt.
+//! - connection errors, timeouts, HTTP 5xx, unexpected or empty responses, node-side errors
+//!   (missing state, internal error) → [`JobError::Retry`].
+//! - invalid input (JSON-RPC -32600/-32601/-32602, malformed requests, HTTP 400) → [`JobError::Fatal`].
+
+use std::time::Duration;
+
+use alloy::transports::{RpcError, TransportError, TransportErrorKind};
+
+use super::fallback::EndpointError;
+use crate::JobError;
+
+/// Snooze used when the provider gives no hint.
+pub const DEFAULT_SNOOZE: Duration = Duration::from_secs(10);
+/// Longest snooze honoured from a provider hint.
+const MAX_SNOOZE: Duration = Duration::from_secs(300);
+
+/// What an RPC error means for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcErrorClass {
+    RateLimited,
+    Transient,
+    Invalid,
+}
+
+impl RpcErrorClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Transient => "transient",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+fn message_says_rate_limit(m: &str) -> bool {
+    let m = m.to_ascii_lowercase();
+    m.contains("rate limit")
+        || m.contains("ratelimit")
+        || m.contains("rate-limit")
+        || m.contains("too many requests")
+        || m.contains("request limit reached")
+        || m.contains("rate exceeded")
+}
+
+/// True when the error is a rate limit, whatever the provider calls it.
+pub fn is_rate_limited(e: &TransportError) -> bool {
+    classify_kind(e) == RpcErrorClass::RateLimited
+}
+
+/// The class of an RPC error.
+pub fn classify_kind(e: &TransportError) -> RpcErrorClass {
+    match e {
+        RpcError::ErrorResp(p) => {
+            // 429: Alchemy; -32005: Infura and most nodes ("limit exceeded"); -32007 and -32012:
+            // QuickNode request/credit limits; -32055: Cloudflare; 1008: too many concurrent
+            // requests on one connection.
+            if matches!(p.code, 429 | -32005 | -32007 | -32012 | -32055 | 1008)
+                || message_says_rate_limit(&p.message)
+                || p.message.contains("credits limited")
+                || p.message.contains("maximum number of concurrent requests")
+            {
+                RpcErrorClass::RateLimited
+            } else {
+                match p.code {
+                    -32602..=-32600 => RpcErrorClass::Invalid,
+                    _ => RpcErrorClass::Transient,
+                }
+            }
+        }
+        RpcError::Transport(kind) => classify_transport(kind),
+        RpcError::DeserError { text, .. } => {
+            if message_says_rate_limit(text) {
+                RpcErrorClass::RateLimited
+            } else {
+                RpcErrorClass::Transient
+            }
+        }
+        RpcError::NullResp => RpcErrorClass::Transient,
+        RpcError::SerError(_) | RpcError::UnsupportedFeature(_) | RpcError::LocalUsageError(_) => {
+            RpcErrorClass::Invalid
+        }
+    }
+}
+
+fn classify_transport(kind: &TransportErrorKind) -> RpcErrorClass {
+    if let Some(h) = kind.as_http_error() {
+        return match h.status {
+            429 => RpcErrorClass::RateLimited,
+            400 | 413 | 414 | 422 if !message_says_rate_limit(&h.body) => RpcErrorClass::Invalid,
+            _ if message_says_rate_limit(&h.body) => RpcErrorClass::RateLimited,
+            // 401/403 (a key revoked), 404 (a wrong path), 5xx: the operator or the provider
+            // can fix these; retry with backoff until the job exhausts.
+            _ => RpcErrorClass::Transient,
+        };
+    }
+    match kind {
+        TransportErrorKind::Custom(inner) => {
+            if message_says_rate_limit(&inner.to_string()) {
+                RpcErrorClass::RateLimited
+            } else {
+                RpcErrorClass::Transient
+            }
+        }
+        TransportErrorKind::NonRetryable(_) => RpcErrorClass::Invalid,
+        _ => RpcErrorClass::Transient,
+    }
+}
+
+/// Delay requested by the provider, if any.
+fn snooze_hint(e: &TransportError) -> Option<Duration> {
+    match e {
+        RpcError::Transport(kind) => kind.retry_after(),
+        RpcError::ErrorResp(p) => {
+            let data = p.try_data_as::<serde_json::Value>()?.ok()?;
+            data["rate"]["backoff_seconds"]
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs(s.ceil() as u64))
+        }
+        _ => None,
+    }
+}
+
+/// Converts an RPC error into the job result, counting it in `chainsync_rpc_errors_total`.
+///
+/// `what` names the call (e.g. `eth_call aggregate3`), for the error history.
+pub fn classify(chain_id: u64, what: &str, e: &TransportError) -> JobError {
+    let class = classify_kind(e);
+    metrics::counter!(
+        "chainsync_rpc_errors_total",
+        "chain_id" => chain_id.to_string(),
+        "class" => class.as_str()
+    )
+    .increment(1);
+    let msg = format!("chain {chain_id}: {what}: {}", describe(e));
+    match class {
+        RpcErrorClass::RateLimited => {
+            let d = snooze_hint(e).unwrap_or(DEFAULT_SNOOZE).min(MAX_SNOOZE);
+            tracing::warn!(
+                chain_id,
+                call = what,
+                snooze_secs = d.as_secs(),
+                "RPC rate limited"
+            );
+            JobError::Snooze(d.max(Duration::from_secs(1)))
+        }
+        RpcErrorClass::Transient => JobError::Retry(msg),
+        RpcErrorClass::Invalid => JobError::Fatal(msg),
+    }
+}
+
+/// A short description without URLs (transport errors are already scrubbed by the fallback
+/// transport) and without multi-kilobyte response bodies.
+fn describe(e: &TransportError) -> String {
+    let s = match e {
+        RpcError::Transport(TransportErrorKind::Custom(inner)) => {
+            match inner.downcast_ref::<EndpointError>() {
+                Some(ep) if ep.timeout => format!("{} (timeout)", ep),
+                Some(ep) if ep.connect => format!("{} (connection failed)", ep),
+                _ => inner.to_string(),
+            }
+        }
+        other => other.to_string(),
+    };
+    truncate(&s, 500)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::rpc::json_rpc::ErrorPayload;
+
+    fn resp(code: i64, message: &str) -> TransportError {
+        TransportError::ErrorResp(ErrorPayload {
+            code,
+            message: message.to_string().into(),
+            data: None,
+        })
+    }
+
+    #[test]
+    fn rate_limits_snooze() {
+        for e in [
+            resp(-32005, "limit exceeded"),
+            resp(429, "Too Many Requests"),
+            resp(-32000, "Rate limit reached, slow down"),
+            resp(-32007, "100/second request limit reached"),
+            TransportErrorKind::http_error(429, String::new()),
+            TransportErrorKind::http_error(503, "rate limited".into()),
+            TransportErrorKind::custom_str("429 Too Many Requests"),
+        ] {
+            assert_eq!(classify_kind(&e), RpcErrorClass::RateLimited, "{e}");
+            assert!(matches!(classify(1, "t", &e), JobError::Snooze(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn retry_after_hint_is_used_and_capped() {
+        let e = TransportErrorKind::http_error_with_retry_after(
+            429,
+            String::new(),
+            Some(Duration::from_secs(42)),
+        );
+        assert!(
+            matches!(classify(1, "t", &e), JobError::Snooze(d) if d == Duration::from_secs(42))
+        );
+        let e = TransportErrorKind::http_error_with_retry_after(
+            429,
+            String::new(),
+            Some(Duration::from_secs(100_000)),
+        );
+        assert!(matches!(classify(1, "t", &e), JobError::Snooze(d) if d == MAX_SNOOZE));
+    }
+
+    #[test]
+    fn transient_errors_retry() {
+        for e in [
+            TransportErrorKind::http_error(500, "oops".into()),
+            TransportErrorKind::http_error(502, String::new()),
+            TransportErrorKind::http_error(401, "unauthorized".into()),
+            TransportErrorKind::custom_str("connection refused"),
+            TransportErrorKind::backend_gone(),
+            resp(-32000, "header not found"),
+            resp(-32603, "internal error"),
+            TransportError::NullResp,
+        ] {
+            assert_eq!(classify_kind(&e), RpcErrorClass::Transient, "{e}");
+            assert!(matches!(classify(1, "t", &e), JobError::Retry(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn invalid_input_is_fatal() {
+        for e in [
+            resp(-32602, "invalid argument 0: hex string has length 3"),
+            resp(-32601, "the method eth_foo does not exist"),
+            resp(-32600, "invalid request"),
+            TransportErrorKind::http_error(400, "bad request".into()),
+        ] {
+            assert_eq!(classify_kind(&e), RpcErrorClass::Invalid, "{e}");
+            let j = classify(7, "eth_call", &e);
+            assert!(
+                matches!(&j, JobError::Fatal(m) if m.starts_with("chain 7: eth_call:")),
+                "{j}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_messages_are_truncated() {
+        let e = TransportErrorKind::http_error(500, "x".repeat(10_000));
+        let JobError::Retry(m) = classify(1, "t", &e) else {
+            panic!("expected retry")
+        };
+        assert!(m.len() < 600, "{}", m.len());
+    }
+}

@@ -1,0 +1,174 @@
+//! Sequential failover over several HTTP endpoints of one chain.
+//!
+//! alloy's `FallbackLayer` races the top transports in parallel, which multiplies the load on paid
+//! RPC plans; a sync job wants the opposite: one endpoint at a time, the next one only when the
+//! current one fails at the transport level (connection refused, timeout, HTTP 4xx/5xx). JSON-RPC
+//! error responses are answers, not failures, and are passed through unchanged.
+//!
+//! After a failover the working endpoint stays preferred; the first (primary) endpoint is tried
+//! again once `probe_after` has passed. Errors leave this layer without URLs: RPC URLs often carry
+//! API keys and end up in job error histories.
+
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use alloy::{
+    rpc::json_rpc::{RequestPacket, ResponsePacket},
+    transports::{
+        TransportError, TransportErrorKind, TransportFut,
+        http::{Http, reqwest},
+    },
+};
+
+use super::error::is_rate_limited;
+
+/// One endpoint and the label used for it in errors and logs (`rpc_urls[i]` + host).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub label: String,
+    pub transport: Http<reqwest::Client>,
+}
+
+#[derive(Clone)]
+pub struct FallbackTransport {
+    endpoints: Arc<Vec<Endpoint>>,
+    state: Arc<Mutex<Preferred>>,
+    probe_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Preferred {
+    index: usize,
+    since: Instant,
+}
+
+impl FallbackTransport {
+    pub fn new(endpoints: Vec<Endpoint>, probe_after: Duration) -> Self {
+        Self {
+            endpoints: Arc::new(endpoints),
+            state: Arc::new(Mutex::new(Preferred {
+                index: 0,
+                since: Instant::now(),
+            })),
+            probe_after,
+        }
+    }
+
+    fn start_index(&self) -> usize {
+        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if p.index != 0 && p.since.elapsed() >= self.probe_after {
+            p.index = 0;
+            p.since = Instant::now();
+        }
+        p.index
+    }
+
+    fn prefer(&self, index: usize) {
+        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if p.index != index {
+            p.index = index;
+            p.since = Instant::now();
+        }
+    }
+
+    async fn request(self, req: RequestPacket) -> Result<ResponsePacket, TransportError> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Err(TransportErrorKind::custom_str(
+                "no RPC endpoints configured",
+            ));
+        }
+        let start = self.start_index();
+        let mut chosen: Option<TransportError> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let endpoint = &self.endpoints[i];
+            let mut transport = endpoint.transport.clone();
+            match tower::Service::call(&mut transport, req.clone()).await {
+                Ok(resp) => {
+                    if k > 0 {
+                        tracing::warn!(endpoint = %endpoint.label, "RPC failover");
+                    }
+                    self.prefer(i);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let e = scrub(e, &endpoint.label);
+                    tracing::debug!(endpoint = %endpoint.label, error = %e, "RPC endpoint failed");
+                    // Keep a rate-limit error if there was one, so that the retry layer above
+                    // backs off instead of giving up.
+                    let keep_old = chosen.as_ref().is_some_and(is_rate_limited);
+                    if !keep_old {
+                        chosen = Some(e);
+                    }
+                }
+            }
+        }
+        Err(chosen.unwrap_or_else(|| TransportErrorKind::custom_str("all RPC endpoints failed")))
+    }
+}
+
+impl tower::Service<RequestPacket> for FallbackTransport {
+    type Response = ResponsePacket;
+    type Error = TransportError;
+    type Future = TransportFut<'static>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: RequestPacket) -> Self::Future {
+        Box::pin(self.clone().request(req))
+    }
+}
+
+/// A transport-level error without the request URL (reqwest puts it in its messages).
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}: {message}")]
+pub struct EndpointError {
+    pub endpoint: String,
+    pub message: String,
+    /// The request timed out.
+    pub timeout: bool,
+    /// The connection could not be made.
+    pub connect: bool,
+}
+
+fn scrub(e: TransportError, label: &str) -> TransportError {
+    match e {
+        TransportError::Transport(TransportErrorKind::Custom(inner)) => {
+            let (message, timeout, connect) = match inner.downcast::<reqwest::Error>() {
+                Ok(re) => {
+                    let (t, c) = (re.is_timeout(), re.is_connect());
+                    (error_chain(&re.without_url()), t, c)
+                }
+                Err(other) => (other.to_string(), false, false),
+            };
+            TransportErrorKind::custom(EndpointError {
+                endpoint: label.to_string(),
+                message,
+                timeout,
+                connect,
+            })
+        }
+        other => other,
+    }
+}
+
+/// `error: source: source` — reqwest's top-level message alone is rarely useful.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let m = src.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = src.source();
+    }
+    s
+}

@@ -1,0 +1,245 @@
+//! Chain access: one alloy HTTP provider per configured chain, built from the settings.
+//!
+//! Per chain: every URL of `rpc_urls` is a reqwest HTTP transport with the chain's request
+//! timeout; [`fallback::FallbackTransport`] tries them in order; alloy's `RetryBackoffLayer` on top
+//! retries rate-limited requests inside the job attempt. What is still failing after that is
+//! classified once, in [`error::classify`], into Retry / Snooze / Fatal.
+
+pub mod error;
+pub mod fallback;
+pub mod multicall;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    primitives::{Address, B256},
+    providers::{Provider, RootProvider},
+    rpc::client::ClientBuilder,
+    transports::{
+        TransportError,
+        http::{Http, reqwest},
+        layers::RetryBackoffLayer,
+    },
+};
+
+use crate::{JobError, settings::ChainConfig, settings::DomainConfig};
+pub use error::classify;
+use fallback::{Endpoint, FallbackTransport};
+
+/// How long a failed-over chain waits before trying its first URL again.
+const PROBE_PRIMARY_AFTER: Duration = Duration::from_secs(60);
+
+/// Parses an RPC URL (http or https). The error never repeats the URL: it may hold an API key.
+pub fn parse_rpc_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!("scheme {other:?} is not supported (http or https)"));
+        }
+    }
+    if url.host_str().is_none() {
+        return Err("the URL has no host".into());
+    }
+    Ok(url)
+}
+
+/// `scheme://host[:port]` only: what logs and errors may say about an endpoint.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(p) => format!("{}://{host}:{p}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
+/// A block that every read of one job run is pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedBlock {
+    pub number: u64,
+    pub hash: B256,
+    /// Unix seconds.
+    pub timestamp: u64,
+}
+
+impl PinnedBlock {
+    pub fn time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::from_timestamp(i64::try_from(self.timestamp).ok()?, 0)
+    }
+}
+
+/// One chain's provider and settings.
+pub struct ChainClient {
+    pub config: ChainConfig,
+    pub provider: RootProvider,
+    pub multicall: Address,
+}
+
+impl std::fmt::Debug for ChainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainClient")
+            .field("chain_id", &self.config.chain_id)
+            .field("name", &self.config.name)
+            .field("endpoints", &self.config.rpc_urls.len())
+            .finish()
+    }
+}
+
+impl ChainClient {
+    /// Builds the provider; nothing is sent to the node yet.
+    pub fn new(config: &ChainConfig) -> Result<Self, String> {
+        let key = format!("chains[chain_id={}]", config.chain_id);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.request_timeout_secs))
+            .connect_timeout(Duration::from_secs(config.request_timeout_secs.min(10)))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| format!("{key}: HTTP client: {e}"))?;
+        let mut endpoints = Vec::with_capacity(config.rpc_urls.len());
+        for (i, raw) in config.rpc_urls.iter().enumerate() {
+            let url = parse_rpc_url(raw).map_err(|e| format!("{key}.rpc_urls[{i}]: {e}"))?;
+            endpoints.push(Endpoint {
+                label: format!("rpc_urls[{i}] {}", redact_url(&url)),
+                transport: Http::with_client(http.clone(), url),
+            });
+        }
+        if endpoints.is_empty() {
+            return Err(format!("{key}.rpc_urls: at least one URL is required"));
+        }
+        let is_local = config.rpc_urls.iter().all(|u| {
+            parse_rpc_url(u).is_ok_and(|u| {
+                matches!(
+                    u.host_str(),
+                    Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+                )
+            })
+        });
+        let client = ClientBuilder::default()
+            .layer(RetryBackoffLayer::new(
+                config.rate_limit_retries,
+                config.rate_limit_backoff_ms,
+                config.compute_units_per_second,
+            ))
+            .transport(
+                FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER),
+                is_local,
+            );
+        let multicall = config
+            .multicall()
+            .map_err(|e| format!("{key}.multicall_address: {e}"))?;
+        Ok(Self {
+            config: config.clone(),
+            provider: RootProvider::new(client),
+            multicall,
+        })
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.config.chain_id
+    }
+
+    /// Converts an RPC error of this chain into a job result.
+    pub fn rpc_error(&self, what: &str, e: &TransportError) -> JobError {
+        classify(self.config.chain_id, what, e)
+    }
+
+    /// The latest block number.
+    pub async fn head(&self) -> Result<u64, JobError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| self.rpc_error("eth_blockNumber", &e))
+    }
+
+    /// The block at `number`, or `None` when the node does not have it (yet).
+    pub async fn block_at(&self, number: u64) -> Result<Option<PinnedBlock>, JobError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| self.rpc_error("eth_getBlockByNumber", &e))?;
+        Ok(block.map(|b| PinnedBlock {
+            number: b.header.inner.number,
+            hash: b.header.hash,
+            timestamp: b.header.inner.timestamp,
+        }))
+    }
+
+    /// The block balance reads are pinned to: `head - balance_lag_blocks`.
+    pub async fn pin_block(&self) -> Result<PinnedBlock, JobError> {
+        let head = self.head().await?;
+        let number = head.saturating_sub(self.config.balance_lag_blocks);
+        self.block_at(number).await?.ok_or_else(|| {
+            JobError::Retry(format!(
+                "chain {}: block {number} not available from the node",
+                self.chain_id()
+            ))
+        })
+    }
+}
+
+/// Every configured chain, by chain id.
+#[derive(Debug, Default)]
+pub struct Chains {
+    by_id: BTreeMap<u64, Arc<ChainClient>>,
+}
+
+impl Chains {
+    pub fn from_settings(settings: &DomainConfig) -> Result<Self, String> {
+        let mut by_id = BTreeMap::new();
+        for c in &settings.chains {
+            by_id.insert(c.chain_id, Arc::new(ChainClient::new(c)?));
+        }
+        Ok(Self { by_id })
+    }
+
+    /// The chain, or `Fatal` when it is not configured.
+    pub fn get(&self, chain_id: u64) -> Result<Arc<ChainClient>, JobError> {
+        self.by_id.get(&chain_id).cloned().ok_or_else(|| {
+            JobError::Fatal(format!(
+                "unknown chain {chain_id} (configured: {})",
+                self.ids()
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.by_id.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_redacted() {
+        let u = parse_rpc_url("https://eth-mainnet.g.alchemy.com/v2/SECRETKEY").unwrap();
+        assert_eq!(redact_url(&u), "https://eth-mainnet.g.alchemy.com");
+        let u = parse_rpc_url("http://user:pw@127.0.0.1:8545/?key=SECRET").unwrap();
+        assert_eq!(redact_url(&u), "http://127.0.0.1:8545");
+        for bad in [
+            "",
+            "127.0.0.1:8545",
+            "ws://x",
+            "file:///etc/passwd",
+            "https://",
+        ] {
+            let e = parse_rpc_url(bad).unwrap_err();
+            assert!(!bad.is_empty() && !e.contains(bad) || bad.is_empty(), "{e}");
+        }
+        let e = parse_rpc_url("wss://node.example/SECRET").unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unknown_chain_is_fatal() {
+        let chains = Chains::default();
+        assert!(matches!(chains.get(1), Err(JobError::Fatal(m)) if m.contains("unknown chain 1")));
+    }
+}

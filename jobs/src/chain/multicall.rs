@@ -1,0 +1,253 @@
+//! Batched balance reads through Multicall3 `aggregate3`, pinned to one block.
+//!
+//! Every call has `allowFailure = true`: a token whose `balanceOf` reverts, or returns something
+//! that is not a `uint256`, fails that one call and nothing else. Native balances go through
+//! Multicall3's own `getEthBalance`, so a batch may mix the coin and any number of tokens.
+//!
+//! A batch the node cannot execute as a whole (out of gas, a node-side limit) is split in halves
+//! and retried, down to single calls.
+
+use alloy::providers::Provider;
+use alloy::{
+    eips::BlockId,
+    primitives::{Address, Bytes, U256},
+    rpc::types::{TransactionInput, TransactionRequest},
+    sol,
+    sol_types::{SolCall, decode_revert_reason},
+    transports::RpcError,
+};
+use futures::future::BoxFuture;
+
+use super::{ChainClient, PinnedBlock};
+use crate::{JobError, ids::TokenKey};
+
+sol! {
+    interface IMulticall3 {
+        struct Call3 {
+            address target;
+            bool allowFailure;
+            bytes callData;
+        }
+        struct Result3 {
+            bool success;
+            bytes returnData;
+        }
+        function aggregate3(Call3[] calldata calls) external payable returns (Result3[] memory returnData);
+        function getEthBalance(address addr) external view returns (uint256 balance);
+    }
+
+    interface IERC20 {
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
+/// One balance to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BalanceQuery {
+    pub token: TokenKey,
+    pub holder: Address,
+}
+
+/// The outcome of one call: the balance, or why this call failed.
+pub type BalanceRead = Result<U256, String>;
+
+fn encode(multicall: Address, q: &BalanceQuery) -> IMulticall3::Call3 {
+    match q.token {
+        TokenKey::Native => IMulticall3::Call3 {
+            target: multicall,
+            allowFailure: true,
+            callData: IMulticall3::getEthBalanceCall { addr: q.holder }
+                .abi_encode()
+                .into(),
+        },
+        TokenKey::Contract(token) => IMulticall3::Call3 {
+            target: token,
+            allowFailure: true,
+            callData: IERC20::balanceOfCall { owner: q.holder }
+                .abi_encode()
+                .into(),
+        },
+    }
+}
+
+/// Decodes one `uint256` return; anything else is a failure of that call only.
+fn decode_one(r: &IMulticall3::Result3) -> BalanceRead {
+    if !r.success {
+        let reason =
+            decode_revert_reason(&r.returnData).unwrap_or_else(|| short_hex(&r.returnData, 36));
+        return Err(format!("reverted: {reason}"));
+    }
+    match r.returnData.len() {
+        0 => Err("empty return data (no contract at the token address?)".into()),
+        // Standard ABI: one word. Longer returns are decoded like abi.decode does: first word.
+        n if n >= 32 => Ok(U256::from_be_slice(&r.returnData[..32])),
+        n => Err(format!("return data of {n} bytes is not a uint256")),
+    }
+}
+
+fn short_hex(b: &Bytes, max: usize) -> String {
+    if b.is_empty() {
+        return "no data".into();
+    }
+    let shown = &b[..b.len().min(max)];
+    let ell = if b.len() > max { "…" } else { "" };
+    format!("0x{}{ell}", hex::encode(shown))
+}
+
+/// Whether the node failed the whole batch in a way a smaller batch may avoid.
+fn batch_too_big(e: &alloy::transports::TransportError) -> bool {
+    match e {
+        RpcError::ErrorResp(p) => {
+            let m = p.message.to_ascii_lowercase();
+            m.contains("out of gas")
+                || m.contains("gas limit")
+                || m.contains("gas required exceeds")
+                || m.contains("too large")
+                || m.contains("limit exceeded") && p.code != -32005
+                || m.contains("execution reverted") && p.data.is_none()
+        }
+        RpcError::Transport(k) => k.as_http_error().is_some_and(|h| h.status == 413),
+        _ => false,
+    }
+}
+
+/// Reads `queries` with one `aggregate3` call at `block` (split further if the node refuses it).
+///
+/// Returns one [`BalanceRead`] per query, in order. An `Err` of the whole function is an RPC
+/// failure already classified for the job.
+pub fn read_balances<'a>(
+    chain: &'a ChainClient,
+    queries: &'a [BalanceQuery],
+    block: &'a PinnedBlock,
+) -> BoxFuture<'a, Result<Vec<BalanceRead>, JobError>> {
+    Box::pin(async move {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calls: Vec<IMulticall3::Call3> =
+            queries.iter().map(|q| encode(chain.multicall, q)).collect();
+        let input = IMulticall3::aggregate3Call { calls }.abi_encode();
+        let tx = TransactionRequest::default()
+            .to(chain.multicall)
+            .input(TransactionInput::new(input.into()));
+        let out = match chain
+            .provider
+            .call(tx)
+            .block(BlockId::from(block.hash))
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if queries.len() > 1 && batch_too_big(&e) => {
+                let mid = queries.len() / 2;
+                tracing::debug!(
+                    chain_id = chain.chain_id(),
+                    calls = queries.len(),
+                    "multicall batch refused by the node, splitting"
+                );
+                let mut left = read_balances(chain, &queries[..mid], block).await?;
+                let right = read_balances(chain, &queries[mid..], block).await?;
+                left.extend(right);
+                return Ok(left);
+            }
+            Err(e) if queries.len() == 1 && batch_too_big(&e) => {
+                return Ok(vec![Err(format!(
+                    "the node could not execute the call: {e}"
+                ))]);
+            }
+            Err(e) => return Err(chain.rpc_error("eth_call aggregate3", &e)),
+        };
+        if out.is_empty() {
+            return Err(JobError::Fatal(format!(
+                "chain {}: no Multicall3 contract at {:#x} (block {}); deploy it or set multicall_address",
+                chain.chain_id(),
+                chain.multicall,
+                block.number
+            )));
+        }
+        let results = IMulticall3::aggregate3Call::abi_decode_returns(&out).map_err(|e| {
+            JobError::Retry(format!(
+                "chain {}: undecodable aggregate3 response ({} bytes): {e}",
+                chain.chain_id(),
+                out.len()
+            ))
+        })?;
+        if results.len() != queries.len() {
+            return Err(JobError::Retry(format!(
+                "chain {}: aggregate3 returned {} results for {} calls",
+                chain.chain_id(),
+                results.len(),
+                queries.len()
+            )));
+        }
+        Ok(results.iter().map(decode_one).collect())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(success: bool, data: Vec<u8>) -> IMulticall3::Result3 {
+        IMulticall3::Result3 {
+            success,
+            returnData: data.into(),
+        }
+    }
+
+    #[test]
+    fn decodes_words_and_rejects_the_rest() {
+        let v = U256::from(123_456_789u64);
+        assert_eq!(decode_one(&result(true, v.to_be_bytes_vec())), Ok(v));
+        let mut long = U256::MAX.to_be_bytes_vec();
+        long.extend([0u8; 32]);
+        assert_eq!(decode_one(&result(true, long)), Ok(U256::MAX));
+        assert!(
+            decode_one(&result(true, vec![]))
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            decode_one(&result(true, vec![1; 31]))
+                .unwrap_err()
+                .contains("31 bytes")
+        );
+        assert!(
+            decode_one(&result(false, vec![]))
+                .unwrap_err()
+                .contains("reverted")
+        );
+        // Error("paused")
+        let revert = alloy::sol_types::Revert::from("paused").abi_encode();
+        assert_eq!(
+            decode_one(&result(false, revert)).unwrap_err(),
+            "reverted: revert: paused"
+        );
+    }
+
+    #[test]
+    fn encodes_native_through_multicall_and_tokens_directly() {
+        let mc = crate::settings::MULTICALL3;
+        let holder = Address::repeat_byte(0x11);
+        let token = Address::repeat_byte(0x22);
+        let n = encode(
+            mc,
+            &BalanceQuery {
+                token: TokenKey::Native,
+                holder,
+            },
+        );
+        assert_eq!(n.target, mc);
+        assert_eq!(&n.callData[..4], IMulticall3::getEthBalanceCall::SELECTOR);
+        let t = encode(
+            mc,
+            &BalanceQuery {
+                token: TokenKey::Contract(token),
+                holder,
+            },
+        );
+        assert_eq!(t.target, token);
+        assert_eq!(&t.callData[..4], IERC20::balanceOfCall::SELECTOR);
+        assert_eq!(&t.callData[16..36], holder.as_slice());
+        assert!(n.allowFailure && t.allowFailure);
+    }
+}
