@@ -72,7 +72,11 @@ old AS (
 up AS (
     INSERT INTO chainsync.balances AS b
         (chain_id, token, address, amount, block_number, block_hash, updated_at)
-    SELECT $4, token, address, amount, $5, $6, now() FROM input
+    -- Joining `old` here makes Postgres read (and lock) the old rows before the upsert; read
+    -- after it, rows this statement already updated would be skipped by FOR UPDATE and their
+    -- change recorded as a first observation.
+    SELECT $4, i.token, i.address, i.amount, $5, $6, now()
+    FROM input i LEFT JOIN old o ON o.token = i.token AND o.address = i.address
     ON CONFLICT (chain_id, token, address) DO UPDATE
         SET amount = EXCLUDED.amount,
             block_number = EXCLUDED.block_number,
