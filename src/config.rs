@@ -36,6 +36,11 @@ pub struct Config {
     /// Per-kind overrides: `[kinds.sync-balances] max_attempts = 5`.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindOverride>,
+    /// Periodic jobs.
+    #[serde(default)]
+    pub schedule: Vec<crate::scheduler::ScheduleConfig>,
+    #[serde(default)]
+    pub scheduler: crate::scheduler::SchedulerSettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -53,6 +58,8 @@ const ENGINE_KEYS: &[&str] = &[
     "worker",
     "maintenance",
     "kinds",
+    "schedule",
+    "scheduler",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +130,22 @@ impl Config {
         self.worker.validate().map_err(ConfigError)?;
         self.maintenance.validate().map_err(ConfigError)?;
         self.policies(&Registry::builtin())?;
+        self.schedules(&Registry::builtin())?;
+        if self.scheduler.poll_interval.is_zero() {
+            return Err(ConfigError(
+                "scheduler.poll_interval: must be positive".into(),
+            ));
+        }
         self.domain.validate().map_err(ConfigError)?;
         Ok(())
+    }
+
+    /// Validated schedules.
+    pub fn schedules(
+        &self,
+        registry: &Registry,
+    ) -> Result<Vec<crate::scheduler::Schedule>, ConfigError> {
+        crate::scheduler::validate(&self.schedule, registry).map_err(ConfigError)
     }
 
     /// Effective per-kind policies.
@@ -255,6 +276,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kinds.nope"), "{e}");
+        let e = Config::from_toml("[[schedule]]\nname = 'a'\nkind = 'noop'\ncron = '99 * * * *'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schedule[0].cron"), "{e}");
+        let e = Config::from_toml("[[schedule]]\nname = 'a'\nkind = 'nope'\nevery = '5m'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schedule[0].kind"), "{e}");
+        let e = Config::from_toml(
+            "[[schedule]]\nname = 'a'\nkind = 'noop'\nevery = '5m'\ntimezone = 'Mars/Olympus'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("schedule[0].timezone"), "{e}");
+        let e = Config::from_toml(
+            "[[schedule]]\nname = 'a'\nkind = 'noop'\nevery = '5m'\ncron = '* * * * *'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("exactly one of cron and every"), "{e}");
         let e = Config::from_toml("[kinds.noop]\nmax_attempts = 0")
             .unwrap_err()
             .to_string();

@@ -15,12 +15,29 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         app.config.maintenance.clone(),
         stop.clone(),
     ));
+    let schedules = app.config.schedules(app.queue.registry())?;
+    let scheduler = if app.config.scheduler.enabled && !schedules.is_empty() {
+        let s = crate::scheduler::Scheduler::new(
+            app.queue.clone(),
+            schedules,
+            app.config.scheduler.clone(),
+        );
+        Some(tokio::spawn(s.run(
+            std::sync::Arc::new(crate::scheduler::SystemClock),
+            stop.clone(),
+        )))
+    } else {
+        None
+    };
     info!(worker = %runtime.owner(), "daemon running");
     shutdown_signal().await;
     info!("signal received, stopping");
     stop.cancel();
     runtime.stop().await;
     let _ = maintenance.await;
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
     Ok(())
 }
 

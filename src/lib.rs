@@ -13,4 +13,5 @@ pub mod demo;
 pub mod devchain;
 pub mod queue;
 pub mod runtime;
+pub mod scheduler;
 pub mod telemetry;

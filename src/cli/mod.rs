@@ -49,6 +49,9 @@ pub enum Command {
     Dlq(DlqCmd),
     /// List the job kinds this binary knows, with their policies.
     Kinds,
+    /// Schedules from the config: next run times and the last outcome of each.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
     /// The main job end to end on a local anvil chain: full sync, event-driven sync, reconcile
     /// with repair, dead letters and a replay, then a summary. Uses a scratch database.
     Demo {
@@ -62,6 +65,12 @@ pub enum Command {
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// Every schedule with its next runs, last tick and last outcome.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
         Command::Kinds => queue_cmds::kinds(&app, &out),
+        Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }
 }

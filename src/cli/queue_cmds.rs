@@ -283,3 +283,36 @@ pub fn kinds(app: &App, out: &Out) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub async fn schedules(app: &App, out: &Out) -> anyhow::Result<()> {
+    let schedules = app.config.schedules(app.queue.registry())?;
+    let rows = crate::scheduler::status(&app.queue, &schedules, chrono::Utc::now()).await?;
+    let table = rows
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.kind.clone(),
+                s.spec.clone(),
+                if s.enabled { "yes".into() } else { "no".into() },
+                s.next_runs.first().map(short_time).unwrap_or_default(),
+                s.last_tick.as_ref().map(short_time).unwrap_or_default(),
+                s.last_outcome.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.print(
+        &rows,
+        &[
+            "NAME",
+            "KIND",
+            "SCHEDULE",
+            "ENABLED",
+            "NEXT RUN (UTC)",
+            "LAST TICK",
+            "LAST OUTCOME",
+        ],
+        table,
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+#![allow(clippy::unwrap_used)]
+//! The scheduler against a real Postgres: ticks claimed once across instances, overlap, catch-up.
+
+use chainsync::{
+    config::Config,
+    queue::Queue,
+    scheduler::{Scheduler, TickOutcome},
+};
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn config(extra: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+[[schedule]]
+name = "every-10s"
+kind = "noop"
+every = "10s"
+overlap = "queue"
+{extra}
+"#
+    ))
+    .unwrap()
+}
+
+async fn scheduler(pool: &PgPool, cfg: &Config) -> Scheduler {
+    // Each instance has its own pool, as separate daemons would.
+    let own = PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let q = Queue::with_defaults(own);
+    q.sync_kinds().await.unwrap();
+    Scheduler::new(
+        q.clone(),
+        cfg.schedules(q.registry()).unwrap(),
+        cfg.scheduler.clone(),
+    )
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn three_instances_enqueue_each_tick_exactly_once(pool: PgPool) {
+    let cfg = config("");
+    let mut instances = [
+        scheduler(&pool, &cfg).await,
+        scheduler(&pool, &cfg).await,
+        scheduler(&pool, &cfg).await,
+    ];
+    // 60 simulated seconds, each instance polling every second concurrently.
+    let start = at("2026-06-01T12:00:00.500Z");
+    let mut enqueued = 0;
+    for s in 0..60 {
+        let now = start + chrono::Duration::seconds(s);
+        let passes = instances.iter_mut().map(|i| i.tick_once(now));
+        for r in futures::future::join_all(passes).await {
+            enqueued += r
+                .unwrap()
+                .iter()
+                .filter(|o| matches!(o, TickOutcome::Enqueued { .. }))
+                .count();
+        }
+    }
+    // Ticks at :00, :10, … :50 → 6 ticks, one job each.
+    assert_eq!(enqueued, 6);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop'"
+        )
+        .await,
+        6
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.cron_claims").await,
+        6
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(DISTINCT unique_key) FROM chainsync.jobs"
+        )
+        .await,
+        6
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn overlap_skip_records_the_tick_without_a_job(pool: PgPool) {
+    let cfg = Config::from_toml(
+        r#"
+[[schedule]]
+name = "slow"
+kind = "noop"
+every = "10s"
+"#,
+    )
+    .unwrap();
+    let mut s = scheduler(&pool, &cfg).await;
+    let out = s.tick_once(at("2026-06-01T12:00:01Z")).await.unwrap();
+    assert!(matches!(out[..], [TickOutcome::Enqueued { .. }]));
+    // The first job is still queued (no worker): the next tick is skipped.
+    let out = s.tick_once(at("2026-06-01T12:00:11Z")).await.unwrap();
+    assert!(matches!(out[..], [TickOutcome::Skipped { .. }]), "{out:?}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.cron_claims WHERE job_id IS NULL"
+        )
+        .await,
+        1
+    );
+    // Once it finished, ticks enqueue again.
+    sqlx::query("UPDATE chainsync.jobs SET state = 'completed', finished_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = s.tick_once(at("2026-06-01T12:00:21Z")).await.unwrap();
+    assert!(matches!(out[..], [TickOutcome::Enqueued { .. }]));
+    let list = chainsync::scheduler::status(
+        &Queue::with_defaults(pool.clone()),
+        &cfg.schedules(&chainsync_jobs::Registry::builtin()).unwrap(),
+        at("2026-06-01T12:00:25Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(list[0].last_tick, Some(at("2026-06-01T12:00:20Z")));
+    assert_eq!(list[0].last_outcome.as_deref(), Some("available"));
+    assert_eq!(list[0].next_runs[0], at("2026-06-01T12:00:30Z"));
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn missed_ticks_none_skips_one_catches_up_once(pool: PgPool) {
+    let none = Config::from_toml(
+        r#"
+[[schedule]]
+name = "daily-none"
+kind = "noop"
+cron = "0 2 * * *"
+timezone = "Asia/Shanghai"
+"#,
+    )
+    .unwrap();
+    let one = Config::from_toml(
+        r#"
+[[schedule]]
+name = "daily-one"
+kind = "noop"
+cron = "0 2 * * *"
+timezone = "Asia/Shanghai"
+catch_up = "one"
+"#,
+    )
+    .unwrap();
+    // Daemons start at 10:00 UTC, hours after 02:00 Shanghai (18:00 UTC the day before), after
+    // three days down.
+    let now = at("2026-06-04T10:00:00Z");
+    let mut a = scheduler(&pool, &none).await;
+    assert!(
+        a.tick_once(now).await.unwrap().is_empty(),
+        "catch_up none skips missed ticks"
+    );
+    let mut b = scheduler(&pool, &one).await;
+    let mut c = scheduler(&pool, &one).await;
+    let ob = b.tick_once(now).await.unwrap();
+    let oc = c.tick_once(now).await.unwrap();
+    assert_eq!(
+        ob.len() + oc.len(),
+        1,
+        "one catch-up job, whatever the number of daemons"
+    );
+    let tick = match (ob.first(), oc.first()) {
+        (Some(TickOutcome::Enqueued { tick, .. }), _)
+        | (_, Some(TickOutcome::Enqueued { tick, .. })) => *tick,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        tick,
+        at("2026-06-03T18:00:00Z"),
+        "02:00 in Shanghai is 18:00 UTC the day before"
+    );
+    // Later passes do not enqueue it again, and the next on-time tick runs normally.
+    assert!(
+        b.tick_once(now + chrono::Duration::seconds(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let next = b.tick_once(at("2026-06-04T18:00:10Z")).await.unwrap();
+    assert_eq!(next.len(), 1);
+}
