@@ -217,7 +217,8 @@ mod tests {
                 .contains("reverted")
         );
         // Error("paused")
-        let revert = alloy::sol_types::Revert::from("paused").abi_encode();
+        let revert =
+            alloy::sol_types::SolError::abi_encode(&alloy::sol_types::Revert::from("paused"));
         assert_eq!(
             decode_one(&result(false, revert)).unwrap_err(),
             "reverted: revert: paused"
