@@ -9,6 +9,7 @@ pub mod chain;
 pub mod context;
 pub mod error;
 pub mod ids;
+pub mod ingest;
 pub mod job;
 pub mod kinds;
 pub mod registry;

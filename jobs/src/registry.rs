@@ -87,6 +87,7 @@ impl Registry {
             KindSpec::of::<kinds::sync_balances::SyncBalances>(),
             KindSpec::of::<kinds::reconcile_chain::ReconcileChain>(),
             KindSpec::of::<kinds::check_pending_tx::CheckPendingTx>(),
+            KindSpec::of::<kinds::ingest_events::IngestEvents>(),
         ])
     }
 

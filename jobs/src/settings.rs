@@ -26,6 +26,9 @@ pub struct DomainConfig {
     pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `[[ingest]]`: event ingestion per chain.
+    #[serde(default)]
+    pub ingest: Vec<crate::ingest::IngestConfig>,
 }
 
 /// One EVM chain.
@@ -213,6 +216,13 @@ impl Default for CacheConfig {
 impl DomainConfig {
     /// Checks values and cross-references; errors name the offending key.
     pub fn validate(&self) -> Result<(), String> {
+        for (i, g) in self.ingest.iter().enumerate() {
+            let key = format!("ingest[{i}]");
+            g.validate(&key)?;
+            if !self.chains.iter().any(|c| c.chain_id == g.chain_id) {
+                return Err(format!("{key}.chain_id: chain {} is not configured", g.chain_id));
+            }
+        }
         let mut ids = HashSet::new();
         for (i, c) in self.chains.iter().enumerate() {
             c.validate(&format!("chains[{i}]"))?;

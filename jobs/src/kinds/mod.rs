@@ -1,6 +1,7 @@
 //! One file per job kind.
 
 pub mod check_pending_tx;
+pub mod ingest_events;
 pub mod noop;
 pub mod reconcile_chain;
 pub mod sync_balances;

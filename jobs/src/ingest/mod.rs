@@ -1,0 +1,437 @@
+//! Event ingestion: from a stored checkpoint to head − confirmations, `eth_getLogs` in adaptive
+//! ranges, decoded events stored idempotently with their block hashes, reorgs rolled back to the
+//! common ancestor, touched holders re-synced.
+
+pub mod decode;
+pub mod range;
+
+use std::collections::BTreeSet;
+
+use alloy::{
+    primitives::Address,
+    providers::Provider,
+    rpc::types::{Filter, Log},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::{
+    JobContext, JobError, NewJob,
+    chain::ChainClient,
+    ids::{TokenKey, address_text, hash_text, parse_address},
+    kinds::sync_user_balance::SyncUserBalance,
+};
+use decode::{CustomEvent, Decoded};
+
+/// `[[ingest]]` in config: what to ingest on one chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub chain_id: u64,
+    /// Contracts whose logs are ingested.
+    pub contracts: Vec<ContractConfig>,
+    /// First block to ingest when there is no checkpoint yet.
+    #[serde(default)]
+    pub start_block: u64,
+    /// Blocks per `eth_getLogs` request: first try, floor and ceiling of the adaptive size.
+    #[serde(default = "default_initial_range")]
+    pub initial_range: u64,
+    #[serde(default = "one")]
+    pub min_range: u64,
+    #[serde(default = "default_max_range")]
+    pub max_range: u64,
+    /// Most blocks one job run ingests; a run that stops short enqueues the next one.
+    #[serde(default = "default_blocks_per_run")]
+    pub max_blocks_per_run: u64,
+    /// Recent block hashes kept for reorg detection.
+    #[serde(default = "default_keep_hashes")]
+    pub keep_block_hashes: u64,
+}
+
+/// One contract: the standard transfer events are always decoded; `events` adds more by
+/// signature, e.g. `ReferralRegistered(address indexed user, address indexed referrer)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    pub address: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+fn default_initial_range() -> u64 {
+    500
+}
+fn one() -> u64 {
+    1
+}
+fn default_max_range() -> u64 {
+    5000
+}
+fn default_blocks_per_run() -> u64 {
+    200_000
+}
+fn default_keep_hashes() -> u64 {
+    256
+}
+
+impl IngestConfig {
+    pub fn validate(&self, key: &str) -> Result<(), String> {
+        if self.contracts.is_empty() {
+            return Err(format!("{key}.contracts: at least one contract is required"));
+        }
+        for (i, c) in self.contracts.iter().enumerate() {
+            parse_address(&c.address).map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
+            for (j, e) in c.events.iter().enumerate() {
+                CustomEvent::parse(e).map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
+            }
+        }
+        if self.min_range == 0 || self.min_range > self.initial_range || self.initial_range > self.max_range {
+            return Err(format!("{key}: need 1 <= min_range <= initial_range <= max_range"));
+        }
+        if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
+            return Err(format!("{key}: max_blocks_per_run and keep_block_hashes must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Counts of one ingestion run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    pub from_block: u64,
+    pub to_block: u64,
+    pub logs: u64,
+    pub stored: u64,
+    pub undecodable: u64,
+    pub reorged_blocks: u64,
+    pub requests: u64,
+    pub caught_up: bool,
+}
+
+struct Stored {
+    tx_hash: String,
+    log_index: i64,
+    block_number: i64,
+    block_hash: String,
+    contract: String,
+    event: String,
+    args: Value,
+}
+
+/// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range.
+pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> Result<IngestReport, JobError> {
+    let cfg = ctx
+        .services
+        .settings
+        .ingest
+        .iter()
+        .find(|c| c.chain_id == chain_id)
+        .ok_or_else(|| JobError::Fatal(format!("no [[ingest]] entry for chain {chain_id}")))?
+        .clone();
+    let chain = ctx.services.chains.get(chain_id)?;
+    let db = ctx.db();
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let mut report = IngestReport::default();
+
+    let mut checkpoint = load_checkpoint(db, cid).await?;
+    if let Some((n, _)) = checkpoint {
+        let ancestor = find_ancestor(ctx, &chain, cid, n).await?;
+        if ancestor < n {
+            report.reorged_blocks = n - ancestor;
+            rollback(ctx, cid, chain_id, ancestor).await?;
+            checkpoint = load_checkpoint(db, cid).await?;
+        }
+    }
+    let head = chain.head().await?.saturating_sub(chain.config.confirmations);
+    let target = to_block.map_or(head, |t| t.min(head));
+    let mut from = checkpoint.map_or(cfg.start_block, |(n, _)| n + 1);
+    report.from_block = from;
+    let stop_at = target.min(from.saturating_add(cfg.max_blocks_per_run).saturating_sub(1));
+    let addresses: Vec<Address> = cfg.contracts.iter().filter_map(|c| parse_address(&c.address).ok()).collect();
+    let custom: Vec<CustomEvent> = cfg
+        .contracts
+        .iter()
+        .flat_map(|c| c.events.iter())
+        .filter_map(|e| CustomEvent::parse(e).ok())
+        .collect();
+    let tokens: BTreeSet<Address> = ctx
+        .services
+        .settings
+        .tokens
+        .iter()
+        .filter(|t| t.chain_id == chain_id)
+        .filter_map(|t| match t.key() {
+            Ok(TokenKey::Contract(a)) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut size = cfg.initial_range;
+    while from <= stop_at {
+        let to = stop_at.min(from.saturating_add(size - 1));
+        let filter = Filter::new().address(addresses.clone()).from_block(from).to_block(to);
+        report.requests += 1;
+        let logs: Vec<Log> = match chain.provider.get_logs(&filter).await {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = e.to_string();
+                if range::is_range_error(&msg) && size > cfg.min_range {
+                    size = range::shrink(size, cfg.min_range, range::suggested_range(&msg));
+                    info!(chain_id, from, size, "getLogs range too large; shrinking");
+                    continue;
+                }
+                return Err(chain.rpc_error("eth_getLogs", &e));
+            }
+        };
+        let Some(end) = chain.block_at(to).await? else {
+            return Err(JobError::Retry(format!("block {to} not available yet")));
+        };
+        let mut rows = Vec::with_capacity(logs.len());
+        let mut referrals = Vec::new();
+        let mut touched: BTreeSet<(Address, Address)> = BTreeSet::new();
+        let mut hashes: Vec<(i64, String)> = vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
+        for log in &logs {
+            report.logs += 1;
+            let (Some(tx), Some(idx), Some(bn), Some(bh)) =
+                (log.transaction_hash, log.log_index, log.block_number, log.block_hash)
+            else {
+                report.undecodable += 1;
+                continue;
+            };
+            match decode::decode(log, &custom) {
+                Ok(Some(Decoded { event, args, touched: holders, referral })) => {
+                    let contract = log.address();
+                    if tokens.contains(&contract) {
+                        touched.extend(holders.iter().map(|h| (contract, *h)));
+                    }
+                    if let Some((u, r)) = referral {
+                        referrals.push((address_text(&u), address_text(&r), bn, hash_text(&tx), idx));
+                    }
+                    hashes.push((i64::try_from(bn).unwrap_or(i64::MAX), hash_text(&bh)));
+                    rows.push(Stored {
+                        tx_hash: hash_text(&tx),
+                        log_index: i64::try_from(idx).unwrap_or(i64::MAX),
+                        block_number: i64::try_from(bn).unwrap_or(i64::MAX),
+                        block_hash: hash_text(&bh),
+                        contract: address_text(&contract),
+                        event,
+                        args,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    report.undecodable += 1;
+                    warn!(chain_id, tx = %tx, log_index = idx, error = %e, "log does not decode; skipped");
+                }
+            }
+        }
+        report.stored += store(db, cid, &rows, &referrals, &hashes, (to, &hash_text(&end.hash)), cfg.keep_block_hashes).await?;
+        follow_up(ctx, chain_id, &touched).await?;
+        report.to_block = to;
+        from = to + 1;
+        size = range::grow(size, cfg.max_range);
+    }
+    report.caught_up = from > target;
+    if !report.caught_up {
+        // Long backfills continue in a fresh job so that no run lasts for hours.
+        ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block }).await?;
+    }
+    Ok(report)
+}
+
+async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, String)>, JobError> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT block_number, block_hash FROM chainsync.ingest_checkpoints WHERE chain_id = $1")
+            .bind(cid)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(n, h)| (u64::try_from(n).unwrap_or(0), h)))
+}
+
+/// Newest stored block whose hash the chain still has: the checkpoint itself when there was no
+/// reorg, else the common ancestor (walking back through the kept hashes).
+async fn find_ancestor(ctx: &JobContext, chain: &ChainClient, cid: i64, checkpoint: u64) -> Result<u64, JobError> {
+    let stored: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT block_number, block_hash FROM chainsync.block_hashes
+         WHERE chain_id = $1 AND block_number <= $2 ORDER BY block_number DESC",
+    )
+    .bind(cid)
+    .bind(i64::try_from(checkpoint).unwrap_or(i64::MAX))
+    .fetch_all(ctx.db())
+    .await?;
+    for (n, h) in &stored {
+        let n = u64::try_from(*n).unwrap_or(0);
+        match chain.block_at(n).await? {
+            Some(b) if hash_text(&b.hash) == *h => return Ok(n),
+            _ => continue,
+        }
+    }
+    // No kept hash matches: start over from before the oldest kept block.
+    Ok(stored
+        .last()
+        .map_or(checkpoint, |(n, _)| u64::try_from(*n).unwrap_or(1).saturating_sub(1)))
+}
+
+/// Deletes everything above `ancestor`, rewinds the checkpoint and re-syncs affected holders.
+async fn rollback(ctx: &JobContext, cid: i64, chain_id: u64, ancestor: u64) -> Result<(), JobError> {
+    let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
+    let mut tx = ctx.db().begin().await?;
+    let orphaned: Vec<(String, Value)> = sqlx::query_as(
+        "DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2 RETURNING contract, args",
+    )
+    .bind(cid)
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM chainsync.referrals WHERE chain_id = $1 AND block_number > $2")
+        .bind(cid)
+        .bind(a)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number > $2")
+        .bind(cid)
+        .bind(a)
+        .execute(&mut *tx)
+        .await?;
+    let hash: Option<String> =
+        sqlx::query_scalar("SELECT block_hash FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number = $2")
+            .bind(cid)
+            .bind(a)
+            .fetch_optional(&mut *tx)
+            .await?;
+    sqlx::query(
+        "UPDATE chainsync.ingest_checkpoints SET block_number = $2, block_hash = $3, updated_at = now()
+         WHERE chain_id = $1",
+    )
+    .bind(cid)
+    .bind(a)
+    .bind(hash.unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    warn!(chain_id, ancestor, orphaned = orphaned.len(), "reorg: rolled back to the common ancestor");
+    let mut touched = BTreeSet::new();
+    for (contract, args) in orphaned {
+        let Ok(c) = parse_address(&contract) else { continue };
+        for k in ["from", "to"] {
+            if let Some(a) = args.get(k).and_then(Value::as_str).and_then(|s| parse_address(s).ok())
+                && !a.is_zero()
+            {
+                touched.insert((c, a));
+            }
+        }
+    }
+    let tokens: BTreeSet<Address> = ctx
+        .services
+        .settings
+        .tokens
+        .iter()
+        .filter(|t| t.chain_id == chain_id)
+        .filter_map(|t| match t.key() {
+            Ok(TokenKey::Contract(a)) => Some(a),
+            _ => None,
+        })
+        .collect();
+    touched.retain(|(c, _)| tokens.contains(c));
+    follow_up(ctx, chain_id, &touched).await
+}
+
+/// Writes one range in one transaction: events, referrals, block hashes and the checkpoint.
+async fn store(
+    db: &sqlx::PgPool,
+    cid: i64,
+    rows: &[Stored],
+    referrals: &[(String, String, u64, String, u64)],
+    hashes: &[(i64, String)],
+    checkpoint: (u64, &str),
+    keep: u64,
+) -> Result<u64, JobError> {
+    let mut tx = db.begin().await?;
+    let stored = sqlx::query(
+        "INSERT INTO chainsync.events (chain_id, tx_hash, log_index, block_number, block_hash, contract, event, args)
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(cid)
+    .bind(rows.iter().map(|r| r.tx_hash.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.log_index).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.block_number).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.block_hash.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.contract.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.args.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if !referrals.is_empty() {
+        sqlx::query(
+            "INSERT INTO chainsync.referrals (chain_id, user_address, referrer, block_number, tx_hash, log_index)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(cid)
+        .bind(referrals.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        .bind(referrals.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+        .bind(referrals.iter().map(|r| i64::try_from(r.2).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .bind(referrals.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+        .bind(referrals.iter().map(|r| i64::try_from(r.4).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO chainsync.block_hashes (chain_id, block_number, block_hash)
+         SELECT DISTINCT $1, * FROM unnest($2::bigint[], $3::text[])
+         ON CONFLICT (chain_id, block_number) DO UPDATE SET block_hash = EXCLUDED.block_hash",
+    )
+    .bind(cid)
+    .bind(hashes.iter().map(|h| h.0).collect::<Vec<_>>())
+    .bind(hashes.iter().map(|h| h.1.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    let cp = i64::try_from(checkpoint.0).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO chainsync.ingest_checkpoints (chain_id, block_number, block_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
+             block_hash = EXCLUDED.block_hash, updated_at = now()",
+    )
+    .bind(cid)
+    .bind(cp)
+    .bind(checkpoint.1)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number < $2")
+        .bind(cid)
+        .bind(cp.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX)))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Enqueues `sync-user-balance` for each touched (token, holder), deduplicated by unique key, and
+/// drops their cached balances.
+async fn follow_up(ctx: &JobContext, chain_id: u64, touched: &BTreeSet<(Address, Address)>) -> Result<(), JobError> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let mut jobs = Vec::with_capacity(touched.len());
+    for (token, holder) in touched {
+        let job = SyncUserBalance::new(chain_id, address_text(holder), Some(TokenKey::Contract(*token)));
+        jobs.push(NewJob::typed(&job).map_err(JobError::Fatal)?);
+    }
+    for chunk in jobs.chunks(1000) {
+        ctx.enqueue_many(chunk.to_vec()).await?;
+    }
+    if let Some(redis) = ctx.services.redis.as_ref() {
+        let mut conn = redis.clone();
+        let keys: Vec<String> = touched
+            .iter()
+            .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
+            .collect();
+        let r: Result<(), redis::RedisError> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        if let Err(e) = r {
+            warn!(error = %e, "cache invalidation failed; entries expire by TTL");
+        }
+    }
+    Ok(())
+}
