@@ -220,7 +220,10 @@ impl DomainConfig {
             let key = format!("ingest[{i}]");
             g.validate(&key)?;
             if !self.chains.iter().any(|c| c.chain_id == g.chain_id) {
-                return Err(format!("{key}.chain_id: chain {} is not configured", g.chain_id));
+                return Err(format!(
+                    "{key}.chain_id: chain {} is not configured",
+                    g.chain_id
+                ));
             }
         }
         let mut ids = HashSet::new();

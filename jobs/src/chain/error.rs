@@ -47,6 +47,34 @@ fn message_says_rate_limit(m: &str) -> bool {
         || m.contains("rate exceeded")
 }
 
+/// "Your range or result is too large", which some providers send with the rate-limit code
+/// -32005: a signal to shrink the request, not to wait and repeat it.
+pub fn says_range_too_large(m: &str) -> bool {
+    let m = m.to_ascii_lowercase();
+    m.contains("more than")
+        || m.contains("block range")
+        || m.contains("response size")
+        || m.contains("too many results")
+}
+
+/// alloy's rate-limit retry policy, except for range errors (retrying the same range only
+/// wastes the attempt; ingestion shrinks it instead).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryUnlessRange;
+
+use alloy::transports::layers::{RateLimitRetryPolicy, RetryPolicy};
+
+impl RetryPolicy for RetryUnlessRange {
+    fn should_retry(&self, error: &TransportError) -> bool {
+        let range = matches!(error, RpcError::ErrorResp(p) if says_range_too_large(&p.message));
+        !range && RateLimitRetryPolicy::default().should_retry(error)
+    }
+
+    fn backoff_hint(&self, error: &TransportError) -> Option<std::time::Duration> {
+        RateLimitRetryPolicy::default().backoff_hint(error)
+    }
+}
+
 /// True when the error is a rate limit, whatever the provider calls it.
 pub fn is_rate_limited(e: &TransportError) -> bool {
     classify_kind(e) == RpcErrorClass::RateLimited
@@ -55,6 +83,7 @@ pub fn is_rate_limited(e: &TransportError) -> bool {
 /// The class of an RPC error.
 pub fn classify_kind(e: &TransportError) -> RpcErrorClass {
     match e {
+        RpcError::ErrorResp(p) if says_range_too_large(&p.message) => RpcErrorClass::Transient,
         RpcError::ErrorResp(p) => {
             // 429: Alchemy; -32005: Infura and most nodes ("limit exceeded"); -32007 and -32012:
             // QuickNode request/credit limits; -32055: Cloudflare; 1008: too many concurrent

@@ -116,10 +116,11 @@ impl ChainClient {
             })
         });
         let client = ClientBuilder::default()
-            .layer(RetryBackoffLayer::new(
+            .layer(RetryBackoffLayer::new_with_policy(
                 config.rate_limit_retries,
                 config.rate_limit_backoff_ms,
                 config.compute_units_per_second,
+                error::RetryUnlessRange,
             ))
             .transport(
                 FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER),

@@ -27,7 +27,8 @@ pub struct CustomEvent {
 
 impl CustomEvent {
     pub fn parse(signature: &str) -> Result<Self, String> {
-        let event = Event::parse(signature).map_err(|e| format!("invalid event signature {signature:?}: {e}"))?;
+        let event = Event::parse(signature)
+            .map_err(|e| format!("invalid event signature {signature:?}: {e}"))?;
         let selector = event.selector();
         Ok(Self { event, selector })
     }
@@ -84,7 +85,8 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
         }));
     }
     if topic0 == TransferSingle::SIGNATURE_HASH {
-        let t = TransferSingle::decode_log_data(data).map_err(|e| format!("TransferSingle: {e}"))?;
+        let t =
+            TransferSingle::decode_log_data(data).map_err(|e| format!("TransferSingle: {e}"))?;
         return Ok(Some(Decoded {
             event: "TransferSingle".into(),
             args: json!({"operator": addr(&t.operator), "from": addr(&t.from), "to": addr(&t.to),
@@ -96,7 +98,11 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
     if topic0 == TransferBatch::SIGNATURE_HASH {
         let t = TransferBatch::decode_log_data(data).map_err(|e| format!("TransferBatch: {e}"))?;
         if t.ids.len() != t.values.len() {
-            return Err(format!("TransferBatch: {} ids but {} values", t.ids.len(), t.values.len()));
+            return Err(format!(
+                "TransferBatch: {} ids but {} values",
+                t.ids.len(),
+                t.values.len()
+            ));
         }
         return Ok(Some(Decoded {
             event: "TransferBatch".into(),
@@ -118,7 +124,11 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
     let mut args = serde_json::Map::new();
     let mut addresses = Vec::new();
     for p in &c.event.inputs {
-        let v = if p.indexed { indexed.next() } else { body.next() };
+        let v = if p.indexed {
+            indexed.next()
+        } else {
+            body.next()
+        };
         let Some(v) = v else {
             return Err(format!("{}: missing value for {}", c.event.name, p.name));
         };
@@ -184,14 +194,24 @@ mod tests {
         let d = decode(&l, &[]).unwrap().unwrap();
         assert_eq!(d.args["value"], "5");
         assert_eq!(d.touched, vec![from, to]);
-        let c = CustomEvent::parse("ReferralRegistered(address indexed user, address indexed referrer)").unwrap();
+        let c = CustomEvent::parse(
+            "ReferralRegistered(address indexed user, address indexed referrer)",
+        )
+        .unwrap();
         let l = log(vec![c.selector, from.into_word(), to.into_word()], vec![]);
         let d = decode(&l, &[c]).unwrap().unwrap();
         assert_eq!(d.referral, Some((from, to)));
         assert_eq!(d.args["referrer"], format!("{to:#x}"));
-        assert!(decode(&log(vec![B256::ZERO], vec![]), &[]).unwrap().is_none());
+        assert!(
+            decode(&log(vec![B256::ZERO], vec![]), &[])
+                .unwrap()
+                .is_none()
+        );
         // A Transfer whose data is cut short is an error, not a panic.
-        let bad = log(vec![Transfer::SIGNATURE_HASH, from.into_word(), to.into_word()], vec![1, 2]);
+        let bad = log(
+            vec![Transfer::SIGNATURE_HASH, from.into_word(), to.into_word()],
+            vec![1, 2],
+        );
         assert!(decode(&bad, &[]).is_err());
     }
 

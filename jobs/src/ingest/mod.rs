@@ -78,19 +78,29 @@ fn default_keep_hashes() -> u64 {
 impl IngestConfig {
     pub fn validate(&self, key: &str) -> Result<(), String> {
         if self.contracts.is_empty() {
-            return Err(format!("{key}.contracts: at least one contract is required"));
+            return Err(format!(
+                "{key}.contracts: at least one contract is required"
+            ));
         }
         for (i, c) in self.contracts.iter().enumerate() {
             parse_address(&c.address).map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
             for (j, e) in c.events.iter().enumerate() {
-                CustomEvent::parse(e).map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
+                CustomEvent::parse(e)
+                    .map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
             }
         }
-        if self.min_range == 0 || self.min_range > self.initial_range || self.initial_range > self.max_range {
-            return Err(format!("{key}: need 1 <= min_range <= initial_range <= max_range"));
+        if self.min_range == 0
+            || self.min_range > self.initial_range
+            || self.initial_range > self.max_range
+        {
+            return Err(format!(
+                "{key}: need 1 <= min_range <= initial_range <= max_range"
+            ));
         }
         if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
-            return Err(format!("{key}: max_blocks_per_run and keep_block_hashes must be positive"));
+            return Err(format!(
+                "{key}: max_blocks_per_run and keep_block_hashes must be positive"
+            ));
         }
         Ok(())
     }
@@ -120,7 +130,11 @@ struct Stored {
 }
 
 /// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range.
-pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> Result<IngestReport, JobError> {
+pub async fn ingest(
+    ctx: &JobContext,
+    chain_id: u64,
+    to_block: Option<u64>,
+) -> Result<IngestReport, JobError> {
     let cfg = ctx
         .services
         .settings
@@ -143,12 +157,22 @@ pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> R
             checkpoint = load_checkpoint(db, cid).await?;
         }
     }
-    let head = chain.head().await?.saturating_sub(chain.config.confirmations);
+    let head = chain
+        .head()
+        .await?
+        .saturating_sub(chain.config.confirmations);
     let target = to_block.map_or(head, |t| t.min(head));
     let mut from = checkpoint.map_or(cfg.start_block, |(n, _)| n + 1);
     report.from_block = from;
-    let stop_at = target.min(from.saturating_add(cfg.max_blocks_per_run).saturating_sub(1));
-    let addresses: Vec<Address> = cfg.contracts.iter().filter_map(|c| parse_address(&c.address).ok()).collect();
+    let stop_at = target.min(
+        from.saturating_add(cfg.max_blocks_per_run)
+            .saturating_sub(1),
+    );
+    let addresses: Vec<Address> = cfg
+        .contracts
+        .iter()
+        .filter_map(|c| parse_address(&c.address).ok())
+        .collect();
     let custom: Vec<CustomEvent> = cfg
         .contracts
         .iter()
@@ -169,7 +193,10 @@ pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> R
     let mut size = cfg.initial_range;
     while from <= stop_at {
         let to = stop_at.min(from.saturating_add(size - 1));
-        let filter = Filter::new().address(addresses.clone()).from_block(from).to_block(to);
+        let filter = Filter::new()
+            .address(addresses.clone())
+            .from_block(from)
+            .to_block(to);
         report.requests += 1;
         let logs: Vec<Log> = match chain.provider.get_logs(&filter).await {
             Ok(l) => l,
@@ -189,23 +216,38 @@ pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> R
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
         let mut touched: BTreeSet<(Address, Address)> = BTreeSet::new();
-        let mut hashes: Vec<(i64, String)> = vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
+        let mut hashes: Vec<(i64, String)> =
+            vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
         for log in &logs {
             report.logs += 1;
-            let (Some(tx), Some(idx), Some(bn), Some(bh)) =
-                (log.transaction_hash, log.log_index, log.block_number, log.block_hash)
-            else {
+            let (Some(tx), Some(idx), Some(bn), Some(bh)) = (
+                log.transaction_hash,
+                log.log_index,
+                log.block_number,
+                log.block_hash,
+            ) else {
                 report.undecodable += 1;
                 continue;
             };
             match decode::decode(log, &custom) {
-                Ok(Some(Decoded { event, args, touched: holders, referral })) => {
+                Ok(Some(Decoded {
+                    event,
+                    args,
+                    touched: holders,
+                    referral,
+                })) => {
                     let contract = log.address();
                     if tokens.contains(&contract) {
                         touched.extend(holders.iter().map(|h| (contract, *h)));
                     }
                     if let Some((u, r)) = referral {
-                        referrals.push((address_text(&u), address_text(&r), bn, hash_text(&tx), idx));
+                        referrals.push((
+                            address_text(&u),
+                            address_text(&r),
+                            bn,
+                            hash_text(&tx),
+                            idx,
+                        ));
                     }
                     hashes.push((i64::try_from(bn).unwrap_or(i64::MAX), hash_text(&bh)));
                     rows.push(Stored {
@@ -225,7 +267,16 @@ pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> R
                 }
             }
         }
-        report.stored += store(db, cid, &rows, &referrals, &hashes, (to, &hash_text(&end.hash)), cfg.keep_block_hashes).await?;
+        report.stored += store(
+            db,
+            cid,
+            &rows,
+            &referrals,
+            &hashes,
+            (to, &hash_text(&end.hash)),
+            cfg.keep_block_hashes,
+        )
+        .await?;
         follow_up(ctx, chain_id, &touched).await?;
         report.to_block = to;
         from = to + 1;
@@ -234,23 +285,30 @@ pub async fn ingest(ctx: &JobContext, chain_id: u64, to_block: Option<u64>) -> R
     report.caught_up = from > target;
     if !report.caught_up {
         // Long backfills continue in a fresh job so that no run lasts for hours.
-        ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block }).await?;
+        ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block })
+            .await?;
     }
     Ok(report)
 }
 
 async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, String)>, JobError> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT block_number, block_hash FROM chainsync.ingest_checkpoints WHERE chain_id = $1")
-            .bind(cid)
-            .fetch_optional(db)
-            .await?;
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT block_number, block_hash FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
+    )
+    .bind(cid)
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|(n, h)| (u64::try_from(n).unwrap_or(0), h)))
 }
 
 /// Newest stored block whose hash the chain still has: the checkpoint itself when there was no
 /// reorg, else the common ancestor (walking back through the kept hashes).
-async fn find_ancestor(ctx: &JobContext, chain: &ChainClient, cid: i64, checkpoint: u64) -> Result<u64, JobError> {
+async fn find_ancestor(
+    ctx: &JobContext,
+    chain: &ChainClient,
+    cid: i64,
+    checkpoint: u64,
+) -> Result<u64, JobError> {
     let stored: Vec<(i64, String)> = sqlx::query_as(
         "SELECT block_number, block_hash FROM chainsync.block_hashes
          WHERE chain_id = $1 AND block_number <= $2 ORDER BY block_number DESC",
@@ -267,13 +325,18 @@ async fn find_ancestor(ctx: &JobContext, chain: &ChainClient, cid: i64, checkpoi
         }
     }
     // No kept hash matches: start over from before the oldest kept block.
-    Ok(stored
-        .last()
-        .map_or(checkpoint, |(n, _)| u64::try_from(*n).unwrap_or(1).saturating_sub(1)))
+    Ok(stored.last().map_or(checkpoint, |(n, _)| {
+        u64::try_from(*n).unwrap_or(1).saturating_sub(1)
+    }))
 }
 
 /// Deletes everything above `ancestor`, rewinds the checkpoint and re-syncs affected holders.
-async fn rollback(ctx: &JobContext, cid: i64, chain_id: u64, ancestor: u64) -> Result<(), JobError> {
+async fn rollback(
+    ctx: &JobContext,
+    cid: i64,
+    chain_id: u64,
+    ancestor: u64,
+) -> Result<(), JobError> {
     let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
     let mut tx = ctx.db().begin().await?;
     let orphaned: Vec<(String, Value)> = sqlx::query_as(
@@ -293,12 +356,13 @@ async fn rollback(ctx: &JobContext, cid: i64, chain_id: u64, ancestor: u64) -> R
         .bind(a)
         .execute(&mut *tx)
         .await?;
-    let hash: Option<String> =
-        sqlx::query_scalar("SELECT block_hash FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number = $2")
-            .bind(cid)
-            .bind(a)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let hash: Option<String> = sqlx::query_scalar(
+        "SELECT block_hash FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number = $2",
+    )
+    .bind(cid)
+    .bind(a)
+    .fetch_optional(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE chainsync.ingest_checkpoints SET block_number = $2, block_hash = $3, updated_at = now()
          WHERE chain_id = $1",
@@ -309,12 +373,22 @@ async fn rollback(ctx: &JobContext, cid: i64, chain_id: u64, ancestor: u64) -> R
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    warn!(chain_id, ancestor, orphaned = orphaned.len(), "reorg: rolled back to the common ancestor");
+    warn!(
+        chain_id,
+        ancestor,
+        orphaned = orphaned.len(),
+        "reorg: rolled back to the common ancestor"
+    );
     let mut touched = BTreeSet::new();
     for (contract, args) in orphaned {
-        let Ok(c) = parse_address(&contract) else { continue };
+        let Ok(c) = parse_address(&contract) else {
+            continue;
+        };
         for k in ["from", "to"] {
-            if let Some(a) = args.get(k).and_then(Value::as_str).and_then(|s| parse_address(s).ok())
+            if let Some(a) = args
+                .get(k)
+                .and_then(Value::as_str)
+                .and_then(|s| parse_address(s).ok())
                 && !a.is_zero()
             {
                 touched.insert((c, a));
@@ -410,13 +484,21 @@ async fn store(
 
 /// Enqueues `sync-user-balance` for each touched (token, holder), deduplicated by unique key, and
 /// drops their cached balances.
-async fn follow_up(ctx: &JobContext, chain_id: u64, touched: &BTreeSet<(Address, Address)>) -> Result<(), JobError> {
+async fn follow_up(
+    ctx: &JobContext,
+    chain_id: u64,
+    touched: &BTreeSet<(Address, Address)>,
+) -> Result<(), JobError> {
     if touched.is_empty() {
         return Ok(());
     }
     let mut jobs = Vec::with_capacity(touched.len());
     for (token, holder) in touched {
-        let job = SyncUserBalance::new(chain_id, address_text(holder), Some(TokenKey::Contract(*token)));
+        let job = SyncUserBalance::new(
+            chain_id,
+            address_text(holder),
+            Some(TokenKey::Contract(*token)),
+        );
         jobs.push(NewJob::typed(&job).map_err(JobError::Fatal)?);
     }
     for chunk in jobs.chunks(1000) {
@@ -428,7 +510,8 @@ async fn follow_up(ctx: &JobContext, chain_id: u64, touched: &BTreeSet<(Address,
             .iter()
             .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
             .collect();
-        let r: Result<(), redis::RedisError> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        let r: Result<(), redis::RedisError> =
+            redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
         if let Err(e) = r {
             warn!(error = %e, "cache invalidation failed; entries expire by TTL");
         }

@@ -56,7 +56,8 @@ mod tests {
 
     #[test]
     fn provider_suggestions() {
-        let msg = "query returned more than 10000 results. Try with this block range [0x1b4, 0x1c7].";
+        let msg =
+            "query returned more than 10000 results. Try with this block range [0x1b4, 0x1c7].";
         assert_eq!(suggested_range(msg), Some(20));
         assert!(is_range_error(msg));
         assert_eq!(suggested_range("no brackets"), None);
