@@ -41,6 +41,8 @@ pub struct Config {
     pub schedule: Vec<crate::scheduler::ScheduleConfig>,
     #[serde(default)]
     pub scheduler: crate::scheduler::SchedulerSettings,
+    #[serde(default)]
+    pub http: crate::http::HttpSettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -60,6 +62,7 @@ const ENGINE_KEYS: &[&str] = &[
     "kinds",
     "schedule",
     "scheduler",
+    "http",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +131,7 @@ impl Config {
             return Err(ConfigError("pool_size: must be at least 2".into()));
         }
         self.worker.validate().map_err(ConfigError)?;
+        self.http.validate().map_err(ConfigError)?;
         self.maintenance.validate().map_err(ConfigError)?;
         self.policies(&Registry::builtin())?;
         self.schedules(&Registry::builtin())?;

@@ -9,7 +9,11 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     app.queue.migrate().await?;
     let services = app.services().await?;
     let stop = CancellationToken::new();
-    let runtime = Runtime::start(app.queue.clone(), services, app.config.worker.clone());
+    let runtime = Runtime::start(
+        app.queue.clone(),
+        services.clone(),
+        app.config.worker.clone(),
+    );
     let maintenance = tokio::spawn(crate::runtime::maintenance::run(
         app.queue.clone(),
         app.config.maintenance.clone(),
@@ -29,6 +33,22 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     } else {
         None
     };
+    let http = if app.config.http.enabled {
+        let state = crate::http::HttpState {
+            app: app.clone(),
+            services: services.clone(),
+            settings: app.config.http.clone(),
+            metrics: crate::http::metrics_handle(),
+        };
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(state, stop, None).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        }))
+    } else {
+        None
+    };
     info!(worker = %runtime.owner(), "daemon running");
     shutdown_signal().await;
     info!("signal received, stopping");
@@ -37,6 +57,9 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     let _ = maintenance.await;
     if let Some(s) = scheduler {
         let _ = s.await;
+    }
+    if let Some(h) = http {
+        let _ = h.await;
     }
     Ok(())
 }

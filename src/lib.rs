@@ -11,6 +11,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod devchain;
+pub mod health;
+pub mod http;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;

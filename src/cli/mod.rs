@@ -49,6 +49,8 @@ pub enum Command {
     Dlq(DlqCmd),
     /// List the job kinds this binary knows, with their policies.
     Kinds,
+    /// Health report and score 0-100; exit code 1 below 60.
+    Health,
     /// Schedules from the config: next run times and the last outcome of each.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
@@ -226,6 +228,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
         Command::Kinds => queue_cmds::kinds(&app, &out),
+        Command::Health => {
+            let r = crate::health::report(&app).await;
+            let mut rows = vec![
+                vec!["score".into(), r.score.to_string()],
+                vec!["database".into(), r.database.to_string()],
+                vec!["migrated".into(), r.migrated.to_string()],
+                vec![
+                    "jobs available / running / overdue".into(),
+                    format!(
+                        "{} / {} / {}",
+                        r.queue_available, r.queue_running, r.queue_overdue
+                    ),
+                ],
+                vec!["dead letters".into(), r.dead_letters.to_string()],
+            ];
+            for c in &r.chains {
+                rows.push(vec![
+                    format!("chain {}", c.name),
+                    format!(
+                        "last block {}, sync lag {}s, ingested to {}",
+                        c.last_block.map_or("-".into(), |b| b.to_string()),
+                        c.sync_lag_seconds.map_or("-".into(), |l| l.to_string()),
+                        c.ingest_block.map_or("-".into(), |b| b.to_string())
+                    ),
+                ]);
+            }
+            for p in &r.problems {
+                rows.push(vec!["problem".into(), p.clone()]);
+            }
+            out.print(&r, &["CHECK", "VALUE"], rows);
+            if !r.healthy {
+                anyhow::bail!(
+                    "health score {} is below {}",
+                    r.score,
+                    crate::health::MIN_SCORE
+                );
+            }
+            Ok(())
+        }
         Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }

@@ -1,0 +1,228 @@
+//! `GET /v1/balances/{chain}/{address}?token=&realtime=`: Redis first, then Postgres (filling the
+//! cache), or the chain itself with `realtime=true` (stored in both). Redis being away is never an
+//! error: the answer comes from Postgres.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    response::IntoResponse,
+};
+use chainsync_jobs::{
+    JobContext, JobMeta,
+    ids::{TokenKey, address_text, parse_address},
+    store::cache_key,
+};
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, HttpState, age_secs};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceQuery {
+    token: Option<String>,
+    #[serde(default)]
+    realtime: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cached {
+    amount: String,
+    block_number: i64,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BalanceOut {
+    chain_id: u64,
+    address: String,
+    token: String,
+    amount: String,
+    block_number: i64,
+    last_updated: DateTime<Utc>,
+    sync_lag_seconds: i64,
+    source: &'static str,
+}
+
+fn out(chain_id: u64, address: &str, token: &str, c: Cached, source: &'static str) -> BalanceOut {
+    BalanceOut {
+        chain_id,
+        address: address.to_string(),
+        token: token.to_string(),
+        sync_lag_seconds: age_secs(c.updated_at),
+        amount: c.amount,
+        block_number: c.block_number,
+        last_updated: c.updated_at,
+        source,
+    }
+}
+
+pub async fn get_balance(
+    State(s): State<HttpState>,
+    Path((chain, address)): Path<(String, String)>,
+    q: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let chain_id: u64 = match chain.parse() {
+        Ok(id) => id,
+        Err(_) => s
+            .app
+            .config
+            .domain
+            .chains
+            .iter()
+            .find(|c| c.name == chain)
+            .map(|c| c.chain_id)
+            .ok_or_else(|| ApiError::bad("chain", format!("unknown chain {chain:?}")))?,
+    };
+    if !s
+        .app
+        .config
+        .domain
+        .chains
+        .iter()
+        .any(|c| c.chain_id == chain_id)
+    {
+        return Err(ApiError::bad(
+            "chain",
+            format!("chain {chain_id} is not configured"),
+        ));
+    }
+    let address = address_text(&parse_address(&address).map_err(|e| ApiError::bad("address", e))?);
+    let token = match q.token.as_deref() {
+        None => None,
+        Some(t) => Some(resolve_token(&s, chain_id, t)?),
+    };
+    let cid = i64::try_from(chain_id).map_err(|_| ApiError::bad("chain", "too large"))?;
+
+    if q.realtime {
+        let mut args = json!({"chain_id": chain_id, "address": address});
+        if let Some(t) = &token {
+            args["token"] = json!(t);
+        }
+        let ctx = JobContext {
+            meta: JobMeta {
+                id: uuid::Uuid::now_v7(),
+                kind: "sync-user-balance".into(),
+                queue: "http".into(),
+                attempt: 1,
+                max_attempts: 1,
+            },
+            services: s.services.clone(),
+        };
+        let spec = s
+            .app
+            .queue
+            .registry()
+            .get("sync-user-balance")
+            .ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::NOT_IMPLEMENTED,
+                    "no balance sync in this build",
+                )
+            })?;
+        spec.run(args, ctx).await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("chain read failed: {e}"),
+            )
+        })?;
+    } else if let Some(t) = &token
+        && let Some(c) = cache_get(&s, chain_id, t, &address).await
+    {
+        metrics::counter!("chainsync_cache_requests_total", "result" => "hit").increment(1);
+        return Ok(Json(json!(out(chain_id, &address, t, c, "cache"))));
+    }
+    let rows: Vec<(String, String, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT token, amount::text, block_number, updated_at FROM chainsync.balances
+         WHERE chain_id = $1 AND address = $2 AND ($3::text IS NULL OR token = $3) ORDER BY token",
+    )
+    .bind(cid)
+    .bind(&address)
+    .bind(&token)
+    .fetch_all(s.app.pool())
+    .await?;
+    let source = if q.realtime { "chain" } else { "database" };
+    if !q.realtime && token.is_some() {
+        metrics::counter!("chainsync_cache_requests_total", "result" => "miss").increment(1);
+    }
+    let mut list = Vec::with_capacity(rows.len());
+    for (t, amount, block_number, updated_at) in rows {
+        let c = Cached {
+            amount,
+            block_number,
+            updated_at,
+        };
+        if !q.realtime {
+            cache_put(&s, chain_id, &t, &address, &c).await;
+        }
+        list.push(out(chain_id, &address, &t, c, source));
+    }
+    match (token, list.len()) {
+        (Some(t), 0) => Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no stored balance of {t} for {address} on chain {chain_id}"),
+        )),
+        (Some(_), _) => Ok(Json(json!(list.remove(0)))),
+        (None, _) => Ok(Json(
+            json!({"chain_id": chain_id, "address": address, "balances": list}),
+        )),
+    }
+}
+
+fn resolve_token(s: &HttpState, chain_id: u64, t: &str) -> Result<String, ApiError> {
+    if let Some(cfg) = s
+        .app
+        .config
+        .domain
+        .tokens
+        .iter()
+        .find(|c| c.chain_id == chain_id && c.symbol.eq_ignore_ascii_case(t))
+    {
+        return cfg
+            .key()
+            .map(|k| k.text())
+            .map_err(|e| ApiError::bad("token", e));
+    }
+    TokenKey::parse(t)
+        .map(|k| k.text())
+        .map_err(|e| ApiError::bad("token", e))
+}
+
+async fn cache_get(s: &HttpState, chain_id: u64, token: &str, address: &str) -> Option<Cached> {
+    let mut conn = s.services.redis.clone()?;
+    let key = cache_key(chain_id, token, address);
+    let got: Result<Option<String>, _> =
+        tokio::time::timeout(std::time::Duration::from_millis(200), conn.get(&key))
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timeout"))));
+    match got {
+        Ok(Some(v)) => serde_json::from_str(&v).ok(),
+        Ok(None) => None,
+        Err(e) => {
+            metrics::counter!("chainsync_cache_errors_total", "op" => "read").increment(1);
+            tracing::debug!(error = %e, "cache read failed; serving from Postgres");
+            None
+        }
+    }
+}
+
+async fn cache_put(s: &HttpState, chain_id: u64, token: &str, address: &str, c: &Cached) {
+    let Some(mut conn) = s.services.redis.clone() else {
+        return;
+    };
+    let Ok(v) = serde_json::to_string(c) else {
+        return;
+    };
+    let ttl = s.services.settings.cache.balance_ttl_secs;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        conn.set_ex::<_, _, ()>(cache_key(chain_id, token, address), v, ttl),
+    )
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        metrics::counter!("chainsync_cache_errors_total", "op" => "write").increment(1);
+    }
+}

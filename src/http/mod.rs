@@ -1,0 +1,258 @@
+//! HTTP API (axum): jobs, dead letters, balances, health, metrics, an admin page, OpenAPI.
+//! Enqueue and admin endpoints need `Authorization: Bearer <http.admin_token>`.
+
+mod admin;
+mod api;
+mod balances;
+
+use std::{net::SocketAddr, sync::OnceLock};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chainsync_jobs::Services;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{app::App, queue::QueueError};
+
+/// `[http]` in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    pub listen: String,
+    /// Bearer token of the enqueue and admin endpoints; without one they answer 403.
+    pub admin_token: Option<String>,
+    /// Serve balances and health without the token.
+    pub public_balances: bool,
+    pub public_health: bool,
+    /// Largest request body in bytes; larger ones get 413.
+    pub body_limit: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            admin_token: None,
+            public_balances: true,
+            public_health: true,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("http.listen: {e} (e.g. 127.0.0.1:8080)"))?;
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err("http.admin_token: use at least 16 characters".into());
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
+            return Err("http.body_limit: must be in 1024..=67108864".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub app: App,
+    pub services: Services,
+    pub settings: HttpSettings,
+    pub metrics: PrometheusHandle,
+}
+
+/// An API error: status + `{"error": ..., "field": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn bad(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({"error": self.message, "field": f}),
+            None => json!({"error": self.message}),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Invalid(m) => {
+                let field = if m.contains("unknown job kind") {
+                    "kind"
+                } else if m.contains("priority") {
+                    "priority"
+                } else if m.contains("max_attempts") {
+                    "max_attempts"
+                } else if m.contains("queue") {
+                    "queue"
+                } else if m.contains("limit") || m.contains("offset") || m.contains("state") {
+                    "query"
+                } else {
+                    "args"
+                };
+                Self::bad(field, m)
+            }
+            QueueError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, format!("{m} not found")),
+            QueueError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
+            QueueError::Db(e) => db_error(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        db_error(e)
+    }
+}
+
+/// The database is away or failing: 503, details in the log only.
+fn db_error(e: sqlx::Error) -> ApiError {
+    warn!(error = %e, "database error in an HTTP handler");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+}
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => h,
+            // Another recorder is installed (tests): render from a private one.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        })
+        .clone()
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
+}
+
+async fn require_admin(State(s): State<HttpState>, req: Request, next: Next) -> Response {
+    match s.settings.admin_token.as_deref() {
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: set http.admin_token",
+        )
+        .into_response(),
+        Some(t) if bearer_ok(req.headers(), t) => next.run(req).await,
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
+        }
+    }
+}
+
+async fn require_token_unless_public(
+    State(s): State<HttpState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    let public = (path.starts_with("/v1/balances") && s.settings.public_balances)
+        || (path == "/health" && s.settings.public_health);
+    if public {
+        return next.run(req).await;
+    }
+    require_admin(State(s), req, next).await
+}
+
+/// The router with every route.
+pub fn router(state: HttpState) -> Router {
+    let admin = Router::new()
+        .route("/v1/jobs", post(api::enqueue).get(api::list_jobs))
+        .route("/v1/jobs/{id}", get(api::get_job))
+        .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/v1/dlq", get(api::list_dead))
+        .route("/v1/dlq/replay", post(api::replay_filter))
+        .route("/v1/dlq/{id}", get(api::get_dead).delete(api::purge_dead))
+        .route("/v1/dlq/{id}/replay", post(api::replay_one))
+        .route("/admin/data", get(admin::data))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let maybe_public = Router::new()
+        .route("/v1/balances/{chain}/{address}", get(balances::get_balance))
+        .route("/health", get(api::health))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_token_unless_public,
+        ));
+    Router::new()
+        .merge(admin)
+        .merge(maybe_public)
+        .route("/metrics", get(api::metrics))
+        .route("/admin", get(admin::page))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(state.settings.body_limit))
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+/// Serves until `stop`; returns the bound address through `bound` first.
+pub async fn serve(
+    state: HttpState,
+    stop: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&state.settings.listen).await?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "HTTP API listening");
+    if let Some(b) = bound {
+        let _ = b.send(addr);
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Seconds since `t`, never negative.
+pub fn age_secs(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    (chrono::Utc::now() - t).num_seconds().max(0)
+}
