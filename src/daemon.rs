@@ -8,6 +8,16 @@ use crate::{app::App, runtime::Runtime};
 pub async fn run(app: App) -> anyhow::Result<()> {
     app.queue.migrate().await?;
     let services = app.services().await?;
+    // Points left stale by downtime: backfill jobs for exactly the missing windows.
+    match chainsync_jobs::points::backfill::stale_jobs(&services, None, chrono::Utc::now()).await {
+        Ok(jobs) if !jobs.is_empty() => {
+            let n = jobs.len();
+            app.queue.enqueue_many(jobs).await?;
+            info!(jobs = n, "stale points detected; backfill enqueued");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "stale points check failed"),
+    }
     let stop = CancellationToken::new();
     let runtime = Runtime::start(
         app.queue.clone(),

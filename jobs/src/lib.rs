@@ -12,6 +12,7 @@ pub mod ids;
 pub mod ingest;
 pub mod job;
 pub mod kinds;
+pub mod points;
 pub mod registry;
 pub mod retry;
 pub mod settings;

@@ -88,6 +88,7 @@ impl Registry {
             KindSpec::of::<kinds::reconcile_chain::ReconcileChain>(),
             KindSpec::of::<kinds::check_pending_tx::CheckPendingTx>(),
             KindSpec::of::<kinds::ingest_events::IngestEvents>(),
+            KindSpec::of::<kinds::backfill_window::BackfillWindow>(),
         ])
     }
 

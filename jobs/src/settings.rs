@@ -29,6 +29,9 @@ pub struct DomainConfig {
     /// `[[ingest]]`: event ingestion per chain.
     #[serde(default)]
     pub ingest: Vec<crate::ingest::IngestConfig>,
+    /// `[points]`: rates and backfill bounds.
+    #[serde(default)]
+    pub points: crate::points::PointsConfig,
 }
 
 /// One EVM chain.
@@ -216,6 +219,7 @@ impl Default for CacheConfig {
 impl DomainConfig {
     /// Checks values and cross-references; errors name the offending key.
     pub fn validate(&self) -> Result<(), String> {
+        self.points.validate()?;
         for (i, g) in self.ingest.iter().enumerate() {
             let key = format!("ingest[{i}]");
             g.validate(&key)?;

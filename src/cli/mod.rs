@@ -51,6 +51,9 @@ pub enum Command {
     Kinds,
     /// Health report and score 0-100; exit code 1 below 60.
     Health,
+    /// Points backfill: check lag, scan and enqueue the missing windows, or backfill a range.
+    #[command(subcommand)]
+    Backfill(BackfillCmd),
     /// Schedules from the config: next run times and the last outcome of each.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
@@ -67,6 +70,20 @@ pub enum Command {
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackfillCmd {
+    /// Lagging addresses, oldest gap and windows missing per token of CHAIN (id or name).
+    Check { chain: String },
+    /// Enqueue backfill jobs for every missing window of CHAIN.
+    Scan { chain: String },
+    /// Enqueue the windows of [FROM, TO) (RFC 3339) for every token with a rate on CHAIN and wait.
+    Points {
+        chain: String,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +284,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backfill(c) => queue_cmds::backfill(&app, &out, c).await,
         Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }

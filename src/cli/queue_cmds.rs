@@ -316,3 +316,104 @@ pub async fn schedules(app: &App, out: &Out) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+fn chain_id(app: &App, chain: &str) -> anyhow::Result<u64> {
+    let found = app
+        .config
+        .domain
+        .chains
+        .iter()
+        .find(|c| c.name == chain || c.chain_id.to_string() == chain)
+        .map(|c| c.chain_id);
+    found.ok_or_else(|| anyhow::anyhow!("unknown chain {chain:?}: not in the config's [[chains]]"))
+}
+
+pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::Result<()> {
+    use chainsync_jobs::points::backfill::{lag, stale_jobs};
+    let services = app.services().await?;
+    match cmd {
+        super::BackfillCmd::Check { chain } => {
+            let id = chain_id(app, &chain)?;
+            let rows = lag(&services, Some(id), chrono::Utc::now()).await?;
+            let table = rows
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.token.clone(),
+                        l.lagging_addresses.to_string(),
+                        l.oldest_gap_start
+                            .as_ref()
+                            .map(short_time)
+                            .unwrap_or_default(),
+                        l.windows_missing.to_string(),
+                    ]
+                })
+                .collect();
+            out.print(
+                &rows,
+                &[
+                    "TOKEN",
+                    "LAGGING ADDRESSES",
+                    "OLDEST GAP",
+                    "WINDOWS MISSING",
+                ],
+                table,
+            );
+        }
+        super::BackfillCmd::Scan { chain } => {
+            let id = chain_id(app, &chain)?;
+            let jobs = stale_jobs(&services, Some(id), chrono::Utc::now()).await?;
+            let n = jobs.len();
+            let done = app.queue.enqueue_many(jobs).await?;
+            out.message(
+                &done,
+                &format!("enqueued {n} backfill job(s) for chain {chain}"),
+            );
+        }
+        super::BackfillCmd::Points { chain, from, to } => {
+            let id = chain_id(app, &chain)?;
+            if from >= to {
+                bail!("FROM must be before TO");
+            }
+            let mut jobs = Vec::new();
+            for r in app
+                .config
+                .domain
+                .points
+                .rates
+                .iter()
+                .filter(|r| r.chain_id == id)
+            {
+                let job = chainsync_jobs::kinds::backfill_window::BackfillWindow {
+                    chain_id: id,
+                    token: r.token.clone(),
+                    from,
+                    to,
+                };
+                jobs.push(NewJob::typed(&job).map_err(anyhow::Error::msg)?);
+            }
+            if jobs.is_empty() {
+                bail!("no [[points.rates]] entry for chain {chain}");
+            }
+            let done = app.queue.enqueue_many(jobs).await?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("backfill jobs running (a daemon must be up)");
+            loop {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM chainsync.jobs WHERE kind = 'backfill-window' AND state IN ('available', 'running')",
+                )
+                .fetch_one(app.pool())
+                .await?;
+                bar.set_message(format!("{open} backfill job(s) open"));
+                if open == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                bar.tick();
+            }
+            bar.finish_and_clear();
+            out.message(&done, "backfill finished");
+        }
+    }
+    Ok(())
+}

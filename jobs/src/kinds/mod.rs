@@ -1,5 +1,6 @@
 //! One file per job kind.
 
+pub mod backfill_window;
 pub mod check_pending_tx;
 pub mod ingest_events;
 pub mod noop;
