@@ -1,0 +1,416 @@
+#![allow(clippy::unwrap_used)]
+//! Reliability suite: real `chainsync daemon` processes killed, their database restarted, their
+//! cache killed, under load; nothing lost or doubled. `CHAINSYNC_STRESS=1` runs the 1,000,000-job
+//! load instead of the default 50,000.
+
+mod chaos {
+    pub mod support;
+}
+
+use std::time::{Duration, Instant};
+
+use chainsync::{
+    app::App,
+    config::Config,
+    devchain::{self, DevChain},
+};
+use chainsync_jobs::{NewJob, Registry};
+use chaos::support::{Daemon, PrivatePg, PrivateRedis, free_port};
+use proptest::prelude::*;
+use serde_json::json;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+fn db_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("test")
+    )
+}
+
+const FAST: &str = r#"
+[worker]
+concurrency = 50
+fetch_batch = 50
+lease = "3s"
+heartbeat = "500ms"
+poll_interval = "200ms"
+shutdown_timeout = "5s"
+[maintenance]
+rescue_interval = "1s"
+"#;
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    loop {
+        match sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+        {
+            Ok(n) => return n,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn wait_until(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let n = count(pool, sql).await;
+        if n >= want {
+            return;
+        }
+        assert!(t.elapsed() < limit, "timeout: `{sql}` = {n}, want {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn enqueue_noops(url: &str, n: usize) {
+    let cfg = Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
+    let app = App::connect(cfg).await.unwrap();
+    app.queue.migrate().await.unwrap();
+    for start in (0..n).step_by(5000) {
+        let jobs = (start..(start + 5000).min(n))
+            .map(|i| NewJob::untyped("noop", json!({"payload": i})))
+            .collect();
+        app.queue.enqueue_many(jobs).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
+    let pg = PrivatePg::start();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE chaos")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = pg.url("chaos");
+    let n = 20_000;
+    enqueue_noops(&url, n).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("database_url = \"{url}\"\n{FAST}");
+    let mut a = Daemon::start(dir.path(), "a", &cfg);
+    let mut b = Daemon::start(dir.path(), "b", &cfg);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let done = "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'";
+    wait_until(&pool, done, 3000, Duration::from_secs(60)).await;
+
+    // The database goes away for a few seconds; the API says 503 meanwhile, not a crash.
+    pg.down();
+    let health = format!("http://127.0.0.1:{}/health", a.http_port);
+    let t = Instant::now();
+    let status = loop {
+        match reqwest::get(&health).await {
+            Ok(r) => break r.status().as_u16(),
+            Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("HTTP API gone while the database is down: {e}"),
+        }
+    };
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+
+    // One daemon is killed outright mid-drain; its leased jobs are rescued by the other.
+    wait_until(&pool, done, 10_000, Duration::from_secs(120)).await;
+    b.kill9();
+    wait_until(&pool, done, n as i64, Duration::from_secs(180)).await;
+    a.stop();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.jobs").await,
+        n as i64
+    );
+    assert_eq!(
+        count(&pool, done).await,
+        n as i64,
+        "every job completed once"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await,
+        0
+    );
+    assert!(
+        reqwest::get(&health).await.is_err(),
+        "daemon a exited on SIGTERM"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sigkill_mid_full_sync_then_every_balance_is_exact(pool: PgPool) {
+    let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
+    let token = chain.deploy_token("T", "TST", 18).await.unwrap();
+    let holders = devchain::random_holders(11, 3000, devchain::units(500, 18));
+    chain.mint_many(token, &holders).await.unwrap();
+    let list: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
+    let cfg = format!(
+        r#"database_url = "{}"
+{FAST}
+[[chains]]
+chain_id = 31337
+name = "anvil"
+rpc_urls = ["{}"]
+multicall_batch_size = 50
+batches_in_flight = 1
+[[tokens]]
+chain_id = 31337
+symbol = "TST"
+address = "{token:#x}"
+decimals = 18
+asset_class = "erc20"
+"#,
+        db_url(&pool),
+        chain.url()
+    );
+    let app = App::with_pool(Config::from_toml(&cfg).unwrap(), pool.clone()).unwrap();
+    app.queue.migrate().await.unwrap();
+    sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
+        .bind(&list)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(dir.path(), "first", &cfg);
+    let job = app
+        .queue
+        .enqueue(NewJob::untyped(
+            "sync-balances",
+            json!({"chain_id": 31337, "token": "TST"}),
+        ))
+        .await
+        .unwrap();
+    wait_until(
+        &pool,
+        "SELECT count(*) FROM chainsync.balances",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    first.kill9();
+    let partial = count(&pool, "SELECT count(*) FROM chainsync.balances").await;
+    let _second = Daemon::start(dir.path(), "second", &cfg);
+    wait_until(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM chainsync.jobs WHERE id = '{}' AND state = 'completed'",
+            job.id
+        ),
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    for (h, _) in &holders {
+        let stored: String =
+            sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
+                .bind(format!("{h:#x}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            chain.balance_of(token, *h).await.unwrap().to_string()
+        );
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.balance_changes").await,
+        3000,
+        "no change recorded twice"
+    );
+    println!("killed after {partial} of 3000 balances; resumed and exact");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn redis_killed_balances_served_from_postgres_then_cached_again(pool: PgPool) {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    sqlx::query("INSERT INTO chainsync.balances (chain_id, token, address, amount, block_number, block_hash) VALUES (1, 'native', '0x00000000000000000000000000000000000000b1', 42, 1, '0x0')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cfg = format!(
+        "database_url = \"{}\"\nredis_url = \"redis://127.0.0.1:{port}\"\n{FAST}\n[[chains]]\nchain_id = 1\nname = \"main\"\nrpc_urls = [\"http://127.0.0.1:1\"]\n",
+        db_url(&pool)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), "d", &cfg);
+    let url = format!(
+        "http://127.0.0.1:{}/v1/balances/1/0x00000000000000000000000000000000000000b1?token=native",
+        d.http_port
+    );
+    let get = || async {
+        let t = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                let v: serde_json::Value = r.json().await.unwrap();
+                if v.get("error").is_some() {
+                    eprintln!("balance error: {v}");
+                }
+                return (
+                    v["source"].as_str().unwrap_or("").to_string(),
+                    v["amount"].as_str().unwrap_or("").to_string(),
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "daemon HTTP never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(get().await, ("database".into(), "42".into()));
+    assert_eq!(get().await, ("cache".into(), "42".into()));
+    redis.kill();
+    assert_eq!(
+        get().await,
+        ("database".into(), "42".into()),
+        "Redis down: served from Postgres"
+    );
+    let _redis = PrivateRedis::start(port);
+    let t = Instant::now();
+    loop {
+        let _ = get().await;
+        if get().await.0 == "cache" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "cache never repopulated after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
+    let n: usize = if std::env::var("CHAINSYNC_STRESS").is_ok() {
+        1_000_000
+    } else {
+        50_000
+    };
+    let url = db_url(&pool);
+    let t0 = Instant::now();
+    enqueue_noops(&url, n).await;
+    let enqueued = t0.elapsed();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "database_url = \"{url}\"\n[worker]\nconcurrency = 200\nfetch_batch = 200\n[maintenance]\ncompleted_retention = \"2s\"\nprune_interval = \"1s\"\nprune_batch = 20000\n"
+    );
+    let t1 = Instant::now();
+    let mut daemons: Vec<Daemon> = (0..3)
+        .map(|i| Daemon::start(dir.path(), &format!("d{i}"), &cfg))
+        .collect();
+    let t = Instant::now();
+    loop {
+        let open = count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE state IN ('available', 'running')",
+        )
+        .await;
+        if open == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "{open} jobs still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained = t1.elapsed();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await,
+        0
+    );
+    // The pruner deletes completed jobs past the retention: the table ends empty.
+    wait_until(
+        &pool,
+        "SELECT (CASE WHEN count(*) = 0 THEN 1 ELSE 0 END)::bigint FROM chainsync.jobs",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    for d in &mut daemons {
+        d.stop();
+    }
+    sqlx::query("VACUUM chainsync.jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let size: i64 = count(&pool, "SELECT pg_total_relation_size('chainsync.jobs')").await;
+    println!(
+        "load: {n} jobs enqueued in {:.1}s, drained by 3 daemons in {:.1}s ({:.0} jobs/s); jobs table after prune + vacuum: {} kB",
+        enqueued.as_secs_f64(),
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        size / 1024
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn config_parser_never_panics(text in "[a-z_\\[\\]=\" .0-9\n{},]{0,200}") {
+        let _ = Config::from_toml(&text);
+    }
+
+    #[test]
+    fn mutated_default_config_never_panics(cut in 0usize..8000, insert in "[a-z=\"\\[\\] 0-9\n]{0,12}") {
+        let base = include_str!("../config/default.toml");
+        let at = base.char_indices().map(|(i, _)| i).nth(cut % base.chars().count()).unwrap_or(0);
+        let text = format!("{}{}{}", &base[..at], insert, &base[at..]);
+        match Config::from_toml(&text) {
+            Ok(_) => {}
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn enqueue_args_decoder_never_panics(kind in "[a-z-]{0,20}", v in arb_json()) {
+        let reg = Registry::builtin();
+        for k in reg.names().into_iter().map(str::to_string).chain([kind]) {
+            let mut job = NewJob::untyped(k, v.clone());
+            if let Err(e) = reg.check(&mut job) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "[a-z0-9x]{0,42}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("chain_id".to_string()),
+                    Just("address".to_string()),
+                    Just("token".to_string()),
+                    Just("from".to_string()),
+                    "[a-z_]{1,8}".prop_map(|s| s)
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
