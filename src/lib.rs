@@ -16,4 +16,5 @@ pub mod http;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
+pub mod sync_bench;
 pub mod telemetry;

@@ -94,6 +94,12 @@ pub enum ScheduleCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Full balance sync of N anvil holders: chainsync vs one eth_call per address (batches of
+    /// 50, like the original scripts). Prints `RESULT {json}`. Uses database bench_sync.
+    Sync {
+        #[arg(long, default_value_t = 10_000)]
+        holders: usize,
+    },
     /// One unit of the queue workload; prints `RESULT {json}`. Uses a scratch database.
     Queue {
         /// `misc` (single enqueue + latency) or `drain` (bulk enqueue + drain).
@@ -232,6 +238,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_url,
         })
         .await;
+    }
+    if let Command::Bench(BenchCmd::Sync { holders }) = &cli.command {
+        crate::telemetry::init(false, "warn");
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let r = crate::sync_bench::run(&admin_url, *holders).await?;
+        println!("RESULT {r}");
+        return Ok(());
     }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
