@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! Balance jobs on a real chain (anvil) and a real Postgres, run through the worker runtime.
 
+mod common;
+use common::db_url;
+
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
@@ -13,17 +16,6 @@ use chainsync::{
 use chainsync_jobs::NewJob;
 use serde_json::json;
 use sqlx::PgPool;
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
 
 struct Env {
     chain: DevChain,

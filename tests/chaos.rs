@@ -3,6 +3,9 @@
 //! cache killed, under load; nothing lost or doubled. `CHAINSYNC_STRESS=1` runs the 1,000,000-job
 //! load instead of the default 50,000.
 
+mod common;
+use common::db_url;
+
 mod chaos {
     pub mod support;
 }
@@ -19,17 +22,6 @@ use chaos::support::{Daemon, PrivatePg, PrivateRedis, free_port};
 use proptest::prelude::*;
 use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
 
 const FAST: &str = r#"
 [worker]

@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! The HTTP API on a real Postgres and Redis, served on a loopback port.
 
+mod common;
+use common::db_url;
+
 use std::net::SocketAddr;
 
 use chainsync::{
@@ -14,17 +17,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "test-token-0123456789";
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
 
 struct Server {
     base: String,

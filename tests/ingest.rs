@@ -2,6 +2,9 @@
 //! Event ingestion on anvil and a real Postgres: exactly once across runs, reorgs, range
 //! shrinking against a node that refuses large ranges, referral counts.
 
+mod common;
+use common::db_url;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -20,17 +23,6 @@ use chainsync::{
 use chainsync_jobs::{JobContext, JobMeta, Registry};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
 
 async fn app(
     pool: &PgPool,

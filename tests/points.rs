@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! Points backfill after a three-day outage, against an independent reference.
 
+mod common;
+use common::db_url;
+
 use std::time::Duration;
 
 use chainsync::{
@@ -17,17 +20,6 @@ const ADDRS: [&str; 3] = [
     "0x00000000000000000000000000000000000000a2",
     "0x00000000000000000000000000000000000000a3",
 ];
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
 
 async fn setup(pool: &PgPool) -> (App, DateTime<Utc>, Vec<(usize, DateTime<Utc>, u128)>) {
     let cfg = Config::from_toml(&format!(

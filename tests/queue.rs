@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! Queue engine against a real Postgres: one database per test (`#[sqlx::test]`).
 
+mod common;
+use common::db_url;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -649,17 +652,6 @@ async fn cancel_and_listing(pool: PgPool) {
         q.list_jobs(&bad).await,
         Err(QueueError::Invalid(_))
     ));
-}
-
-fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
 }
 
 /// Entry point of the worker child process used by `orphans_are_rescued_after_sigkill`;

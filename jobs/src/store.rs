@@ -48,6 +48,27 @@ pub struct WrittenRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<(String, String, String, i64, DateTime<Utc>)> for WrittenRow {
+    /// From a `RETURNING token, address, amount::text, block_number, updated_at` row.
+    fn from(
+        (token, address, amount, block_number, updated_at): (
+            String,
+            String,
+            String,
+            i64,
+            DateTime<Utc>,
+        ),
+    ) -> Self {
+        Self {
+            token,
+            address,
+            amount,
+            block_number,
+            updated_at,
+        }
+    }
+}
+
 /// Upsert of many balances read at `block`, in one statement.
 ///
 /// - A stored row of a newer block is never overwritten (the stale result is dropped).
@@ -140,15 +161,9 @@ pub async fn store_balances(
     };
     let rows: Vec<WrittenRow> = written
         .into_iter()
-        .map(
-            |(token, address, amount, block_number, updated_at, _)| WrittenRow {
-                token,
-                address,
-                amount,
-                block_number,
-                updated_at,
-            },
-        )
+        .map(|(token, address, amount, block_number, updated_at, _)| {
+            WrittenRow::from((token, address, amount, block_number, updated_at))
+        })
         .collect();
     cache_write_through(services, chain_id, &rows).await;
     Ok(outcome)

@@ -82,13 +82,7 @@ pub async fn jobs(app: &App, out: &Out, cmd: JobsCmd) -> anyhow::Result<()> {
                         j.state.clone(),
                         format!("{}/{}", j.attempt, j.max_attempts),
                         short_time(&j.run_at),
-                        j.errors
-                            .as_array()
-                            .and_then(|a| a.last())
-                            .and_then(|e| e.get("error"))
-                            .and_then(Value::as_str)
-                            .map(|s| clip(s, 60))
-                            .unwrap_or_default(),
+                        last_error(&j.errors),
                     ]
                 })
                 .collect();
@@ -135,6 +129,17 @@ pub async fn jobs(app: &App, out: &Out, cmd: JobsCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The newest error of a history, clipped for a table cell.
+fn last_error(errors: &Value) -> String {
+    errors
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|e| e.get("error"))
+        .and_then(Value::as_str)
+        .map(|s| clip(s, 60))
+        .unwrap_or_default()
 }
 
 fn error_rows(errors: &Value) -> Vec<Vec<String>> {
@@ -188,13 +193,7 @@ pub async fn dlq(app: &App, out: &Out, cmd: DlqCmd) -> anyhow::Result<()> {
                         d.reason.clone(),
                         d.attempt.to_string(),
                         short_time(&d.failed_at),
-                        d.errors
-                            .as_array()
-                            .and_then(|a| a.last())
-                            .and_then(|e| e.get("error"))
-                            .and_then(Value::as_str)
-                            .map(|s| clip(s, 60))
-                            .unwrap_or_default(),
+                        last_error(&d.errors),
                     ]
                 })
                 .collect();

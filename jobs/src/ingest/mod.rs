@@ -179,17 +179,7 @@ pub async fn ingest(
         .flat_map(|c| c.events.iter())
         .filter_map(|e| CustomEvent::parse(e).ok())
         .collect();
-    let tokens: BTreeSet<Address> = ctx
-        .services
-        .settings
-        .tokens
-        .iter()
-        .filter(|t| t.chain_id == chain_id)
-        .filter_map(|t| match t.key() {
-            Ok(TokenKey::Contract(a)) => Some(a),
-            _ => None,
-        })
-        .collect();
+    let tokens = token_contracts(&ctx.services.settings, chain_id);
     let mut size = cfg.initial_range;
     while from <= stop_at {
         let to = stop_at.min(from.saturating_add(size - 1));
@@ -289,6 +279,19 @@ pub async fn ingest(
             .await?;
     }
     Ok(report)
+}
+
+/// Contracts configured as ERC20 tokens of `chain_id`: their transfers trigger balance syncs.
+fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> BTreeSet<Address> {
+    settings
+        .tokens
+        .iter()
+        .filter(|t| t.chain_id == chain_id)
+        .filter_map(|t| match t.key() {
+            Ok(TokenKey::Contract(a)) => Some(a),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, String)>, JobError> {
@@ -395,17 +398,7 @@ async fn rollback(
             }
         }
     }
-    let tokens: BTreeSet<Address> = ctx
-        .services
-        .settings
-        .tokens
-        .iter()
-        .filter(|t| t.chain_id == chain_id)
-        .filter_map(|t| match t.key() {
-            Ok(TokenKey::Contract(a)) => Some(a),
-            _ => None,
-        })
-        .collect();
+    let tokens = token_contracts(&ctx.services.settings, chain_id);
     touched.retain(|(c, _)| tokens.contains(c));
     follow_up(ctx, chain_id, &touched).await
 }

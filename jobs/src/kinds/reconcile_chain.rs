@@ -340,18 +340,7 @@ async fn repair_all(
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    let written: Vec<WrittenRow> = rows
-        .into_iter()
-        .map(
-            |(token, address, amount, block_number, updated_at)| WrittenRow {
-                token,
-                address,
-                amount,
-                block_number,
-                updated_at,
-            },
-        )
-        .collect();
+    let written: Vec<WrittenRow> = rows.into_iter().map(WrittenRow::from).collect();
     cache_write_through(&ctx.services, chain_id, &written).await;
     if written.len() < mismatch_ids.len() {
         tracing::info!(
