@@ -57,10 +57,16 @@ async fn wait_jobs(pool: &PgPool, kind: &str, limit: Duration) -> anyhow::Result
     }
 }
 
-async fn stored(pool: &PgPool, token: &str, holder: Address) -> anyhow::Result<Option<String>> {
+async fn stored(
+    pool: &PgPool,
+    chain_id: u64,
+    token: &str,
+    holder: Address,
+) -> anyhow::Result<Option<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT amount::text FROM chainsync.balances WHERE chain_id = 31337 AND token = $1 AND address = $2",
+        "SELECT amount::text FROM chainsync.balances WHERE chain_id = $1 AND token = $2 AND address = $3",
     )
+    .bind(i64::try_from(chain_id)?)
     .bind(token)
     .bind(format!("{holder:#x}"))
     .fetch_optional(pool)
@@ -71,17 +77,37 @@ async fn stored(pool: &PgPool, token: &str, holder: Address) -> anyhow::Result<O
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut summary = Summary(Vec::new());
-    step(1, "starting a local chain (anvil) and deploying contracts");
-    let chain = DevChain::start_with(DevChainOptions::default())
-        .await
-        .context("starting anvil (scripts/install-deps.sh installs it)")?;
-    let rpc = chain.url();
+    let chain = match std::env::var("CHAINSYNC_RPC_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            step(
+                1,
+                "using the dev node at CHAINSYNC_RPC_URL and deploying contracts",
+            );
+            DevChain::attach(
+                url.trim(),
+                std::env::var("CHAINSYNC_DEV_KEY").ok().as_deref(),
+            )
+            .await
+            .context("CHAINSYNC_RPC_URL must be an anvil-compatible dev node")?
+        }
+        _ => {
+            step(1, "starting a local chain (anvil) and deploying contracts");
+            DevChain::start_with(DevChainOptions::default())
+                .await
+                .context("starting anvil (scripts/install-deps.sh installs it)")?
+        }
+    };
+    let chain_id = chain.chain_id();
+    // The daemon reaches the node through a gate that step 9 closes, as if the node went away.
+    let gate = devchain::RpcGate::open_to(&chain.host_port()).await?;
+    let rpc = gate.url();
     chain.install_multicall3().await?;
     let token = chain.deploy_token("Demo Reward Token", "RAT", 18).await?;
     let broken = chain.deploy_reverting_token().await?;
     let token_text = format!("{token:#x}");
     println!(
-        "    rpc {rpc}, token RAT at {token_text}, a token whose balanceOf reverts at {broken:#x}"
+        "    chain {chain_id} at {}, token RAT at {token_text}, a token whose balanceOf reverts at {broken:#x}",
+        chain.url()
     );
 
     step(
@@ -121,18 +147,18 @@ database_url = "{url}"
 concurrency = 20
 poll_interval = "200ms"
 [[chains]]
-chain_id = 31337
+chain_id = {chain_id}
 name = "anvil"
 rpc_urls = ["{rpc}"]
 confirmations = 1
 [[tokens]]
-chain_id = 31337
+chain_id = {chain_id}
 symbol = "RAT"
 address = "{token_text}"
 decimals = 18
 asset_class = "erc20"
 [[tokens]]
-chain_id = 31337
+chain_id = {chain_id}
 symbol = "BROKEN"
 address = "{broken:#x}"
 decimals = 18
@@ -169,13 +195,15 @@ auto_repair = true
 
     step(
         5,
-        "full sync: sync-balances {chain_id: 31337, asset_class: erc20} through Multicall3",
+        &format!(
+            "full sync: sync-balances {{chain_id: {chain_id}, asset_class: erc20}} through Multicall3"
+        ),
     );
     let t = Instant::now();
     app.queue
         .enqueue(chainsync_jobs::NewJob::untyped(
             "sync-balances",
-            json!({"chain_id": 31337, "asset_class": "erc20"}),
+            json!({"chain_id": chain_id, "asset_class": "erc20"}),
         ))
         .await?;
     wait_jobs(&pool, "sync-balances", Duration::from_secs(300)).await?;
@@ -204,7 +232,7 @@ auto_repair = true
     app.queue
         .enqueue(chainsync_jobs::NewJob::untyped(
             "reconcile-chain",
-            json!({"chain_id": 31337, "token": token_text, "repair": false}),
+            json!({"chain_id": chain_id, "token": token_text, "repair": false}),
         ))
         .await?;
     wait_jobs(&pool, "reconcile-chain", Duration::from_secs(120)).await?;
@@ -222,19 +250,25 @@ auto_repair = true
     );
     let (from, _) = holders[0];
     let (to, _) = holders[1];
-    let before = stored(&pool, &token_text, to).await?.unwrap_or_default();
+    let before = stored(&pool, chain_id, &token_text, to)
+        .await?
+        .unwrap_or_default();
     chain
         .transfer_from_holder(token, from, to, devchain::units(1, 18))
         .await?;
     for who in [from, to] {
         sqlx::query("SELECT chainsync.enqueue('sync-user-balance', $1, unique_key => $2)")
-            .bind(json!({"chain_id": 31337, "address": format!("{who:#x}"), "token": token_text}))
+            .bind(
+                json!({"chain_id": chain_id, "address": format!("{who:#x}"), "token": token_text}),
+            )
             .bind(format!("demo:{who:#x}"))
             .execute(&pool)
             .await?;
     }
     wait_jobs(&pool, "sync-user-balance", Duration::from_secs(60)).await?;
-    let after = stored(&pool, &token_text, to).await?.unwrap_or_default();
+    let after = stored(&pool, chain_id, &token_text, to)
+        .await?
+        .unwrap_or_default();
     let chain_now = chain.balance_of(token, to).await?;
     println!("    {to:#x}: {before} -> {after} (chain: {chain_now})");
     summary.add("event-driven sync exact", after == chain_now.to_string());
@@ -255,7 +289,7 @@ auto_repair = true
     app.queue
         .enqueue(chainsync_jobs::NewJob::untyped(
             "reconcile-chain",
-            json!({"chain_id": 31337, "token": token_text, "repair": true}),
+            json!({"chain_id": chain_id, "token": token_text, "repair": true}),
         ))
         .await?;
     wait_jobs(&pool, "reconcile-chain", Duration::from_secs(120)).await?;
@@ -273,7 +307,7 @@ auto_repair = true
         9,
         "failures: the node goes away (retries, then dead letter) and a bad job (fatal)",
     );
-    chain.stop().await?;
+    gate.close();
     let down = app
         .queue
         .enqueue(chainsync_jobs::NewJob {
@@ -282,7 +316,7 @@ auto_repair = true
             backoff_cap_ms: Some(1000),
             ..chainsync_jobs::NewJob::untyped(
                 "sync-user-balance",
-                json!({"chain_id": 31337, "address": victim, "token": token_text}),
+                json!({"chain_id": chain_id, "address": victim, "token": token_text}),
             )
         })
         .await?;
@@ -319,7 +353,7 @@ auto_repair = true
         10,
         "the node is back: replay the dead letter (chainsync dlq replay <id>)",
     );
-    chain.restart().await?;
+    gate.reopen().await?;
     app.queue.replay(down.id).await?;
     wait_jobs(&pool, "sync-user-balance", Duration::from_secs(60)).await?;
     let replayed = app.queue.get_job(down.id).await?;

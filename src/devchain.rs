@@ -21,11 +21,13 @@
 //! `scripts/install-deps.sh`. The process is killed and reaped when the [`DevChain`] is dropped.
 
 pub mod contracts;
+mod gate;
 mod holders;
 mod ops;
 mod process;
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +41,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 
 pub use contracts::MULTICALL3_ADDRESS;
+pub use gate::RpcGate;
 pub use holders::{BatchOutcome, MINT_CHUNK, MINT_CHUNK_CAPPED, holder_addresses, random_holders};
 
 use process::AnvilProcess;
@@ -134,6 +137,7 @@ pub struct DevChain {
     process: Mutex<Option<AnvilProcess>>,
     saved_state: Mutex<Option<Bytes>>,
     state_dir: PathBuf,
+    attached: bool,
 }
 
 impl std::fmt::Debug for DevChain {
@@ -147,6 +151,10 @@ impl std::fmt::Debug for DevChain {
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
+/// Dev account 0 of the public test mnemonic ("test test ... junk") that anvil and hardhat
+/// prefund. A well-known test key: it only ever signs on local dev chains.
+const DEFAULT_DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
 impl DevChain {
     /// Starts anvil with default options (automine, 10 accounts, chain id 31337).
     pub async fn start() -> Result<Self, DevChainError> {
@@ -159,7 +167,42 @@ impl DevChain {
         let (process, started) = AnvilProcess::spawn(&binary, &opts, 0, None).await?;
         let url = Url::parse(&format!("http://127.0.0.1:{}", started.port))
             .map_err(|e| DevChainError::Invalid(e.to_string()))?;
-        let signers = started.signers;
+        let chain = Self::build(binary, opts, url, started.signers, Some(process))?;
+        chain.wait_ready().await?;
+        Ok(chain)
+    }
+
+    /// Uses a dev node that is already running (anvil, or another node with anvil's `anvil_*`
+    /// methods) instead of starting one. Transactions are signed with `key` (hex private key), or
+    /// else with dev account 0 of the standard test mnemonic that anvil and hardhat prefund. The
+    /// node is not stopped on drop, and [`Self::stop`]/[`Self::restart`] are refused.
+    pub async fn attach(url: &str, key: Option<&str>) -> Result<Self, DevChainError> {
+        let parsed =
+            Url::parse(url).map_err(|e| DevChainError::Invalid(format!("RPC URL {url:?}: {e}")))?;
+        let key = key.unwrap_or(DEFAULT_DEV_KEY);
+        let signer = PrivateKeySigner::from_str(key.trim())
+            .map_err(|e| DevChainError::Invalid(format!("dev private key: {e}")))?;
+        let probe = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(parsed.clone());
+        let chain_id = probe.get_chain_id().await?;
+        let opts = DevChainOptions {
+            chain_id,
+            ..DevChainOptions::default()
+        };
+        let chain = Self::build(PathBuf::new(), opts, parsed, vec![signer], None)?;
+        chain.wait_ready().await?;
+        Ok(chain)
+    }
+
+    fn build(
+        binary: PathBuf,
+        opts: DevChainOptions,
+        url: Url,
+        signers: Vec<PrivateKeySigner>,
+        process: Option<AnvilProcess>,
+    ) -> Result<Self, DevChainError> {
+        let attached = process.is_none();
         let mut signer_iter = signers.iter().cloned();
         let first = signer_iter
             .next()
@@ -177,30 +220,44 @@ impl DevChain {
             .wallet(wallet)
             .connect_http(url.clone())
             .erased();
+        let port = url.port_or_known_default().unwrap_or(0);
         let state_dir = std::env::temp_dir().join(format!(
             "chainsync-devchain-{}-{}-{}",
             std::process::id(),
-            started.port,
+            port,
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
-        let chain = Self {
+        Ok(Self {
             binary,
             opts: Mutex::new(opts),
-            port: started.port,
+            port,
             url,
             provider,
             signers,
-            process: Mutex::new(Some(process)),
+            process: Mutex::new(process),
             saved_state: Mutex::new(None),
             state_dir,
-        };
-        chain.wait_ready().await?;
-        Ok(chain)
+            attached,
+        })
+    }
+
+    /// Whether this chain was attached to ([`Self::attach`]) rather than started.
+    pub fn is_attached(&self) -> bool {
+        self.attached
     }
 
     /// The HTTP JSON-RPC URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
         self.url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// `host:port` of the node, for TCP-level tools such as [`RpcGate`].
+    pub fn host_port(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or("127.0.0.1"),
+            self.port
+        )
     }
 
     /// The HTTP JSON-RPC URL as a parsed URL.
@@ -251,7 +308,7 @@ impl DevChain {
     }
 
     pub fn is_running(&self) -> bool {
-        self.process.lock().map(|p| p.is_some()).unwrap_or(false)
+        self.attached || self.process.lock().map(|p| p.is_some()).unwrap_or(false)
     }
 
     /// The last lines anvil printed, for diagnosing failures.
@@ -266,6 +323,11 @@ impl DevChain {
     /// Stops anvil, keeping its state (blocks, logs, balances, nonces) for [`Self::restart`].
     /// Until then the URL refuses connections, as a crashed RPC node would.
     pub async fn stop(&self) -> Result<(), DevChainError> {
+        if self.attached {
+            return Err(DevChainError::Invalid(
+                "an attached node is not stopped or restarted by chainsync".into(),
+            ));
+        }
         if !self.is_running() {
             return Ok(());
         }

@@ -1,6 +1,7 @@
 //! The `chainsync` command line. Raw flags are parsed here, validated into queue calls, and
 //! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
 
+mod chain_cmds;
 mod output;
 pub use output::table;
 mod queue_cmds;
@@ -51,6 +52,18 @@ pub enum Command {
     Kinds,
     /// Health report and score 0-100; exit code 1 below 60.
     Health,
+    /// Tracked addresses (the `chainsync.tracked_addresses` table): add, remove, import, list.
+    #[command(subcommand)]
+    Track(TrackCmd),
+    /// Submitted transactions followed by check-pending-tx: track, list.
+    #[command(subcommand)]
+    Tx(TxCmd),
+    /// Full balance sync of a chain now, in this process, with a progress bar (the code
+    /// sync-balances runs: Multicall3 batches pinned to one block).
+    Sync(SyncArgs),
+    /// Ingest events of a chain now, with a progress bar: from the checkpoint (default), a
+    /// block range (--from/--to), or everything again (--full).
+    Ingest(IngestArgs),
     /// Points backfill: check lag, scan and enqueue the missing windows, or backfill a range.
     #[command(subcommand)]
     Backfill(BackfillCmd),
@@ -70,6 +83,85 @@ pub enum Command {
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrackCmd {
+    /// Track addresses on every configured chain.
+    Add {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Stop tracking addresses (their stored balances are kept).
+    Remove {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Import addresses from FILE (`-` for stdin): one per line or the first column of a CSV;
+    /// `#` comments and blank lines are skipped, bad lines reported.
+    Import { file: String },
+    /// Tracked addresses, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TxCmd {
+    /// Follow a submitted transaction until it confirms or fails; the addresses it touches are
+    /// re-synced when it confirms (more are taken from the receipt).
+    Track {
+        hash: String,
+        /// Chain id or name.
+        #[arg(long)]
+        chain: String,
+        /// Address the transaction touches (repeatable).
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+    },
+    /// Tracked transactions, newest first.
+    List {
+        #[arg(long)]
+        chain: Option<String>,
+        /// pending, submitted, confirmed, failed or stuck.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Chain id or name.
+    pub chain: String,
+    /// One token: `native`, a token address or a configured symbol.
+    #[arg(long, conflicts_with = "asset_class")]
+    pub token: Option<String>,
+    /// One asset class: native, major, erc20 or nft. Without --token/--asset-class: all tokens.
+    #[arg(long)]
+    pub asset_class: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Chain id or name.
+    #[arg(long)]
+    pub chain: String,
+    /// First block (default: after the checkpoint). Events already stored are not duplicated.
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last block (default: head minus the chain's confirmations).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Forget what was ingested on the chain and start again at its start_block.
+    #[arg(long, conflicts_with = "from")]
+    pub full: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +394,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backfill(c) => queue_cmds::backfill(&app, &out, c).await,
+        Command::Track(c) => chain_cmds::track(&app, &out, c).await,
+        Command::Tx(c) => chain_cmds::tx(&app, &out, c).await,
+        Command::Sync(a) => chain_cmds::sync(&app, &out, a).await,
+        Command::Ingest(a) => chain_cmds::ingest(&app, &out, a).await,
         Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }

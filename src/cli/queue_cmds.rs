@@ -316,7 +316,7 @@ pub async fn schedules(app: &App, out: &Out) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn chain_id(app: &App, chain: &str) -> anyhow::Result<u64> {
+pub(super) fn chain_id(app: &App, chain: &str) -> anyhow::Result<u64> {
     let found = app
         .config
         .domain

@@ -129,11 +129,67 @@ struct Stored {
     args: Value,
 }
 
+/// Called after every stored range with the counts so far (the CLI draws a progress bar).
+pub type IngestProgressFn<'a> = &'a (dyn Fn(&IngestReport) + Send + Sync);
+
+/// Where a pass starts and what it does when it stops short of its target.
+#[derive(Clone, Copy, Default)]
+pub struct PassOptions<'a> {
+    /// Start here instead of after the checkpoint (a manual re-ingest of an older range; stored
+    /// events are not duplicated and the checkpoint never moves backwards).
+    pub from_block: Option<u64>,
+    /// Enqueue an `ingest-events` job for the rest when the pass stops at `max_blocks_per_run`.
+    pub continue_in_job: bool,
+    pub progress: Option<IngestProgressFn<'a>>,
+}
+
 /// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range.
 pub async fn ingest(
     ctx: &JobContext,
     chain_id: u64,
     to_block: Option<u64>,
+) -> Result<IngestReport, JobError> {
+    ingest_pass(
+        ctx,
+        chain_id,
+        to_block,
+        PassOptions {
+            continue_in_job: true,
+            ..PassOptions::default()
+        },
+    )
+    .await
+}
+
+/// Forgets everything ingested on `chain_id` (events, referrals, kept block hashes and the
+/// checkpoint) so that the next pass starts again at the configured start block. Returns the
+/// number of events deleted.
+pub async fn reset(db: &sqlx::PgPool, chain_id: u64) -> Result<u64, JobError> {
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let mut tx = db.begin().await?;
+    let events = sqlx::query("DELETE FROM chainsync.events WHERE chain_id = $1")
+        .bind(cid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    for table in ["referrals", "block_hashes", "ingest_checkpoints"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM chainsync.{table} WHERE chain_id = $1"
+        )))
+        .bind(cid)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(events)
+}
+
+/// One pass with explicit [`PassOptions`]; [`ingest`] is the job's pass.
+pub async fn ingest_pass(
+    ctx: &JobContext,
+    chain_id: u64,
+    to_block: Option<u64>,
+    opts: PassOptions<'_>,
 ) -> Result<IngestReport, JobError> {
     let cfg = ctx
         .services
@@ -162,7 +218,9 @@ pub async fn ingest(
         .await?
         .saturating_sub(chain.config.confirmations);
     let target = to_block.map_or(head, |t| t.min(head));
-    let mut from = checkpoint.map_or(cfg.start_block, |(n, _)| n + 1);
+    let mut from = opts
+        .from_block
+        .unwrap_or_else(|| checkpoint.map_or(cfg.start_block, |(n, _)| n + 1));
     report.from_block = from;
     let stop_at = target.min(
         from.saturating_add(cfg.max_blocks_per_run)
@@ -271,9 +329,12 @@ pub async fn ingest(
         report.to_block = to;
         from = to + 1;
         size = range::grow(size, cfg.max_range);
+        if let Some(p) = opts.progress {
+            p(&report);
+        }
     }
     report.caught_up = from > target;
-    if !report.caught_up {
+    if !report.caught_up && opts.continue_in_job {
         // Long backfills continue in a fresh job so that no run lasts for hours.
         ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block })
             .await?;
@@ -459,7 +520,8 @@ async fn store(
     sqlx::query(
         "INSERT INTO chainsync.ingest_checkpoints (chain_id, block_number, block_hash) VALUES ($1, $2, $3)
          ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
-             block_hash = EXCLUDED.block_hash, updated_at = now()",
+             block_hash = EXCLUDED.block_hash, updated_at = now()
+         WHERE chainsync.ingest_checkpoints.block_number <= EXCLUDED.block_number",
     )
     .bind(cid)
     .bind(cp)
