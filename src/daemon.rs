@@ -29,6 +29,11 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         app.config.maintenance.clone(),
         stop.clone(),
     ));
+    let follower = tokio::spawn(crate::runtime::follow::run(
+        app.queue.clone(),
+        services.clone(),
+        stop.clone(),
+    ));
     let schedules = app.config.schedules(app.queue.registry())?;
     let scheduler = if app.config.scheduler.enabled && !schedules.is_empty() {
         let s = crate::scheduler::Scheduler::new(
@@ -65,6 +70,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     stop.cancel();
     runtime.stop().await;
     let _ = maintenance.await;
+    let _ = follower.await;
     if let Some(s) = scheduler {
         let _ = s.await;
     }

@@ -158,7 +158,10 @@ contracts = [{{ address = "{token:#x}" }}]
     let hash = format!("{:#x}", receipt.transaction_hash);
     let from = format!("{:#x}", holders[0].0);
     cli.fails(&["tx", "track", "0x12", "--chain", "anvil"], "hash");
-    cli.fails(&["tx", "track", &hash, "--chain", "nochain"], "unknown chain");
+    cli.fails(
+        &["tx", "track", &hash, "--chain", "nochain"],
+        "unknown chain",
+    );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM chainsync.tracked_txs").await,
         0
@@ -170,11 +173,18 @@ contracts = [{{ address = "{token:#x}" }}]
 
     // ingest: every Transfer once, a re-ingested range adds nothing, --full rebuilds the same.
     let transfers_on_chain = (holders.len() + transfers.len() + 1) as i64;
-    cli.fails(&["ingest", "--chain", "anvil", "--from", "9", "--to", "3"], "after");
+    cli.fails(
+        &["ingest", "--chain", "anvil", "--from", "9", "--to", "3"],
+        "after",
+    );
     let r = cli.ok(&["ingest", "--chain", "anvil"]);
     assert_eq!(r["caught_up"], true);
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM chainsync.events WHERE event = 'Transfer'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.events WHERE event = 'Transfer'"
+        )
+        .await,
         transfers_on_chain
     );
     let r = cli.ok(&["ingest", "--chain", "anvil", "--from", "0"]);

@@ -143,13 +143,28 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let want = chain_logs(&chain, token).await;
     assert_eq!(want.len(), 2500);
     assert_eq!(stored_logs(&pool, token).await, want);
-    // Touched holders get one (deduplicated) balance sync each.
+    // Every touched holder gets a balance sync, keyed by the newest block that touched it in a
+    // range, so the no-op run above enqueued nothing more.
+    let holders_synced = count(
+        &pool,
+        "SELECT count(DISTINCT args->>'address') FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
+    )
+    .await;
+    assert_eq!(holders_synced, 2000);
     let jobs = count(
         &pool,
         "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
     )
     .await;
-    assert_eq!(jobs, 2000);
+    ingest(&app).await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
+        )
+        .await,
+        jobs
+    );
     // Replaying from scratch stores nothing twice.
     sqlx::query("DELETE FROM chainsync.ingest_checkpoints")
         .execute(&pool)
@@ -318,4 +333,56 @@ async fn ranges_shrink_to_what_the_node_accepts_and_referrals_count_once(pool: P
             .await
             .unwrap();
     assert_eq!(u0_level1, 2);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
+    let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
+    let token = chain.deploy_token("T", "TST", 18).await.unwrap();
+    let referral = chain.deploy_referral().await.unwrap();
+    let app = app(&pool, &chain.url(), token, referral, 100).await;
+    let services = app.services().await.unwrap();
+    let runtime = chainsync::runtime::Runtime::start(
+        app.queue.clone(),
+        services.clone(),
+        app.config.worker.clone(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(chainsync::runtime::follow::run(
+        app.queue.clone(),
+        services,
+        stop.clone(),
+    ));
+    let holders = devchain::random_holders(9, 20, devchain::units(5, 18));
+    chain.mint_many(token, &holders).await.unwrap();
+    chain
+        .transfer_from_holder(token, holders[0].0, holders[1].0, U256::from(777u64))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT address, amount::text FROM chainsync.balances WHERE chain_id = 31337",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let mut exact = rows.len() == holders.len();
+        for (a, amount) in &rows {
+            let on_chain = chain.balance_of(token, a.parse().unwrap()).await.unwrap();
+            exact &= *amount == on_chain.to_string();
+        }
+        if exact {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live mode did not bring the balances to the chain's: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    follower.await.unwrap();
+    runtime.stop().await;
 }

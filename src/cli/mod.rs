@@ -192,6 +192,17 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         holders: usize,
     },
+    /// Event ingestion on anvil: events/s for N minted holders (median of --reps), then the lag
+    /// from a Transfer mined (1 s blocks) to the holder's balance row updated by the live mode.
+    /// Prints `RESULT {json}`. Uses databases bench_ingest and bench_ingest_live.
+    Ingest {
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 90)]
+        transfers: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// One unit of the queue workload; prints `RESULT {json}`. Uses a scratch database.
     Queue {
         /// `misc` (single enqueue + latency) or `drain` (bulk enqueue + drain).
@@ -339,6 +350,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .or_else(|| std::env::var("DATABASE_URL").ok())
             .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
         let r = crate::sync_bench::run(&admin_url, *holders).await?;
+        println!("RESULT {r}");
+        return Ok(());
+    }
+    if let Command::Bench(BenchCmd::Ingest {
+        events,
+        transfers,
+        reps,
+    }) = &cli.command
+    {
+        crate::telemetry::init(false, "warn");
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let r = crate::ingest_bench::run(&admin_url, *events, *transfers, *reps).await?;
         println!("RESULT {r}");
         return Ok(());
     }

@@ -3,6 +3,7 @@
 
 mod backend;
 mod exec;
+pub mod follow;
 pub mod maintenance;
 
 use std::{sync::Arc, time::Duration};

@@ -5,7 +5,7 @@
 pub mod decode;
 pub mod range;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use alloy::{
     primitives::Address,
@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::{
-    JobContext, JobError, NewJob,
+    JobContext, JobError,
     chain::ChainClient,
     ids::{TokenKey, address_text, hash_text, parse_address},
     kinds::sync_user_balance::SyncUserBalance,
@@ -47,6 +47,12 @@ pub struct IngestConfig {
     /// Recent block hashes kept for reorg detection.
     #[serde(default = "default_keep_hashes")]
     pub keep_block_hashes: u64,
+    /// Live mode: the daemon polls the chain head every `poll_interval_ms` and enqueues
+    /// `ingest-events` as soon as a new block is past `confirmations`.
+    #[serde(default = "yes")]
+    pub live: bool,
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
 }
 
 /// One contract: the standard transfer events are always decoded; `events` adds more by
@@ -74,6 +80,12 @@ fn default_blocks_per_run() -> u64 {
 fn default_keep_hashes() -> u64 {
     256
 }
+fn yes() -> bool {
+    true
+}
+fn default_poll_ms() -> u64 {
+    500
+}
 
 impl IngestConfig {
     pub fn validate(&self, key: &str) -> Result<(), String> {
@@ -96,6 +108,9 @@ impl IngestConfig {
             return Err(format!(
                 "{key}: need 1 <= min_range <= initial_range <= max_range"
             ));
+        }
+        if self.live && self.poll_interval_ms < 10 {
+            return Err(format!("{key}.poll_interval_ms: at least 10"));
         }
         if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
             return Err(format!(
@@ -263,7 +278,8 @@ pub async fn ingest_pass(
         };
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
-        let mut touched: BTreeSet<(Address, Address)> = BTreeSet::new();
+        // (token, holder) → the newest block of the range that touched it.
+        let mut touched: BTreeMap<(Address, Address), u64> = BTreeMap::new();
         let mut hashes: Vec<(i64, String)> =
             vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
         for log in &logs {
@@ -286,7 +302,10 @@ pub async fn ingest_pass(
                 })) => {
                     let contract = log.address();
                     if tokens.contains(&contract) {
-                        touched.extend(holders.iter().map(|h| (contract, *h)));
+                        for h in &holders {
+                            let at = touched.entry((contract, *h)).or_insert(bn);
+                            *at = (*at).max(bn);
+                        }
                     }
                     if let Some((u, r)) = referral {
                         referrals.push((
@@ -460,7 +479,11 @@ async fn rollback(
         }
     }
     let tokens = token_contracts(&ctx.services.settings, chain_id);
-    touched.retain(|(c, _)| tokens.contains(c));
+    let touched = touched
+        .into_iter()
+        .filter(|(c, _)| tokens.contains(c))
+        .map(|k| (k, ancestor))
+        .collect();
     follow_up(ctx, chain_id, &touched).await
 }
 
@@ -537,24 +560,25 @@ async fn store(
     Ok(stored)
 }
 
-/// Enqueues `sync-user-balance` for each touched (token, holder), deduplicated by unique key, and
+/// Enqueues `sync-user-balance` for each touched (token, holder) as of its block, deduplicated by
+/// unique key (see `SyncUserBalance::for_change_at`), and
 /// drops their cached balances.
 async fn follow_up(
     ctx: &JobContext,
     chain_id: u64,
-    touched: &BTreeSet<(Address, Address)>,
+    touched: &BTreeMap<(Address, Address), u64>,
 ) -> Result<(), JobError> {
     if touched.is_empty() {
         return Ok(());
     }
     let mut jobs = Vec::with_capacity(touched.len());
-    for (token, holder) in touched {
+    for ((token, holder), block) in touched {
         let job = SyncUserBalance::new(
             chain_id,
             address_text(holder),
             Some(TokenKey::Contract(*token)),
         );
-        jobs.push(NewJob::typed(&job).map_err(JobError::Fatal)?);
+        jobs.push(job.for_change_at(*block).map_err(JobError::Fatal)?);
     }
     for chunk in jobs.chunks(1000) {
         ctx.enqueue_many(chunk.to_vec()).await?;
@@ -562,7 +586,7 @@ async fn follow_up(
     if let Some(redis) = ctx.services.redis.as_ref() {
         let mut conn = redis.clone();
         let keys: Vec<String> = touched
-            .iter()
+            .keys()
             .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
             .collect();
         let r: Result<(), redis::RedisError> =

@@ -103,7 +103,13 @@ impl Job for CheckPendingTx {
                 let jobs = u
                     .touched
                     .iter()
-                    .map(|a| NewJob::typed(&SyncUserBalance::new(self.chain_id, a.clone(), None)))
+                    .map(|a| {
+                        let job = SyncUserBalance::new(self.chain_id, a.clone(), None);
+                        match u.block {
+                            Some((n, _)) => job.for_change_at(n),
+                            None => NewJob::typed(&job),
+                        }
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(JobError::Fatal)?;
                 if !jobs.is_empty() {

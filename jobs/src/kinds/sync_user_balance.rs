@@ -35,6 +35,16 @@ impl SyncUserBalance {
             token: token.map(|t| t.text()),
         }
     }
+
+    /// The job for a change seen at `block`, keyed by that block too. The plain key would
+    /// collapse it into a job that is already running and may have read an older block; with the
+    /// block in the key a later change always gets its own read, while the same change seen
+    /// twice (a replayed range) is still enqueued once.
+    pub fn for_change_at(&self, block: u64) -> Result<crate::NewJob, String> {
+        let mut job = crate::NewJob::typed(self)?;
+        job.unique_key = job.unique_key.map(|k| format!("{k}@{block}"));
+        Ok(job)
+    }
 }
 
 #[async_trait]
@@ -132,6 +142,12 @@ mod tests {
         );
         let bad = SyncUserBalance::new(1, "0x1234", None);
         assert!(bad.validate().unwrap_err().starts_with("address:"));
+        let at = j.for_change_at(42).unwrap();
+        assert_eq!(
+            at.unique_key.unwrap(),
+            "sync-user-balance:1:0xabcdef0123456789abcdef0123456789abcdef01:*@42"
+        );
+        assert_eq!(at.args, serde_json::to_value(&j).unwrap());
         let args = serde_json::json!({"chain_id": 1, "address": "0xabcdef0123456789abcdef0123456789abcdef01", "tokn": "x"});
         assert!(serde_json::from_value::<SyncUserBalance>(args).is_err());
     }
