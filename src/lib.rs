@@ -13,6 +13,7 @@ pub mod demo;
 pub mod devchain;
 pub mod health;
 pub mod http;
+pub mod http_bench;
 pub mod ingest_bench;
 pub mod queue;
 pub mod runtime;

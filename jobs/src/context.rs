@@ -32,6 +32,8 @@ pub struct Services {
     pub enqueuer: Arc<dyn Enqueuer>,
     /// One provider per configured chain, built from `settings.chains`.
     pub chains: Arc<Chains>,
+    /// Skips `redis` for a while after it failed (see [`crate::cache`]).
+    pub cache: Arc<crate::cache::CacheBreaker>,
 }
 
 impl Services {
@@ -48,9 +50,31 @@ impl Services {
             settings,
             enqueuer,
             chains,
+            cache: Arc::default(),
         })
     }
 }
+
+impl Services {
+    /// The Redis connection when one is configured and the cache breaker lets a call through;
+    /// report the call's outcome with [`Self::cache_outcome`].
+    pub fn cache_conn(&self) -> Option<redis::aio::ConnectionManager> {
+        let conn = self.redis.as_ref()?;
+        self.cache.allow().then(|| conn.clone())
+    }
+
+    /// Records whether a cache call worked (a failure makes callers skip Redis for a while).
+    pub fn cache_outcome(&self, ok: bool) {
+        if ok {
+            self.cache.success();
+        } else {
+            self.cache.failure();
+        }
+    }
+}
+
+/// Longest wait for one cache call before falling back to Postgres.
+pub const CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Context of one job run.
 #[derive(Clone)]

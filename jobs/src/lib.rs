@@ -5,6 +5,7 @@
 //! `chainsync` crate never names a concrete kind.
 
 pub mod balance_sync;
+pub mod cache;
 pub mod chain;
 pub mod context;
 pub mod error;

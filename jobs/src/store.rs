@@ -184,10 +184,10 @@ struct CachedBalance<'a> {
 /// Writes rows to the Redis cache (when configured). Failures are logged and ignored: Postgres is
 /// the source of truth and readers fall back to it.
 pub async fn cache_write_through(services: &Services, chain_id: u64, rows: &[WrittenRow]) {
-    let Some(redis) = services.redis.as_ref() else {
-        return;
-    };
     if rows.is_empty() {
+        return;
+    }
+    if services.redis.is_none() {
         return;
     }
     let ttl = services.settings.cache.balance_ttl_secs;
@@ -207,10 +207,30 @@ pub async fn cache_write_through(services: &Services, chain_id: u64, rows: &[Wri
         pipe.set_ex(cache_key(chain_id, &r.token, &r.address), value, ttl)
             .ignore();
     }
-    let mut conn = redis.clone();
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-        metrics::counter!("chainsync_cache_errors_total", "op" => "write").increment(1);
-        tracing::warn!(chain_id, rows = rows.len(), error = %e, "balance cache write failed; continuing without it");
+    // Taken last: every path after it reports the outcome to the breaker.
+    let Some(mut conn) = services.cache_conn() else {
+        return;
+    };
+    let r = tokio::time::timeout(
+        crate::context::CACHE_TIMEOUT,
+        pipe.query_async::<()>(&mut conn),
+    )
+    .await;
+    services.cache_outcome(matches!(r, Ok(Ok(()))));
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            metrics::counter!("chainsync_cache_errors_total", "op" => "write").increment(1);
+            tracing::debug!(chain_id, rows = rows.len(), error = %e, "balance cache write failed; continuing without it");
+        }
+        Err(_) => {
+            metrics::counter!("chainsync_cache_errors_total", "op" => "write").increment(1);
+            tracing::debug!(
+                chain_id,
+                rows = rows.len(),
+                "balance cache write timed out; continuing without it"
+            );
+        }
     }
 }
 

@@ -203,6 +203,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// `GET /v1/balances` on loopback: requests/s and latency with a warm Redis cache, then with
+    /// Redis stopped (a private redis-server). Prints `RESULT {json}`. Uses database bench_http.
+    Http {
+        #[arg(long, default_value_t = 10_000)]
+        holders: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// One unit of the queue workload; prints `RESULT {json}`. Uses a scratch database.
     Queue {
         /// `misc` (single enqueue + latency) or `drain` (bulk enqueue + drain).
@@ -366,6 +376,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .or_else(|| std::env::var("DATABASE_URL").ok())
             .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
         let r = crate::ingest_bench::run(&admin_url, *events, *transfers, *reps).await?;
+        println!("RESULT {r}");
+        return Ok(());
+    }
+    if let Command::Bench(BenchCmd::Http {
+        holders,
+        connections,
+        seconds,
+    }) = &cli.command
+    {
+        crate::telemetry::init(false, "error");
+        let admin_url = cli
+            .database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let r = crate::http_bench::run(&crate::http_bench::HttpBenchOptions {
+            admin_url,
+            holders: *holders,
+            connections: *connections,
+            seconds: *seconds,
+        })
+        .await?;
         println!("RESULT {r}");
         return Ok(());
     }

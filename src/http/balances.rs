@@ -192,12 +192,13 @@ fn resolve_token(s: &HttpState, chain_id: u64, t: &str) -> Result<String, ApiErr
 }
 
 async fn cache_get(s: &HttpState, chain_id: u64, token: &str, address: &str) -> Option<Cached> {
-    let mut conn = s.services.redis.clone()?;
+    let mut conn = s.services.cache_conn()?;
     let key = cache_key(chain_id, token, address);
     let got: Result<Option<String>, _> =
-        tokio::time::timeout(std::time::Duration::from_millis(200), conn.get(&key))
+        tokio::time::timeout(chainsync_jobs::context::CACHE_TIMEOUT, conn.get(&key))
             .await
             .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timeout"))));
+    s.services.cache_outcome(got.is_ok());
     match got {
         Ok(Some(v)) => serde_json::from_str(&v).ok(),
         Ok(None) => None,
@@ -210,18 +211,20 @@ async fn cache_get(s: &HttpState, chain_id: u64, token: &str, address: &str) -> 
 }
 
 async fn cache_put(s: &HttpState, chain_id: u64, token: &str, address: &str, c: &Cached) {
-    let Some(mut conn) = s.services.redis.clone() else {
+    let Ok(v) = serde_json::to_string(c) else {
         return;
     };
-    let Ok(v) = serde_json::to_string(c) else {
+    // Taken last: every path after it reports the outcome to the breaker.
+    let Some(mut conn) = s.services.cache_conn() else {
         return;
     };
     let ttl = s.services.settings.cache.balance_ttl_secs;
     let r = tokio::time::timeout(
-        std::time::Duration::from_millis(200),
+        chainsync_jobs::context::CACHE_TIMEOUT,
         conn.set_ex::<_, _, ()>(cache_key(chain_id, token, address), v, ttl),
     )
     .await;
+    s.services.cache_outcome(matches!(r, Ok(Ok(()))));
     if !matches!(r, Ok(Ok(()))) {
         metrics::counter!("chainsync_cache_errors_total", "op" => "write").increment(1);
     }

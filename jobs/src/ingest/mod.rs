@@ -583,16 +583,19 @@ async fn follow_up(
     for chunk in jobs.chunks(1000) {
         ctx.enqueue_many(chunk.to_vec()).await?;
     }
-    if let Some(redis) = ctx.services.redis.as_ref() {
-        let mut conn = redis.clone();
+    if let Some(mut conn) = ctx.services.cache_conn() {
         let keys: Vec<String> = touched
             .keys()
             .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
             .collect();
-        let r: Result<(), redis::RedisError> =
-            redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        if let Err(e) = r {
-            warn!(error = %e, "cache invalidation failed; entries expire by TTL");
+        let r = tokio::time::timeout(
+            crate::context::CACHE_TIMEOUT,
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn),
+        )
+        .await;
+        ctx.services.cache_outcome(matches!(r, Ok(Ok(()))));
+        if !matches!(r, Ok(Ok(()))) {
+            warn!("cache invalidation failed; entries expire by TTL");
         }
     }
     Ok(())
