@@ -5,6 +5,8 @@
 #   - anvil from the npm package @foundry-rs/anvil, into $CHAINSYNC_TOOLS
 #     (default ~/.local/chainsync-tools), linked as /usr/local/bin/anvil when that is writable
 #   - the contracts' npm dependencies (solc) for scripts/build-contracts.sh
+#   - Chromium (Debian's package) and playwright-core (npm, into $CHAINSYNC_TOOLS) for the test of
+#     the admin page in a real browser
 # Idempotent: a second run changes nothing and prints what it found.
 set -euo pipefail
 
@@ -44,6 +46,7 @@ command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 if [ "${#packages[@]}" -gt 0 ]; then
     apt_install "${packages[@]}"
 fi
@@ -97,3 +100,11 @@ if [ ! -f "$repo/contracts/node_modules/solc/package.json" ]; then
     (cd "$repo/contracts" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 log "solc $(node -p "require('$repo/contracts/node_modules/solc/package.json').version")"
+
+# --- playwright-core for the browser test ----------------------------------------------------
+if [ ! -f "$tools/node_modules/playwright-core/package.json" ]; then
+    log "npm install playwright-core into $tools"
+    mkdir -p "$tools"
+    npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "playwright-core@1.65.1"
+fi
+log "playwright-core $(node -p "require('$tools/node_modules/playwright-core/package.json').version"), $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
