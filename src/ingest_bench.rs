@@ -1,7 +1,7 @@
 //! `chainsync bench ingest`: event ingestion on anvil.
 //!
-//! 1. Throughput: N holders minted, 100 per block (one `Transfer` each), then ingestion passes
-//!    from block 0 to the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges,
+//! 1. Throughput: N holders minted (one `Transfer` each), then ingestion passes from block 0 to
+//!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges,
 //!    events stored, a `sync-user-balance` job enqueued per touched holder. Repeated after a
 //!    reset; events/s of each repetition and the median.
 //! 2. Live lag: anvil mining a block every second, the worker runtime and the live follower of
@@ -93,13 +93,7 @@ async fn throughput(
     chain.install_multicall3().await?;
     let token = chain.deploy_token("Ingest", "ING", 18).await?;
     let holders = devchain::random_holders(5, events, devchain::units(100, 18));
-    // 100 holders per transaction: the events spread over many blocks, as on a real chain.
-    chain
-        .set_eth_balance(chain.deployer(), devchain::units(1_000_000_000, 18))
-        .await?;
-    for block in holders.chunks(100) {
-        chain.mint_many_chunked(token, block, 100).await?;
-    }
+    chain.mint_many(token, &holders).await?;
     let url = crate::app::recreate_database(admin_url, "bench_ingest").await?;
     let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), false)?).await?;
     app.queue.migrate().await?;
