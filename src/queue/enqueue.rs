@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Queue, QueueError};
 
 const ENQUEUE_MANY: &str = include_str!("sql/enqueue_many.sql");
+const ENQUEUE_MANY_PLAIN: &str = include_str!("sql/enqueue_many_plain.sql");
 
 /// A checked job with every column resolved.
 struct Row {
@@ -125,6 +126,31 @@ async fn insert_rows(conn: &mut PgConnection, rows: Vec<Row>) -> Result<Vec<Enqu
         keys.push(r.unique_key);
         bases.push(r.backoff_base_ms);
         caps.push(r.backoff_cap_ms);
+    }
+    let plain = keys.iter().all(Option::is_none)
+        && run_ats.iter().all(Option::is_none)
+        && bases.iter().all(Option::is_none)
+        && caps.iter().all(Option::is_none);
+    if plain {
+        let done = sqlx::query(ENQUEUE_MANY_PLAIN)
+            .bind(&ids)
+            .bind(&kinds)
+            .bind(&queues)
+            .bind(&args)
+            .bind(&prios)
+            .bind(&attempts)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() != n as u64 {
+            return Err(QueueError::Conflict(format!(
+                "bulk insert wrote {} of {n} jobs",
+                done.rows_affected()
+            )));
+        }
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, inserted: true })
+            .collect());
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(ENQUEUE_MANY)
         .bind(&ids)
