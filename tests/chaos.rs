@@ -7,6 +7,7 @@ mod common;
 use common::db_url;
 
 mod chaos {
+    pub mod rpc_faults;
     pub mod support;
 }
 
@@ -69,6 +70,11 @@ async fn enqueue_noops(url: &str, n: usize) {
             .collect();
         app.queue.enqueue_many(jobs).await.unwrap();
     }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn rpc_faults_snooze_retry_dead_letter_then_replay(pool: PgPool) {
+    chaos::rpc_faults::faults_retry_snooze_dead_letter_and_replay(pool).await;
 }
 
 #[tokio::test]

@@ -129,7 +129,12 @@ fn classify_transport(kind: &TransportErrorKind) -> RpcErrorClass {
     }
     match kind {
         TransportErrorKind::Custom(inner) => {
-            if message_says_rate_limit(&inner.to_string()) {
+            let m = inner.to_string();
+            // alloy's retry layer gives up with "Max retries exceeded <last error>", and it only
+            // retries rate limits: the provider is still limiting us (e.g. -32005 "limit
+            // exceeded", which names no rate in its message).
+            let retries_exhausted = m.contains("Max retries exceeded") && !says_range_too_large(&m);
+            if retries_exhausted || message_says_rate_limit(&m) {
                 RpcErrorClass::RateLimited
             } else {
                 RpcErrorClass::Transient
@@ -233,6 +238,9 @@ mod tests {
             TransportErrorKind::http_error(429, String::new()),
             TransportErrorKind::http_error(503, "rate limited".into()),
             TransportErrorKind::custom_str("429 Too Many Requests"),
+            TransportErrorKind::custom_str(
+                "Max retries exceeded server returned an error response: error code -32005: limit exceeded",
+            ),
         ] {
             assert_eq!(classify_kind(&e), RpcErrorClass::RateLimited, "{e}");
             assert!(matches!(classify(1, "t", &e), JobError::Snooze(_)), "{e}");
