@@ -306,6 +306,15 @@ pub enum DlqCmd {
     },
 }
 
+/// The server the self-contained commands (demo, benchmarks) create their scratch databases on:
+/// `--database-url`, else `DATABASE_URL`, else the default.
+fn admin_url(cli: &Cli) -> String {
+    cli.database_url
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string())
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Bench(BenchCmd::Queue {
@@ -316,11 +325,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }) = &cli.command
     {
         crate::telemetry::init(false, "warn");
-        let admin_url = cli
-            .database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let admin_url = admin_url(&cli);
         if mode != "drain" && mode != "misc" {
             anyhow::bail!("--mode must be drain or misc, got {mode:?}");
         }
@@ -340,11 +345,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         if *holders < 3 {
             anyhow::bail!("--holders must be at least 3");
         }
-        let admin_url = cli
-            .database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let admin_url = admin_url(&cli);
         return crate::demo::run(crate::demo::DemoOptions {
             holders: *holders,
             database: database.clone(),
@@ -354,11 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::Bench(BenchCmd::Sync { holders }) = &cli.command {
         crate::telemetry::init(false, "warn");
-        let admin_url = cli
-            .database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let admin_url = admin_url(&cli);
         let r = crate::sync_bench::run(&admin_url, *holders).await?;
         println!("RESULT {r}");
         return Ok(());
@@ -370,11 +367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }) = &cli.command
     {
         crate::telemetry::init(false, "warn");
-        let admin_url = cli
-            .database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let admin_url = admin_url(&cli);
         let r = crate::ingest_bench::run(&admin_url, *events, *transfers, *reps).await?;
         println!("RESULT {r}");
         return Ok(());
@@ -386,11 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }) = &cli.command
     {
         crate::telemetry::init(false, "error");
-        let admin_url = cli
-            .database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .unwrap_or_else(|| crate::config::DEFAULT_DATABASE_URL.to_string());
+        let admin_url = admin_url(&cli);
         let r = crate::http_bench::run(&crate::http_bench::HttpBenchOptions {
             admin_url,
             holders: *holders,
