@@ -20,6 +20,7 @@ use chainsync::{
 };
 use chainsync_jobs::{NewJob, Registry};
 use chaos::support::{Daemon, PrivatePg, PrivateRedis, free_port};
+use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -411,4 +412,140 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
             .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Exact points of one hourly window by integrating the step function of the changes (amount ×
+/// seconds held), floored; `None` before the address's first change. Independent of
+/// `chainsync_jobs::points`.
+/// (time, new amount) of one address, in time order.
+type Changes = Vec<(DateTime<Utc>, u128)>;
+
+fn window_points(changes: &[(DateTime<Utc>, u128)], w: DateTime<Utc>) -> Option<(u128, u128)> {
+    let end = w + chrono::Duration::hours(1);
+    if changes.first().is_none_or(|c| c.0 >= end) {
+        return None;
+    }
+    let mut sum: u128 = 0;
+    let mut at = w;
+    let mut amount = changes.iter().rev().find(|c| c.0 <= w).map_or(0, |c| c.1);
+    for (t, a) in changes.iter().filter(|c| c.0 > w && c.0 < end) {
+        sum += amount * u128::try_from((*t - at).num_seconds()).unwrap();
+        at = *t;
+        amount = *a;
+    }
+    sum += amount * u128::try_from((end - at).num_seconds()).unwrap();
+    let twab = sum / 3600;
+    Some((twab, twab / 4))
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sigkill_mid_backfill_then_every_window_is_exact(pool: PgPool) {
+    use chainsync_jobs::points::window_of;
+    let base = window_of(Utc::now()) - chrono::Duration::hours(80);
+    let to = base + chrono::Duration::hours(72);
+    let mut seed = 11u64;
+    let mut history: Vec<(String, Changes)> = Vec::new();
+    for i in 0..30 {
+        let address = format!("0x{:040x}", 0xb000 + i);
+        let mut t = base - chrono::Duration::minutes(30);
+        let mut changes = Vec::new();
+        for _ in 0..20 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += chrono::Duration::seconds(600 + (seed >> 33) as i64 % 20000);
+            changes.push((
+                t,
+                u128::from(seed >> 20) % 1_000_000_000 * 1_000_000_000_007,
+            ));
+        }
+        history.push((address, changes));
+    }
+    for (address, changes) in &history {
+        for (t, amount) in changes {
+            sqlx::query(
+                "INSERT INTO chainsync.balance_changes (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time)
+                 VALUES (31337, 'native', $1, NULL, $2::numeric, 1, '0x0', $3)",
+            )
+            .bind(address)
+            .bind(amount.to_string())
+            .bind(t)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    let cfg = format!(
+        r#"database_url = "{}"
+{FAST}
+[points]
+max_windows_per_job = 6
+rates = [{{ chain_id = 31337, token = "native", rate = "0.25" }}]
+"#,
+        db_url(&pool)
+    );
+    let app = App::with_pool(Config::from_toml(&cfg).unwrap(), pool.clone()).unwrap();
+    app.queue.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(dir.path(), "first", &cfg);
+    app.queue
+        .enqueue(
+            NewJob::typed(&chainsync_jobs::kinds::backfill_window::BackfillWindow {
+                chain_id: 31337,
+                token: "native".into(),
+                from: base,
+                to,
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        &pool,
+        "SELECT least(count(*), 100) FROM chainsync.points_history",
+        100,
+        Duration::from_secs(60),
+    )
+    .await;
+    first.kill9();
+    let partial = count(&pool, "SELECT count(*) FROM chainsync.points_history").await;
+    let _second = Daemon::start(dir.path(), "second", &cfg);
+    wait_until(
+        &pool,
+        "SELECT (count(*) = 0)::int::int8 FROM chainsync.jobs WHERE state IN ('available', 'running')",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await,
+        0
+    );
+    let stored: Vec<(String, DateTime<Utc>, String, String)> = sqlx::query_as(
+        "SELECT address, window_start, twab::text, points::text FROM chainsync.points_history
+         WHERE window_start >= $1 AND window_start < $2 ORDER BY 1, 2",
+    )
+    .bind(base)
+    .bind(to)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut want = Vec::new();
+    for (address, changes) in &history {
+        let mut w = base;
+        while w < to {
+            if let Some((twab, points)) = window_points(changes, w) {
+                want.push((address.clone(), w, twab.to_string(), points.to_string()));
+            }
+            w += chrono::Duration::hours(1);
+        }
+    }
+    want.sort();
+    assert!(partial < want.len() as i64, "killed before the end");
+    assert_eq!(stored.len(), want.len(), "every window once");
+    assert_eq!(stored, want);
+    println!(
+        "killed after {partial} of {} windows; resumed and exact",
+        want.len()
+    );
 }
