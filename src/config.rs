@@ -65,6 +65,27 @@ const ENGINE_KEYS: &[&str] = &[
     "http",
 ];
 
+/// Every top-level key: the engine's and the domain part's.
+fn known_keys() -> Vec<String> {
+    let domain = serde_json::to_value(DomainConfig::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+        .unwrap_or_default();
+    ENGINE_KEYS
+        .iter()
+        .map(|k| (*k).to_string())
+        .chain(domain)
+        .collect()
+}
+
+/// Whether `CHAINSYNC_<key>` (prefix already stripped) is a configuration override.
+/// `SECTION__KEY` always is, so a misspelt section is an error rather than silently ignored;
+/// a plain name only when it is a top-level key (`DATABASE_URL`, `POOL_SIZE`, …). Other plain
+/// names (`CONFIG`, `RPC_URL` of the demo, `TOOLS` of the scripts) belong to other tools.
+fn env_key_is_config(key: &str, known: &[String]) -> bool {
+    key.contains("__") || known.iter().any(|k| k.eq_ignore_ascii_case(key))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("config: {0}")]
 pub struct ConfigError(pub String);
@@ -83,7 +104,12 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             fig = fig.merge(Serialized::default("database_url", url));
         }
-        fig = fig.merge(Env::prefixed("CHAINSYNC_").split("__").ignore(&["config"]));
+        let known = known_keys();
+        fig = fig.merge(
+            Env::prefixed("CHAINSYNC_")
+                .filter(move |key| env_key_is_config(key.as_str(), &known))
+                .split("__"),
+        );
         if let Some(url) = database_url {
             fig = fig.merge(Serialized::default("database_url", url));
         }
@@ -102,14 +128,11 @@ impl Config {
     fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
         // Unknown top-level keys are errors, like deny_unknown_fields (which serde cannot
         // combine with the flattened domain part).
-        let domain_keys = serde_json::to_value(DomainConfig::default())
-            .ok()
-            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
-            .unwrap_or_default();
+        let known = known_keys();
         let raw: BTreeMap<String, figment::value::Value> =
             fig.extract().map_err(|e| ConfigError(flatten_err(e)))?;
         for key in raw.keys() {
-            if !ENGINE_KEYS.contains(&key.as_str()) && !domain_keys.iter().any(|k| k == key) {
+            if !known.iter().any(|k| k == key) {
                 return Err(ConfigError(format!("unknown key {key:?}")));
             }
         }
@@ -260,6 +283,18 @@ mod tests {
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn environment_names_that_are_config() {
+        let known = known_keys();
+        assert!(env_key_is_config("WORKER__CONCURRENCY", &known));
+        assert!(env_key_is_config("WORKR__CONCURRENCY", &known));
+        assert!(env_key_is_config("DATABASE_URL", &known));
+        assert!(env_key_is_config("redis_url", &known));
+        assert!(!env_key_is_config("RPC_URL", &known));
+        assert!(!env_key_is_config("CONFIG", &known));
+        assert!(!env_key_is_config("STRESS", &known));
     }
 
     #[test]

@@ -820,3 +820,188 @@ async fn cli_bad_input_fails_with_one_line_and_writes_nothing(pool: PgPool) {
     assert_eq!(v["inserted"], true);
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn environment_overrides_apply_and_other_chainsync_variables_are_left_alone(pool: PgPool) {
+    setup(&pool).await;
+    let url = db_url(&pool);
+    let bin = env!("CARGO_BIN_EXE_chainsync");
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--database-url", &url, "--json", "jobs", "list"]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // Variables of the demo and the scripts share the prefix but are not config keys.
+    let out = run(&[
+        ("CHAINSYNC_RPC_URL", "http://127.0.0.1:1"),
+        ("CHAINSYNC_TOOLS", "/nowhere"),
+        ("CHAINSYNC_STRESS", "1"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SECTION__KEY is always config: a bad value and a misspelt section both stop with the key.
+    let out = run(&[("CHAINSYNC_WORKER__CONCURRENCY", "0")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("worker.concurrency"),
+        "{err}"
+    );
+    let out = run(&[("CHAINSYNC_WORKR__CONCURRENCY", "4")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("workr"), "{err}");
+    // A plain top-level key is config too.
+    let out = run(&[("CHAINSYNC_POOL_SIZE", "1")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pool_size"), "{err}");
+}
+
+/// Every access to `chainsync.jobs` in a plan: (node type, has an index condition).
+fn jobs_scans(node: &serde_json::Value, out: &mut Vec<(String, bool)>) {
+    let scan = node["Node Type"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("Scan"));
+    if scan && node["Relation Name"] == "jobs" {
+        // The partial index of running rows holds at most the total concurrency (plus dead
+        // entries until vacuum): walking it whole is what heartbeat and release mean to do.
+        let cond = node.get("Index Cond").is_some()
+            || node.get("Recheck Cond").is_some()
+            || node["Index Name"] == "jobs_running_idx";
+        out.push((node["Node Type"].as_str().unwrap_or("?").to_string(), cond));
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        jobs_scans(child, out);
+    }
+}
+
+/// Plans of the hot statements, as they run (unprepared, planned with their arguments), in the
+/// states statistics of a queue table go through: never analyzed; analyzed while empty, then a
+/// burst; a drained table vacuumed without truncation ("0 rows in N pages"), then a burst.
+/// In each, every access to the jobs table must use an index condition: no sequential scan, no
+/// walk of a whole index.
+#[sqlx::test(migrations = "./migrations")]
+async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let owner = uuid::Uuid::now_v7();
+    let ids = vec![uuid::Uuid::now_v7(); 500];
+    let ints = vec![1i32; 500];
+    let check_all = async |conn: &mut sqlx::PgConnection, state: &str| {
+        let stmts: [(&str, &str); 9] = [
+            ("fetch", include_str!("../src/queue/sql/fetch.sql")),
+            (
+                "complete_retain",
+                include_str!("../src/queue/sql/complete_retain.sql"),
+            ),
+            (
+                "complete_delete",
+                include_str!("../src/queue/sql/complete_delete.sql"),
+            ),
+            ("retry", include_str!("../src/queue/sql/retry.sql")),
+            (
+                "dead_letter",
+                include_str!("../src/queue/sql/dead_letter.sql"),
+            ),
+            ("prune", include_str!("../src/queue/sql/prune.sql")),
+            ("rescue", include_str!("../src/queue/sql/rescue.sql")),
+            ("heartbeat", include_str!("../src/queue/sql/heartbeat.sql")),
+            ("release", include_str!("../src/queue/sql/release.sql")),
+        ];
+        for (name, sql) in stmts {
+            let q = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (FORMAT JSON) {sql}"
+            )))
+            .persistent(false);
+            let q = match name {
+                "fetch" => q.bind("default").bind(500i64).bind(owner).bind(60_000i64),
+                "complete_retain" | "complete_delete" => q.bind(&ids).bind(&ints).bind(owner),
+                "retry" => q
+                    .bind(&ids)
+                    .bind(&ints)
+                    .bind(vec![1000i64; 500])
+                    .bind(&ints)
+                    .bind(vec![serde_json::json!({}); 500])
+                    .bind(owner),
+                "dead_letter" => q
+                    .bind(&ids)
+                    .bind(&ints)
+                    .bind(vec![serde_json::json!({}); 500])
+                    .bind(vec!["fatal"; 500])
+                    .bind(owner),
+                "prune" => q.bind(2.0f64).bind(20_000i64),
+                "rescue" => q.bind(1000i64),
+                "heartbeat" => q.bind(owner).bind(60_000i64),
+                _ => q.bind(owner),
+            };
+            let plan = q.fetch_one(&mut *conn).await.unwrap();
+            let mut scans = Vec::new();
+            jobs_scans(&plan[0]["Plan"], &mut scans);
+            assert!(
+                !scans.is_empty(),
+                "{state}/{name}: no scan of jobs in {plan}"
+            );
+            for (node, cond) in &scans {
+                assert!(
+                    node != "Seq Scan" && *cond,
+                    "{state}/{name}: {node} without an index condition\n{plan:#}"
+                );
+            }
+        }
+    };
+    let burst = async |conn: &mut sqlx::PgConnection, n: i32| {
+        // Half available, half running (leased), a few expired and finished.
+        sqlx::query(
+            "INSERT INTO chainsync.jobs (id, kind, args, state, attempt, lease_owner, lease_expires_at, finished_at)
+             SELECT gen_random_uuid(), 'noop', '{}',
+                    CASE WHEN i % 3 = 0 THEN 'available' WHEN i % 3 = 1 THEN 'running' ELSE 'completed' END::chainsync.job_state,
+                    1,
+                    CASE WHEN i % 3 = 1 THEN gen_random_uuid() END,
+                    CASE WHEN i % 3 = 1 THEN now() + interval '1 minute' END,
+                    CASE WHEN i % 3 = 2 THEN now() END
+             FROM generate_series(1, $1) AS i",
+        )
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    };
+    let run = async |conn: &mut sqlx::PgConnection, sql: &str| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    };
+
+    // Never analyzed, then a burst.
+    burst(&mut conn, 150_000).await;
+    check_all(&mut conn, "never analyzed").await;
+
+    // Drained and vacuumed (truncated to nothing: statistics say empty), then a burst.
+    run(&mut conn, "DELETE FROM chainsync.jobs").await;
+    run(&mut conn, "VACUUM ANALYZE chainsync.jobs").await;
+    burst(&mut conn, 150_000).await;
+    check_all(&mut conn, "analyzed empty").await;
+
+    // Drained and vacuumed without truncation (as when VACUUM cannot get its lock on a busy
+    // table): "0 rows in N pages", then a burst.
+    run(&mut conn, "DELETE FROM chainsync.jobs").await;
+    run(
+        &mut conn,
+        "ALTER TABLE chainsync.jobs SET (vacuum_truncate = false)",
+    )
+    .await;
+    run(&mut conn, "VACUUM ANALYZE chainsync.jobs").await;
+    let (pages, tuples): (i32, f32) = sqlx::query_as(
+        "SELECT relpages, reltuples FROM pg_class WHERE oid = 'chainsync.jobs'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(pages > 100 && tuples == 0.0, "{pages} pages, {tuples} rows");
+    burst(&mut conn, 150_000).await;
+    check_all(&mut conn, "zero rows in many pages").await;
+}

@@ -163,6 +163,7 @@ impl Queue {
             // The common case: only successes, one statement, no explicit transaction.
             if !done.0.is_empty() {
                 stats.done = sqlx::query(sql_done)
+                    .persistent(false)
                     .bind(&done.0)
                     .bind(&done.1)
                     .bind(owner)
@@ -176,6 +177,7 @@ impl Queue {
         let mut tx = self.pool.begin().await?;
         if !done.0.is_empty() {
             stats.done = sqlx::query(sql_done)
+                .persistent(false)
                 .bind(&done.0)
                 .bind(&done.1)
                 .bind(owner)
@@ -185,6 +187,7 @@ impl Queue {
         }
         if !retry.0.is_empty() {
             let n = sqlx::query(RETRY)
+                .persistent(false)
                 .bind(&retry.0)
                 .bind(&retry.1)
                 .bind(&retry.2)
@@ -200,6 +203,7 @@ impl Queue {
         }
         if !dead.0.is_empty() {
             stats.dead = sqlx::query(DEAD_LETTER)
+                .persistent(false)
                 .bind(&dead.0)
                 .bind(&dead.1)
                 .bind(&dead.2)

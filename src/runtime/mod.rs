@@ -408,6 +408,11 @@ async fn completer(
     let mut inflight = tokio::task::JoinSet::new();
     let mut batch: Vec<Completion> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
+        // Wait for a free writer before gathering: outcomes that arrive meanwhile join this
+        // batch, so under load batches grow instead of queueing up small.
+        while inflight.len() >= writers.max(1) {
+            let _ = inflight.join_next().await;
+        }
         let mut flush = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -422,9 +427,6 @@ async fn completer(
                 break;
             }
             next = rx.try_recv().ok();
-        }
-        while inflight.len() >= writers.max(1) {
-            let _ = inflight.join_next().await;
         }
         if !batch.is_empty() {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));

@@ -3,7 +3,7 @@
 WITH moved AS (
     DELETE FROM chainsync.jobs j
     USING unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[]) AS d(id, attempt, error, reason)
-    WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.lease_owner = $5
+    WHERE j.id = ANY($1::uuid[]) AND j.id = d.id AND j.attempt = d.attempt AND j.lease_owner = $5
     RETURNING j.*, d.error AS last_error, d.reason
 )
 INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,

@@ -1,30 +1,29 @@
 -- Jobs whose lease ran out (worker killed, partitioned or stuck): those with attempts left go back
 -- to 'available' now; the others are dead-lettered as exhausted. The lost attempt is recorded.
-WITH expired AS (
-    SELECT id FROM chainsync.jobs
+-- Rows are found by primary key (`id = ANY(…)`), never by a join the planner could turn into a
+-- scan of the whole table.
+WITH lost AS MATERIALIZED (
+    SELECT id, attempt >= max_attempts AS exhausted,
+           jsonb_build_object('attempt', attempt, 'at', now(), 'class', 'lease_expired',
+                              'error', 'lease expired: worker lost or stuck') AS error
+    FROM chainsync.jobs
     WHERE state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-),
-lost AS (
-    SELECT j.id, j.attempt >= j.max_attempts AS exhausted,
-           jsonb_build_object('attempt', j.attempt, 'at', now(), 'class', 'lease_expired',
-                              'error', 'lease expired: worker lost or stuck') AS error
-    FROM chainsync.jobs j JOIN expired USING (id)
 ),
 requeued AS (
     UPDATE chainsync.jobs j
     SET state = 'available', run_at = now(), lease_owner = NULL, lease_expires_at = NULL,
         errors = j.errors || jsonb_build_array(lost.error)
     FROM lost
-    WHERE j.id = lost.id AND NOT lost.exhausted
+    WHERE j.id = ANY(ARRAY(SELECT id FROM lost WHERE NOT exhausted)) AND j.id = lost.id
     RETURNING j.id
 ),
 moved AS (
     DELETE FROM chainsync.jobs j
     USING lost
-    WHERE j.id = lost.id AND lost.exhausted
+    WHERE j.id = ANY(ARRAY(SELECT id FROM lost WHERE exhausted)) AND j.id = lost.id
     RETURNING j.*, lost.error AS last_error
 ),
 dead AS (

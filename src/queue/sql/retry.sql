@@ -8,4 +8,4 @@ SET state = 'available',
     lease_owner = NULL,
     lease_expires_at = NULL
 FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::int[], $5::jsonb[]) AS d(id, attempt, delay_ms, refund, error)
-WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.lease_owner = $6
+WHERE j.id = ANY($1::uuid[]) AND j.id = d.id AND j.attempt = d.attempt AND j.lease_owner = $6
