@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_DIR="$ROOT/../shared/bench/peers"
 REPS="${REPS:-3}"; export PEERS="${PEERS:-graphile pgboss}"
-CONFIGS="${CONFIGS:-c500-b500 c1000-b500-f2-w3 c1000-b500-f2-w3-keep}"
+CONFIGS="${CONFIGS:-c500-b500 c1000-b500-f2-w2 c1000-b500-f2-w3 c1000-b500-f2-w3-keep}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-root}"
 export DATABASE_URL="${DATABASE_URL:-postgres://$PGUSER@$PGHOST:$PGPORT/test}"

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use chainsync_jobs::{Registry, Services};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::{config::Config, queue::Queue};
 
@@ -54,6 +57,24 @@ pub async fn recreate_database(admin_url: &str, name: &str) -> Result<String, Ap
     Ok(format!("{base}/{name}"))
 }
 
+/// Connection options for chainsync's pools: the URL plus `plan_cache_mode = force_custom_plan`.
+///
+/// The queue's statements stay prepared (one round trip each) but are planned at every run with
+/// the parameters and the table as they are. Postgres would otherwise switch a prepared statement
+/// to a generic plan after five runs, and a generic plan made while `chainsync.jobs` was nearly
+/// empty stays a sequential scan when a million jobs arrive (see `crate::queue`).
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, AppError> {
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|e| AppError::Connect(redact_url(url), e))?;
+    Ok(force_custom_plans(opts))
+}
+
+/// `opts` with `plan_cache_mode = force_custom_plan` (see [`connect_options`]).
+pub fn force_custom_plans(opts: PgConnectOptions) -> PgConnectOptions {
+    opts.options([("plan_cache_mode", "force_custom_plan")])
+}
+
 /// Everything a command needs, built from the config.
 #[derive(Clone)]
 pub struct App {
@@ -74,7 +95,7 @@ impl App {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(&config.database_url)
+            .connect_with(connect_options(&config.database_url)?)
             .await
             .map_err(|e| AppError::Connect(redact_url(&config.database_url), e))?;
         Self::with_pool(config, pool)

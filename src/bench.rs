@@ -128,7 +128,7 @@ async fn fresh_db(opts: &BenchOptions) -> anyhow::Result<PgPool> {
     let url = crate::app::recreate_database(&opts.admin_url, &opts.database).await?;
     Ok(PgPoolOptions::new()
         .max_connections(20)
-        .connect(&url)
+        .connect_with(crate::app::connect_options(&url)?)
         .await?)
 }
 

@@ -879,7 +879,20 @@ fn jobs_scans(node: &serde_json::Value, out: &mut Vec<(String, bool)>) {
     }
 }
 
-/// Plans of the hot statements, as they run (unprepared, planned with their arguments), in the
+/// Whether a plan has a nested loop that rescans the list of per-job values (`unnest(…)`) once
+/// per row of the other side: quadratic in the batch size.
+fn rescans_value_list(node: &serde_json::Value) -> bool {
+    let children: Vec<&serde_json::Value> =
+        node["Plans"].as_array().into_iter().flatten().collect();
+    let quadratic = node["Node Type"] == "Nested Loop"
+        && children
+            .get(1)
+            .is_some_and(|inner| inner["Node Type"] == "Function Scan");
+    quadratic || children.into_iter().any(rescans_value_list)
+}
+
+/// Plans of the hot statements, as they run (custom plans made with their arguments, which the
+/// daemon's pools force; see `daemon_pools_plan_each_run_of_the_hot_statements`), in the
 /// states statistics of a queue table go through: never analyzed; analyzed while empty, then a
 /// burst; a drained table vacuumed without truncation ("0 rows in N pages"), then a burst.
 /// In each, every access to the jobs table must use an index condition: no sequential scan, no
@@ -888,8 +901,9 @@ fn jobs_scans(node: &serde_json::Value, out: &mut Vec<(String, bool)>) {
 async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
     let owner = uuid::Uuid::now_v7();
-    let ids = vec![uuid::Uuid::now_v7(); 500];
+    let ids: Vec<uuid::Uuid> = (0..500).map(|_| uuid::Uuid::now_v7()).collect();
     let ints = vec![1i32; 500];
+    let tokens: Vec<String> = ids.iter().map(|id| format!("{id}/1/{owner}")).collect();
     let check_all = async |conn: &mut sqlx::PgConnection, state: &str| {
         let stmts: [(&str, &str); 9] = [
             ("fetch", include_str!("../src/queue/sql/fetch.sql")),
@@ -918,20 +932,18 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
             .persistent(false);
             let q = match name {
                 "fetch" => q.bind("default").bind(500i64).bind(owner).bind(60_000i64),
-                "complete_retain" | "complete_delete" => q.bind(&ids).bind(&ints).bind(owner),
+                "complete_retain" | "complete_delete" => q.bind(&ids).bind(&tokens),
                 "retry" => q
                     .bind(&ids)
-                    .bind(&ints)
+                    .bind(&tokens)
                     .bind(vec![1000i64; 500])
                     .bind(&ints)
-                    .bind(vec![serde_json::json!({}); 500])
-                    .bind(owner),
+                    .bind(vec![serde_json::json!({}); 500]),
                 "dead_letter" => q
                     .bind(&ids)
-                    .bind(&ints)
+                    .bind(&tokens)
                     .bind(vec![serde_json::json!({}); 500])
-                    .bind(vec!["fatal"; 500])
-                    .bind(owner),
+                    .bind(vec!["fatal"; 500]),
                 "prune" => q.bind(2.0f64).bind(20_000i64),
                 "rescue" => q.bind(1000i64),
                 "heartbeat" => q.bind(owner).bind(60_000i64),
@@ -950,6 +962,15 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
                     "{state}/{name}: {node} without an index condition\n{plan:#}"
                 );
             }
+            // Successes never join; retries and dead letters join their values by primary key,
+            // and only a table believed empty ("0 rows in N pages", until the next ANALYZE) can
+            // make the planner loop over the values (bounded: batch size squared).
+            let loops_allowed =
+                state == "zero rows in many pages" && matches!(name, "retry" | "dead_letter");
+            assert!(
+                loops_allowed || !rescans_value_list(&plan[0]["Plan"]),
+                "{state}/{name}: nested loop over the value list\n{plan:#}"
+            );
         }
     };
     let burst = async |conn: &mut sqlx::PgConnection, n: i32| {
@@ -1004,4 +1025,62 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
     assert!(pages > 100 && tuples == 0.0, "{pages} pages, {tuples} rows");
     burst(&mut conn, 150_000).await;
     check_all(&mut conn, "zero rows in many pages").await;
+}
+
+/// Postgres turns a prepared statement into a generic plan after five runs; made on an empty
+/// queue, that plan stays a sequential scan when the table fills. The daemon's pools force a
+/// custom plan at every run. Checked through `pg_prepared_statements` (statements with
+/// parameters; one without has a single plan anyway), on one connection each: the plain pool
+/// goes generic, the daemon's never does.
+#[sqlx::test(migrations = "./migrations")]
+async fn daemon_pools_plan_each_run_of_the_hot_statements(pool: PgPool) {
+    let reg = registry();
+    let opts = (*pool.connect_options()).clone();
+    let mut seen = Vec::new();
+    for daemon in [false, true] {
+        let opts = if daemon {
+            chainsync::app::force_custom_plans(opts.clone())
+        } else {
+            opts.clone()
+        };
+        let one = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let q = Queue::new(
+            one.clone(),
+            reg.clone(),
+            Arc::new(Policies::from_registry(&reg)),
+        );
+        for _ in 0..8 {
+            let got = q
+                .fetch("default", 500, Uuid::now_v7(), Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert!(got.is_empty());
+            q.heartbeat(Uuid::now_v7(), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&one)
+            .await
+            .unwrap();
+        let (generic, custom): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint
+             FROM pg_prepared_statements
+             WHERE statement LIKE '%chainsync.jobs%' AND cardinality(parameter_types) > 0",
+        )
+        .fetch_one(&one)
+        .await
+        .unwrap();
+        seen.push((mode, generic, custom));
+        one.close().await;
+    }
+    let (plain, daemon) = (&seen[0], &seen[1]);
+    assert!(plain.1 > 0, "plain pool never went generic: {plain:?}");
+    assert_eq!(daemon.0, "force_custom_plan", "{daemon:?}");
+    assert_eq!(daemon.1, 0, "daemon pool used a generic plan: {daemon:?}");
+    assert!(daemon.2 >= 16, "daemon pool: {daemon:?}");
 }

@@ -39,7 +39,6 @@ impl Queue {
         lease: Duration,
     ) -> Result<Vec<Fetched>, QueueError> {
         Ok(sqlx::query_as(FETCH)
-            .persistent(false)
             .bind(queue)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(owner)
@@ -51,7 +50,6 @@ impl Queue {
     /// Extends the lease of every job `owner` runs; returns how many.
     pub async fn heartbeat(&self, owner: Uuid, lease: Duration) -> Result<u64, QueueError> {
         Ok(sqlx::query(HEARTBEAT)
-            .persistent(false)
             .bind(owner)
             .bind(millis(lease))
             .execute(&self.pool)
@@ -62,7 +60,6 @@ impl Queue {
     /// Gives back every job `owner` still holds, without using an attempt.
     pub async fn release(&self, owner: Uuid) -> Result<u64, QueueError> {
         Ok(sqlx::query(RELEASE)
-            .persistent(false)
             .bind(owner)
             .execute(&self.pool)
             .await?

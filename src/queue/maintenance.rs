@@ -17,7 +17,6 @@ impl Queue {
     /// One rescue pass over at most `limit` expired leases.
     pub async fn rescue(&self, limit: i64) -> Result<Rescued, QueueError> {
         let (requeued, dead): (i64, i64) = sqlx::query_as(RESCUE)
-            .persistent(false)
             .bind(limit)
             .fetch_one(&self.pool)
             .await?;
@@ -35,7 +34,6 @@ impl Queue {
         let mut total = 0;
         for _ in 0..max_batches {
             let n = sqlx::query(PRUNE)
-                .persistent(false)
                 .bind(retention.as_secs_f64())
                 .bind(batch)
                 .execute(&self.pool)

@@ -4,11 +4,12 @@
 //! The statements over many rows of the hot table (fetch, outcomes, heartbeat, release, rescue,
 //! prune) are written so that every access to `chainsync.jobs` has an index condition (ids
 //! gathered first and matched with `id = ANY(…)`, never a join the planner could turn into a scan
-//! of the whole table), and they run unprepared (`persistent(false)`) so each run is planned
-//! against the table as it is. Queue tables defeat statistics: a prepared statement's generic plan
-//! made while the table was empty stays a sequential scan when a million jobs arrive, and a VACUUM
-//! that could not truncate a drained table leaves it "0 rows in N pages", so every estimate is one
-//! row until the next ANALYZE. `tests/queue.rs` checks the plans in each of these states.
+//! of the whole table). Queue tables defeat statistics: a prepared statement's generic plan made
+//! while the table was empty stays a sequential scan when a million jobs arrive, and a VACUUM that
+//! could not truncate a drained table leaves it "0 rows in N pages", so every estimate is one row
+//! until the next ANALYZE. The daemon's pools therefore force custom plans
+//! ([`crate::app::connect_options`]): statements stay prepared, and each run is planned against
+//! the table as it is. `tests/queue.rs` checks the plans in each of these states.
 
 pub mod admin;
 pub mod complete;

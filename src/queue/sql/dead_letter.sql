@@ -1,9 +1,10 @@
 -- Exhausted or fatal runs: moved to dead_letters in one statement (so in one transaction) with the
--- whole error history. Fenced like a completion.
+-- whole error history. Fenced as in retry.sql.
 WITH moved AS (
     DELETE FROM chainsync.jobs j
-    USING unnest($1::uuid[], $2::int[], $3::jsonb[], $4::text[]) AS d(id, attempt, error, reason)
-    WHERE j.id = ANY($1::uuid[]) AND j.id = d.id AND j.attempt = d.attempt AND j.lease_owner = $5
+    USING unnest($1::uuid[], $3::jsonb[], $4::text[]) AS d(id, error, reason)
+    WHERE j.id = ANY($1::uuid[]) AND j.id = d.id
+      AND (j.id::text || '/' || j.attempt || '/' || j.lease_owner) = ANY($2::text[])
     RETURNING j.*, d.error AS last_error, d.reason
 )
 INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,
