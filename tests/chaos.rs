@@ -343,6 +343,9 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
             if open == 0 {
                 break;
             }
+            for (i, d) in daemons.iter_mut().enumerate() {
+                d.assert_running(dir.path(), &format!("d{i}"));
+            }
             assert!(
                 t1.elapsed() < Duration::from_secs(1800),
                 "{open} jobs still open"

@@ -49,6 +49,19 @@ impl Daemon {
         }
     }
 
+    /// Panics with the tail of the daemon's log if it has exited: a test waiting on a queue to
+    /// drain should fail at once, not time out, when the daemons are gone.
+    pub fn assert_running(&mut self, dir: &Path, name: &str) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("daemon {name} exited ({status}):\n{}", tail.join("\n"));
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
