@@ -20,6 +20,7 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     child: Option<Child>,
     pub http_port: u16,
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -31,7 +32,8 @@ impl Daemon {
             format!("{config}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chainsync"))
             .arg("--config")
             .arg(&path)
@@ -46,19 +48,24 @@ impl Daemon {
         Self {
             child: Some(child),
             http_port,
+            log: log_path,
         }
     }
 
     /// Panics with the tail of the daemon's log if it has exited: a test waiting on a queue to
     /// drain should fail at once, not time out, when the daemons are gone.
-    pub fn assert_running(&mut self, dir: &Path, name: &str) {
+    pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut()
             && let Ok(Some(status)) = c.try_wait()
         {
-            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!("daemon {name} exited ({status}):\n{}", tail.join("\n"));
+            panic!(
+                "daemon {} exited ({status}):\n{}",
+                self.log.display(),
+                tail.join("\n")
+            );
         }
     }
 
