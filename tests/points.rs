@@ -36,7 +36,7 @@ rates = [{{ chain_id = 31337, token = "native", rate = "0.25" }}]
     ))
     .unwrap();
     let app = App::with_pool(cfg, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     // Three days of history, ending well before now, with nothing computed (the outage).
     let base = window_of(Utc::now()) - chrono::Duration::hours(80);
     let mut changes = Vec::new();
@@ -104,6 +104,7 @@ async fn run_backfill(app: &App, from: DateTime<Utc>, to: DateTime<Utc>) {
         .unwrap();
     let rt = Runtime::start(
         app.queue.clone(),
+        app.registry.clone(),
         app.services().await.unwrap(),
         WorkerSettings {
             poll_interval: Duration::from_millis(100),
@@ -142,7 +143,7 @@ async fn stored(pool: &PgPool) -> Vec<(String, DateTime<Utc>, String, String)> {
         .unwrap()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn three_day_outage_backfill_is_exact_idempotent_and_resumable(pool: PgPool) {
     let (app, base, changes) = setup(&pool).await;
     let to = base + chrono::Duration::hours(72);
@@ -195,7 +196,8 @@ async fn three_day_outage_backfill_is_exact_idempotent_and_resumable(pool: PgPoo
     // Start-up detection: the last computed window is far older than 2 × the interval, so a job
     // for exactly the missing windows (up to the current one) is produced.
     let services = app.services().await.unwrap();
-    let jobs = chainsync_jobs::points::backfill::stale_jobs(&services, None, Utc::now())
+    let jobs = chainsync_jobs::domain::Domain::new(services.clone())
+        .startup_jobs(None, Utc::now())
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);

@@ -211,11 +211,7 @@ pub async fn cache_write_through(services: &Services, chain_id: u64, rows: &[Wri
     let Some(mut conn) = services.cache_conn() else {
         return;
     };
-    let r = tokio::time::timeout(
-        crate::context::CACHE_TIMEOUT,
-        pipe.query_async::<()>(&mut conn),
-    )
-    .await;
+    let r = tokio::time::timeout(crate::CACHE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
     services.cache_outcome(matches!(r, Ok(Ok(()))));
     match r {
         Ok(Ok(())) => {}

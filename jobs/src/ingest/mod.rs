@@ -1,6 +1,7 @@
 //! Event ingestion: from a stored checkpoint to head − confirmations, `eth_getLogs` in adaptive
 //! ranges, decoded events stored idempotently with their block hashes, reorgs rolled back to the
-//! common ancestor, touched holders re-synced.
+//! common ancestor. The holders each stored range touched are handed to an [`IngestSink`] (the
+//! job kind turns them into balance syncs), so the domain never decides what work follows.
 
 pub mod decode;
 pub mod range;
@@ -17,10 +18,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::{
-    JobContext, JobError,
+    JobError, Services,
     chain::ChainClient,
     ids::{TokenKey, address_text, hash_text, parse_address},
-    kinds::sync_user_balance::SyncUserBalance,
 };
 use decode::{CustomEvent, Decoded};
 
@@ -144,6 +144,18 @@ struct Stored {
     args: Value,
 }
 
+/// Receives the (token, holder) pairs whose balance a stored range (or a reorg) changed, each
+/// with the first block that touched it, before the pass moves on: a pass that dies later has
+/// reported every range it stored.
+#[async_trait::async_trait]
+pub trait IngestSink: Send + Sync {
+    async fn touched(
+        &self,
+        chain_id: u64,
+        touched: &BTreeMap<(Address, Address), u64>,
+    ) -> Result<(), JobError>;
+}
+
 /// Called after every stored range with the counts so far (the CLI draws a progress bar).
 pub type IngestProgressFn<'a> = &'a (dyn Fn(&IngestReport) + Send + Sync);
 
@@ -153,27 +165,18 @@ pub struct PassOptions<'a> {
     /// Start here instead of after the checkpoint (a manual re-ingest of an older range; stored
     /// events are not duplicated and the checkpoint never moves backwards).
     pub from_block: Option<u64>,
-    /// Enqueue an `ingest-events` job for the rest when the pass stops at `max_blocks_per_run`.
-    pub continue_in_job: bool,
     pub progress: Option<IngestProgressFn<'a>>,
 }
 
-/// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range.
+/// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range; a
+/// pass stops after `max_blocks_per_run` blocks with `caught_up = false`.
 pub async fn ingest(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     chain_id: u64,
     to_block: Option<u64>,
 ) -> Result<IngestReport, JobError> {
-    ingest_pass(
-        ctx,
-        chain_id,
-        to_block,
-        PassOptions {
-            continue_in_job: true,
-            ..PassOptions::default()
-        },
-    )
-    .await
+    ingest_pass(services, sink, chain_id, to_block, PassOptions::default()).await
 }
 
 /// Forgets everything ingested on `chain_id` (events, referrals, kept block hashes and the
@@ -201,30 +204,30 @@ pub async fn reset(db: &sqlx::PgPool, chain_id: u64) -> Result<u64, JobError> {
 
 /// One pass with explicit [`PassOptions`]; [`ingest`] is the job's pass.
 pub async fn ingest_pass(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     chain_id: u64,
     to_block: Option<u64>,
     opts: PassOptions<'_>,
 ) -> Result<IngestReport, JobError> {
-    let cfg = ctx
-        .services
+    let cfg = services
         .settings
         .ingest
         .iter()
         .find(|c| c.chain_id == chain_id)
         .ok_or_else(|| JobError::Fatal(format!("no [[ingest]] entry for chain {chain_id}")))?
         .clone();
-    let chain = ctx.services.chains.get(chain_id)?;
-    let db = ctx.db();
+    let chain = services.chains.get(chain_id)?;
+    let db = &services.db;
     let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
     let mut report = IngestReport::default();
 
     let mut checkpoint = load_checkpoint(db, cid).await?;
     if let Some((n, _)) = checkpoint {
-        let ancestor = find_ancestor(ctx, &chain, cid, n).await?;
+        let ancestor = find_ancestor(db, &chain, cid, n).await?;
         if ancestor < n {
             report.reorged_blocks = n - ancestor;
-            rollback(ctx, cid, chain_id, ancestor).await?;
+            rollback(services, sink, cid, chain_id, ancestor).await?;
             checkpoint = load_checkpoint(db, cid).await?;
         }
     }
@@ -252,7 +255,7 @@ pub async fn ingest_pass(
         .flat_map(|c| c.events.iter())
         .filter_map(|e| CustomEvent::parse(e).ok())
         .collect();
-    let tokens = token_contracts(&ctx.services.settings, chain_id);
+    let tokens = token_contracts(&services.settings, chain_id);
     let mut size = cfg.initial_range;
     while from <= stop_at {
         let to = stop_at.min(from.saturating_add(size - 1));
@@ -344,7 +347,7 @@ pub async fn ingest_pass(
             cfg.keep_block_hashes,
         )
         .await?;
-        follow_up(ctx, chain_id, &touched).await?;
+        follow_up(services, sink, chain_id, &touched).await?;
         report.to_block = to;
         from = to + 1;
         size = range::grow(size, cfg.max_range);
@@ -353,11 +356,6 @@ pub async fn ingest_pass(
         }
     }
     report.caught_up = from > target;
-    if !report.caught_up && opts.continue_in_job {
-        // Long backfills continue in a fresh job so that no run lasts for hours.
-        ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block })
-            .await?;
-    }
     Ok(report)
 }
 
@@ -387,7 +385,7 @@ async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, Str
 /// Newest stored block whose hash the chain still has: the checkpoint itself when there was no
 /// reorg, else the common ancestor (walking back through the kept hashes).
 async fn find_ancestor(
-    ctx: &JobContext,
+    db: &sqlx::PgPool,
     chain: &ChainClient,
     cid: i64,
     checkpoint: u64,
@@ -398,7 +396,7 @@ async fn find_ancestor(
     )
     .bind(cid)
     .bind(i64::try_from(checkpoint).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db())
+    .fetch_all(db)
     .await?;
     for (n, h) in &stored {
         let n = u64::try_from(*n).unwrap_or(0);
@@ -415,13 +413,14 @@ async fn find_ancestor(
 
 /// Deletes everything above `ancestor`, rewinds the checkpoint and re-syncs affected holders.
 async fn rollback(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     cid: i64,
     chain_id: u64,
     ancestor: u64,
 ) -> Result<(), JobError> {
     let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
-    let mut tx = ctx.db().begin().await?;
+    let mut tx = services.db.begin().await?;
     let orphaned: Vec<(String, Value)> = sqlx::query_as(
         "DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2 RETURNING contract, args",
     )
@@ -478,13 +477,13 @@ async fn rollback(
             }
         }
     }
-    let tokens = token_contracts(&ctx.services.settings, chain_id);
+    let tokens = token_contracts(&services.settings, chain_id);
     let touched = touched
         .into_iter()
         .filter(|(c, _)| tokens.contains(c))
         .map(|k| (k, ancestor))
         .collect();
-    follow_up(ctx, chain_id, &touched).await
+    follow_up(services, sink, chain_id, &touched).await
 }
 
 /// Writes one range in one transaction: events, referrals, block hashes and the checkpoint.
@@ -560,40 +559,28 @@ async fn store(
     Ok(stored)
 }
 
-/// Enqueues `sync-user-balance` for each touched (token, holder) as of its block, deduplicated by
-/// unique key (see `SyncUserBalance::for_change_at`), and
-/// drops their cached balances.
+/// Hands each touched (token, holder) with its block to the sink and drops their cached balances.
 async fn follow_up(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     chain_id: u64,
     touched: &BTreeMap<(Address, Address), u64>,
 ) -> Result<(), JobError> {
     if touched.is_empty() {
         return Ok(());
     }
-    let mut jobs = Vec::with_capacity(touched.len());
-    for ((token, holder), block) in touched {
-        let job = SyncUserBalance::new(
-            chain_id,
-            address_text(holder),
-            Some(TokenKey::Contract(*token)),
-        );
-        jobs.push(job.for_change_at(*block).map_err(JobError::Fatal)?);
-    }
-    for chunk in jobs.chunks(1000) {
-        ctx.enqueue_many(chunk.to_vec()).await?;
-    }
-    if let Some(mut conn) = ctx.services.cache_conn() {
+    sink.touched(chain_id, touched).await?;
+    if let Some(mut conn) = services.cache_conn() {
         let keys: Vec<String> = touched
             .keys()
             .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
             .collect();
         let r = tokio::time::timeout(
-            crate::context::CACHE_TIMEOUT,
+            crate::CACHE_TIMEOUT,
             redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn),
         )
         .await;
-        ctx.services.cache_outcome(matches!(r, Ok(Ok(()))));
+        services.cache_outcome(matches!(r, Ok(Ok(()))));
         if !matches!(r, Ok(Ok(()))) {
             warn!("cache invalidation failed; entries expire by TTL");
         }

@@ -1,11 +1,19 @@
 //! `ingest-events {chain_id, to_block?}`: one ingestion pass for a chain (see `crate::ingest`).
 //! Scheduled every few seconds it is the live mode; `chainsync ingest` runs it by hand.
 
+use std::{collections::BTreeMap, sync::Arc};
+
+use alloy::primitives::Address;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::{Job, JobContext, JobError};
+use crate::{
+    Enqueuer, Job, JobContext, JobError, NewJob,
+    ids::{TokenKey, address_text},
+    ingest::IngestSink,
+    kinds::sync_user_balance::SyncUserBalance,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +26,9 @@ pub struct IngestEvents {
 
 #[async_trait]
 impl Job for IngestEvents {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "ingest-events";
 
     /// One pass per chain at a time.
@@ -26,7 +37,13 @@ impl Job for IngestEvents {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let r = crate::ingest::ingest(ctx, self.chain_id, self.to_block).await?;
+        let r = crate::ingest::ingest(
+            &ctx.services,
+            &FollowUps(ctx.enqueuer.clone()),
+            self.chain_id,
+            self.to_block,
+        )
+        .await?;
         info!(
             chain_id = self.chain_id,
             from = r.from_block,
@@ -37,6 +54,56 @@ impl Job for IngestEvents {
             caught_up = r.caught_up,
             "events ingested"
         );
+        if !r.caught_up {
+            // Long backfills continue in a fresh job so that no run lasts for hours. It carries
+            // no unique key: this pass holds the chain's key until it finishes.
+            let next = NewJob {
+                unique_key: None,
+                ..NewJob::typed(self).map_err(JobError::Fatal)?
+            };
+            ctx.enqueuer.enqueue(next).await.map_err(JobError::retry)?;
+        }
         Ok(())
     }
+}
+
+/// Turns the holders a pass touched into `sync-user-balance` jobs, one per (token, holder) keyed
+/// by the block that touched it (see [`SyncUserBalance::for_change_at`]).
+pub struct FollowUps(pub Arc<dyn Enqueuer>);
+
+#[async_trait]
+impl IngestSink for FollowUps {
+    async fn touched(
+        &self,
+        chain_id: u64,
+        touched: &BTreeMap<(Address, Address), u64>,
+    ) -> Result<(), JobError> {
+        let jobs = balance_syncs(chain_id, touched)?;
+        for chunk in jobs.chunks(1000) {
+            self.0
+                .enqueue_many(chunk.to_vec())
+                .await
+                .map_err(JobError::retry)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `sync-user-balance` jobs for touched (token, holder) pairs.
+pub fn balance_syncs(
+    chain_id: u64,
+    touched: &BTreeMap<(Address, Address), u64>,
+) -> Result<Vec<NewJob>, JobError> {
+    touched
+        .iter()
+        .map(|((token, holder), block)| {
+            SyncUserBalance::new(
+                chain_id,
+                address_text(holder),
+                Some(TokenKey::Contract(*token)),
+            )
+            .for_change_at(*block)
+            .map_err(JobError::Fatal)
+        })
+        .collect()
 }

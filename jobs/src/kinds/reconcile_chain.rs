@@ -146,6 +146,9 @@ SELECT token, address, amount::text, block_number, updated_at FROM done
 
 #[async_trait]
 impl Job for ReconcileChain {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "reconcile-chain";
 
     fn validate(&self) -> Result<(), String> {

@@ -49,6 +49,9 @@ pub(crate) fn check_selector(
 
 #[async_trait]
 impl Job for SyncBalances {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "sync-balances";
 
     fn validate(&self) -> Result<(), String> {
