@@ -27,7 +27,7 @@
 //!     from: String,
 //! }
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, schemars::JsonSchema)]
 //! struct SendWelcome {
 //!     user_id: i64,
 //! }

@@ -76,20 +76,14 @@ pub struct CompleteStats {
     pub fenced: u64,
 }
 
-/// Columns of retry.sql: id, lease token, delay_ms, refund, error.
+/// Columns of retry.sql: id, attempt (with the owner, the lease token), delay_ms, refund, error.
 type RetryColumns = (
     Vec<Uuid>,
-    Vec<String>,
+    Vec<i32>,
     Vec<i64>,
     Vec<i32>,
     Vec<Option<Value>>,
 );
-
-/// The fencing token an outcome statement compares with `id/attempt/lease_owner` of the row, in
-/// Postgres' text forms (uuid lowercase with hyphens, as `Uuid`'s `Display`).
-fn lease_token(id: Uuid, attempt: i32, owner: Uuid) -> String {
-    format!("{id}/{attempt}/{owner}")
-}
 
 fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
     json!({
@@ -121,19 +115,19 @@ impl Queue {
         batch: &[Completion],
         retain: bool,
     ) -> Result<CompleteStats, QueueError> {
-        let mut done: (Vec<Uuid>, Vec<String>) = Default::default();
+        let mut done: (Vec<Uuid>, Vec<i32>) = Default::default();
         let mut retry = RetryColumns::default();
-        let mut dead: (Vec<Uuid>, Vec<String>, Vec<Value>, Vec<&str>) = Default::default();
+        let mut dead: (Vec<Uuid>, Vec<i32>, Vec<Value>, Vec<&str>) = Default::default();
         let mut stats = CompleteStats::default();
         for c in batch {
             match &c.outcome {
                 Outcome::Done => {
                     done.0.push(c.id);
-                    done.1.push(lease_token(c.id, c.attempt, owner));
+                    done.1.push(c.attempt);
                 }
                 Outcome::Failed(JobErrorKind::Snooze(d)) => {
                     retry.0.push(c.id);
-                    retry.1.push(lease_token(c.id, c.attempt, owner));
+                    retry.1.push(c.attempt);
                     retry
                         .2
                         .push(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -145,7 +139,7 @@ impl Queue {
                     let attempt = u32::try_from(c.attempt).unwrap_or(1);
                     let delay = self.retry_policy(c).delay_random(attempt);
                     retry.0.push(c.id);
-                    retry.1.push(lease_token(c.id, c.attempt, owner));
+                    retry.1.push(c.attempt);
                     retry
                         .2
                         .push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
@@ -154,13 +148,13 @@ impl Queue {
                 }
                 Outcome::Failed(JobErrorKind::Retry(msg)) => {
                     dead.0.push(c.id);
-                    dead.1.push(lease_token(c.id, c.attempt, owner));
+                    dead.1.push(c.attempt);
                     dead.2.push(error_entry(c.attempt, "retry", msg));
                     dead.3.push("exhausted");
                 }
                 Outcome::Failed(JobErrorKind::Fatal(msg)) => {
                     dead.0.push(c.id);
-                    dead.1.push(lease_token(c.id, c.attempt, owner));
+                    dead.1.push(c.attempt);
                     dead.2.push(error_entry(c.attempt, "fatal", msg));
                     dead.3.push("fatal");
                 }
@@ -177,6 +171,7 @@ impl Queue {
                 stats.done = sqlx::query(sql_done)
                     .bind(&done.0)
                     .bind(&done.1)
+                    .bind(owner)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
@@ -189,6 +184,7 @@ impl Queue {
             stats.done = sqlx::query(sql_done)
                 .bind(&done.0)
                 .bind(&done.1)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -200,6 +196,7 @@ impl Queue {
                 .bind(&retry.2)
                 .bind(&retry.3)
                 .bind(&retry.4)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -213,6 +210,7 @@ impl Queue {
                 .bind(&dead.1)
                 .bind(&dead.2)
                 .bind(&dead.3)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

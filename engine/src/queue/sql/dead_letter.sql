@@ -4,7 +4,8 @@ WITH moved AS (
     DELETE FROM chainsync.jobs j
     USING unnest($1::uuid[], $3::jsonb[], $4::text[]) AS d(id, error, reason)
     WHERE j.id = ANY($1::uuid[]) AND j.id = d.id
-      AND (j.id::text || '/' || j.attempt || '/' || j.lease_owner) = ANY($2::text[])
+      AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY(ARRAY(
+      SELECT chainsync.lease_token(t.id, t.attempt, $5::uuid) FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt)))
     RETURNING j.*, d.error AS last_error, d.reason
 )
 INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,
