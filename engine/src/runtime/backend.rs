@@ -43,11 +43,20 @@ impl Backend for LeasedJobs {
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-        _: &WorkerContext,
+        worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|o| o.map(|job| Ok(Task::new(job))))
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(job)) => Poll::Ready(Some(Ok(Task::new(job)))),
+            Poll::Ready(None) => {
+                // The end of the stream alone does not end an apalis worker: it waits for a
+                // stop. Stopped, it finishes as soon as its running tasks have.
+                if worker.is_running() {
+                    let _ = worker.stop();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_close(
@@ -107,7 +116,10 @@ mod tests {
         let mut jobs = LeasedJobs::new(rx);
         let worker = WorkerContext::new("t");
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(matches!(jobs.poll_ready(&mut cx, &worker), Poll::Ready(Ok(()))));
+        assert!(matches!(
+            jobs.poll_ready(&mut cx, &worker),
+            Poll::Ready(Ok(()))
+        ));
         // Nothing leased yet, fetchers still running: pending, not the end.
         assert!(jobs.poll_next(&mut cx, &worker).is_pending());
         tx.try_send(job(1)).unwrap();
@@ -123,7 +135,10 @@ mod tests {
                 _ => panic!("job {n} not yielded"),
             }
         }
-        assert!(matches!(jobs.poll_next(&mut cx, &worker), Poll::Ready(None)));
+        assert!(matches!(
+            jobs.poll_next(&mut cx, &worker),
+            Poll::Ready(None)
+        ));
     }
 
     /// Records the jobs it runs.

@@ -198,7 +198,11 @@ mod tests {
         let sizes: Vec<usize> = rec.batches().iter().map(Vec::len).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 2500);
         assert!(sizes.iter().all(|&s| s <= 1000), "{sizes:?}");
-        assert_eq!(sizes.len(), 3, "gathered, not written one by one: {sizes:?}");
+        assert_eq!(
+            sizes.len(),
+            3,
+            "gathered, not written one by one: {sizes:?}"
+        );
         assert_eq!(rec.written(), (0..2500).collect::<Vec<_>>(), "each once");
         // Within a batch, outcomes keep the order they came in.
         for b in rec.batches() {
@@ -228,7 +232,11 @@ mod tests {
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(rec.inflight.load(Ordering::SeqCst), 2, "a third writer started");
+        assert_eq!(
+            rec.inflight.load(Ordering::SeqCst),
+            2,
+            "a third writer started"
+        );
         gate.add_permits(1000);
         drop(tx);
         within(completer).await.unwrap();

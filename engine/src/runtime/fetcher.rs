@@ -305,7 +305,10 @@ mod tests {
         h.task.await.unwrap();
         let asked = fake.asked.lock().unwrap().clone();
         assert!(asked.iter().all(|&n| (1..=4).contains(&n)), "{asked:?}");
-        assert!(asked.len() >= 7, "25 jobs in batches of at most 4: {asked:?}");
+        assert!(
+            asked.len() >= 7,
+            "25 jobs in batches of at most 4: {asked:?}"
+        );
         assert_eq!(h.permits.available_permits(), 10, "no slot lost");
     }
 
@@ -347,7 +350,11 @@ mod tests {
         h.cancel.cancel();
         h.task.await.unwrap();
         let asked = fake.asked.lock().unwrap().clone();
-        assert_eq!(&asked[..3], &[6, 6, 6], "all slots free each time: {asked:?}");
+        assert_eq!(
+            &asked[..3],
+            &[6, 6, 6],
+            "all slots free each time: {asked:?}"
+        );
         assert_eq!(h.permits.available_permits(), 3, "3 jobs still hold theirs");
     }
 
@@ -370,7 +377,11 @@ mod tests {
         let task = tokio::spawn(fetch.run(fake.clone()));
         settle(|| fake.asked.lock().unwrap().len() == 1).await;
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(fake.asked.lock().unwrap().len(), 1, "polled before the interval");
+        assert_eq!(
+            fake.asked.lock().unwrap().len(),
+            1,
+            "polled before the interval"
+        );
         *fake.backlog.lock().unwrap() = 2;
         wake.notify_one();
         let _ = recv(&mut rx).await;
