@@ -43,7 +43,7 @@ pub struct Config {
     #[serde(default)]
     pub scheduler: crate::scheduler::SchedulerSettings,
     #[serde(default)]
-    pub http: crate::http::HttpSettings,
+    pub http: HttpSettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -195,6 +195,49 @@ fn flatten_err(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `[http]` in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    pub listen: String,
+    /// Bearer token of the enqueue and admin endpoints; without one they answer 403.
+    pub admin_token: Option<String>,
+    /// Serve balances and health without the token.
+    pub public_balances: bool,
+    pub public_health: bool,
+    /// Largest request body in bytes; larger ones get 413.
+    pub body_limit: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            admin_token: None,
+            public_balances: true,
+            public_health: true,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("http.listen: {e} (e.g. 127.0.0.1:8080)"))?;
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err("http.admin_token: use at least 16 characters".into());
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
+            return Err("http.body_limit: must be in 1024..=67108864".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

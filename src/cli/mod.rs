@@ -2,7 +2,7 @@
 //! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
 
 mod chain_cmds;
-mod output;
+pub mod output;
 pub use output::table;
 mod queue_cmds;
 
@@ -320,10 +320,6 @@ pub fn admin_url(cli: &Cli) -> String {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    #[cfg(feature = "dev")]
-    if let Some(done) = crate::dev::run(&cli).await {
-        return done;
-    }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
     let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
