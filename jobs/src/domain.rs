@@ -22,6 +22,9 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// Wire name of the jobs [`Self::backfill_jobs`] makes (a caller may wait for them).
+    pub const BACKFILL_KIND: &'static str = <BackfillWindow as crate::Job>::KIND;
+
     pub fn new(services: Services) -> Self {
         Self { services }
     }

@@ -17,13 +17,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
+pub use crate::settings::{ContractConfig, IngestConfig};
 use crate::{
     JobError, Services,
     chain::ChainClient,
     ids::{TokenKey, address_text, hash_text, parse_address},
 };
 use decode::{CustomEvent, Decoded};
-pub use crate::settings::{ContractConfig, IngestConfig};
 
 /// Counts of one ingestion run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -274,6 +274,12 @@ fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> B
             _ => None,
         })
         .collect()
+}
+
+/// The last ingested block of `chain_id`, if any.
+pub async fn checkpoint(db: &sqlx::PgPool, chain_id: u64) -> Result<Option<u64>, JobError> {
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    Ok(load_checkpoint(db, cid).await?.map(|(n, _)| n))
 }
 
 async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, String)>, JobError> {
