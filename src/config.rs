@@ -154,9 +154,9 @@ impl Config {
         if self.pool_size < 2 {
             return Err(ConfigError("pool_size: must be at least 2".into()));
         }
-        self.worker.validate().map_err(ConfigError)?;
+        self.worker.validate().map_err(|e| ConfigError(e.to_string()))?;
         self.http.validate().map_err(ConfigError)?;
-        self.maintenance.validate().map_err(ConfigError)?;
+        self.maintenance.validate().map_err(|e| ConfigError(e.to_string()))?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
         self.schedules(registry.kinds())?;
@@ -174,7 +174,7 @@ impl Config {
         &self,
         registry: &Kinds,
     ) -> Result<Vec<crate::scheduler::Schedule>, ConfigError> {
-        crate::scheduler::validate(&self.schedule, registry).map_err(ConfigError)
+        crate::scheduler::validate(&self.schedule, registry).map_err(|e| ConfigError(e.to_string()))
     }
 
     /// Effective per-kind policies.
