@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod ingest;
 pub mod kinds;
+pub mod observe;
 pub mod points;
 pub mod services;
 pub mod settings;

@@ -17,6 +17,7 @@ pub mod enqueue;
 pub mod fetch;
 pub mod maintenance;
 pub mod policy;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
 pub use fetch::Fetched;
 pub use policy::{KindOverride, Policies};
+pub use stats::{DeadLetterCount, QueueBacklog};
 
 /// Errors of the engine's public operations.
 #[derive(Debug, thiserror::Error)]

@@ -241,7 +241,7 @@ pub async fn ingest_pass(
                 }
             }
         }
-        report.stored += store(
+        let stored = store(
             db,
             cid,
             &rows,
@@ -251,6 +251,8 @@ pub async fn ingest_pass(
             cfg.keep_block_hashes,
         )
         .await?;
+        crate::observe::record_events_ingested(&services.settings, chain_id, stored);
+        report.stored += stored;
         follow_up(services, sink, chain_id, &touched).await?;
         report.to_block = to;
         from = to + 1;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use alloy::primitives::{Address, U256};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -25,7 +26,7 @@ use crate::{
     tracking::tracked_addresses,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileChain {
     pub chain_id: u64,
@@ -208,7 +209,8 @@ impl Job for ReconcileChain {
         let reads = read_many(&chain, &queries, &block).await?;
         let (mismatches, failed) = compare(&tokens, &items, reads);
 
-        let chain_label = self.chain_id.to_string();
+        let settings = &ctx.services.settings;
+        let chain_label = crate::observe::chain_label(settings, self.chain_id);
         let mut per_token: BTreeMap<TokenKey, (usize, usize)> = BTreeMap::new();
         for m in &mismatches {
             let e = per_token.entry(m.token).or_default();
@@ -218,7 +220,12 @@ impl Job for ReconcileChain {
             }
         }
         for (token, (all, above)) in &per_token {
-            let labels = [("chain_id", chain_label.clone()), ("token", token.text())];
+            let symbol = settings
+                .tokens
+                .iter()
+                .find(|t| t.chain_id == self.chain_id && t.key().is_ok_and(|k| k == *token))
+                .map_or_else(|| token.text(), |t| t.symbol.clone());
+            let labels = [("chain", chain_label.clone()), ("token", symbol)];
             metrics::counter!("chainsync_reconcile_mismatches_total", &labels)
                 .increment(*all as u64);
             if *above > 0 {
