@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 use crate::{JobError, queue::CompleteStats};
 
@@ -83,6 +83,26 @@ pub fn record_completions(stats: &CompleteStats) {
 pub fn record_rescued(requeued: i64, dead: i64) {
     counter!("chainsync_jobs_rescued_total").increment(u64::try_from(requeued).unwrap_or(0));
     counter!("chainsync_jobs_dead_lettered_total").increment(u64::try_from(dead).unwrap_or(0));
+}
+
+/// Sets the backlog gauges of every queue in `queues` (0 for a queue with nothing available).
+pub fn record_backlog(queues: &[String], backlog: &[crate::queue::QueueBacklog]) {
+    for q in queues {
+        let b = backlog.iter().find(|b| &b.queue == q);
+        gauge!("chainsync_queue_depth", "queue" => q.clone())
+            .set(b.map_or(0.0, |b| b.available as f64));
+        gauge!("chainsync_queue_due", "queue" => q.clone()).set(b.map_or(0.0, |b| b.due as f64));
+        gauge!("chainsync_queue_oldest_available_age_seconds", "queue" => q.clone())
+            .set(b.map_or(0.0, |b| b.oldest_due_age_secs));
+    }
+}
+
+/// Sets `chainsync_dead_letters` per kind for every kind in `kinds` (0 for a kind without).
+pub fn record_dead_letters(kinds: &[&str], counts: &[crate::queue::DeadLetterCount]) {
+    for k in kinds {
+        let n = counts.iter().find(|c| c.kind == *k).map_or(0, |c| c.total);
+        gauge!("chainsync_dead_letters", "kind" => (*k).to_string()).set(n as f64);
+    }
 }
 
 /// Longest window [`recent_outcomes`] can answer for.

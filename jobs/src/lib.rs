@@ -7,6 +7,7 @@
 //! returns into follow-up jobs. [`domain::Domain`] is what the daemon, the CLI and the HTTP API
 //! need from the domain, so that they never name a kind.
 
+pub mod alerts;
 pub mod balance_sync;
 pub mod cache;
 pub mod chain;
@@ -39,6 +40,7 @@ pub fn registry() -> chainsync_engine::Registry<Services> {
         .register::<kinds::check_pending_tx::CheckPendingTx>()
         .register::<kinds::ingest_events::IngestEvents>()
         .register::<kinds::backfill_window::BackfillWindow>()
+        .register::<kinds::deliver_alert::DeliverAlert>()
 }
 
 /// Every migration chainsync needs, the engine's (`migrations/engine`) and the domain's
