@@ -44,6 +44,9 @@ pub struct Config {
     pub scheduler: crate::scheduler::SchedulerSettings,
     #[serde(default)]
     pub http: HttpSettings,
+    /// `[metrics]`: how often the daemon samples lags and evaluates `[[alerts.rules]]`.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -64,6 +67,7 @@ const ENGINE_KEYS: &[&str] = &[
     "schedule",
     "scheduler",
     "http",
+    "metrics",
 ];
 
 /// Every top-level key: the engine's and the domain part's.
@@ -156,6 +160,7 @@ impl Config {
         }
         self.worker.validate().map_err(|e| ConfigError(e.to_string()))?;
         self.http.validate().map_err(ConfigError)?;
+        self.metrics.validate().map_err(ConfigError)?;
         self.maintenance.validate().map_err(|e| ConfigError(e.to_string()))?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
@@ -235,6 +240,35 @@ impl HttpSettings {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
             return Err("http.body_limit: must be in 1024..=67108864".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[metrics]` in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// How often the daemon measures the lag gauges (database and chain heads) and evaluates
+    /// the alert rules.
+    #[serde(with = "chainsync_engine::duration::text")]
+    pub sample_interval: std::time::Duration,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            sample_interval: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl MetricsSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sample_interval < std::time::Duration::from_secs(1)
+            || self.sample_interval > std::time::Duration::from_secs(3600)
+        {
+            return Err("metrics.sample_interval: must be in 1s..=1h".into());
         }
         Ok(())
     }

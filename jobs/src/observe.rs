@@ -30,9 +30,6 @@ pub struct TokenSample {
     /// Closed hourly points windows not yet computed for the address that lags most (tokens
     /// with a points rate and computed windows only).
     pub points_windows_behind: Option<i64>,
-    /// Mismatches above the token's threshold recorded by reconcile in the look-back given to
-    /// [`sample`].
-    pub recent_mismatches: i64,
 }
 
 /// One chain's figures.
@@ -151,14 +148,13 @@ pub fn record_events_ingested(settings: &DomainConfig, chain_id: u64, stored: u6
 
 /// Measures every configured chain and token. Database errors fail the sample; a node that
 /// cannot be read leaves the head-relative figures unknown.
-pub async fn sample(services: &Services, mismatch_lookback: Duration) -> Result<Sample, sqlx::Error> {
+pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
     let settings = &services.settings;
     let now = Utc::now();
     let mut out = Sample {
         at: Some(now),
         chains: Vec::new(),
     };
-    let since = now - chrono::Duration::from_std(mismatch_lookback).unwrap_or_default();
     for c in &settings.chains {
         let cid = i64::try_from(c.chain_id).unwrap_or(i64::MAX);
         let client = services.chains.get(c.chain_id).ok();
@@ -187,14 +183,6 @@ pub async fn sample(services: &Services, mismatch_lookback: Duration) -> Result<
         .bind(cid)
         .fetch_all(&services.db)
         .await?;
-        let mismatches: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT token, count(*) FROM chainsync.balance_mismatches
-             WHERE chain_id = $1 AND above_threshold AND found_at >= $2 GROUP BY 1",
-        )
-        .bind(cid)
-        .bind(since)
-        .fetch_all(&services.db)
-        .await?;
         let current_hour = now.timestamp().div_euclid(3600);
         let mut tokens = Vec::new();
         for t in settings.tokens.iter().filter(|t| t.chain_id == c.chain_id) {
@@ -216,10 +204,6 @@ pub async fn sample(services: &Services, mismatch_lookback: Duration) -> Result<
                 // Windows [last+1h, current hour) are closed and not computed.
                 points_windows_behind: last_window
                     .map(|w| (current_hour - w.timestamp().div_euclid(3600) - 1).max(0)),
-                recent_mismatches: mismatches
-                    .iter()
-                    .find(|m| m.0 == key)
-                    .map_or(0, |m| m.1),
             });
         }
         let ingests = settings.ingest.iter().any(|g| g.chain_id == c.chain_id);
