@@ -11,7 +11,7 @@ use crate::{app::App, runtime::Runtime};
 pub async fn run(app: App) -> anyhow::Result<()> {
     // The recorder first: metrics registered before it is installed would be lost.
     let metrics = crate::http::metrics_handle();
-    chainsync_engine::metrics::describe();
+    chainsync_engine::metrics::describe(&app.queue.kinds().names());
     app.migrate().await?;
     let services = app.services().await?;
     let domain = Domain::new(services.clone());

@@ -11,8 +11,25 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 use crate::{JobError, queue::CompleteStats};
 
-/// Describes the engine's metrics so that they carry help text from the first scrape.
-pub fn describe() {
+/// Describes the engine's metrics and starts the counters of `kinds` at 0, so that they are
+/// listed from the first scrape.
+pub fn describe(kinds: &[&str]) {
+    for k in kinds {
+        for outcome in ["ok", "retry", "snooze", "fatal"] {
+            counter!("chainsync_job_runs_total", "kind" => (*k).to_string(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    for name in [
+        "chainsync_jobs_completed_total",
+        "chainsync_jobs_retried_total",
+        "chainsync_jobs_snoozed_total",
+        "chainsync_jobs_dead_lettered_total",
+        "chainsync_outcomes_fenced_total",
+        "chainsync_jobs_rescued_total",
+    ] {
+        counter!(name).absolute(0);
+    }
     describe_histogram!(
         "chainsync_job_duration_seconds",
         metrics::Unit::Seconds,

@@ -95,6 +95,16 @@ pub enum RuleKind {
 }
 
 impl RuleKind {
+    pub const ALL: [RuleKind; 7] = [
+        Self::DeadLetters,
+        Self::ReconcileMismatch,
+        Self::BalanceLag,
+        Self::IngestLag,
+        Self::PointsBehind,
+        Self::HealthScore,
+        Self::FailureRate,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DeadLetters => "dead_letters",

@@ -14,6 +14,16 @@ use serde::Serialize;
 
 use crate::{Services, settings::DomainConfig};
 
+/// The JSON-RPC methods chainsync calls (their series are registered at start-up).
+pub const RPC_METHODS: &[&str] = &[
+    "eth_blockNumber",
+    "eth_getBlockByNumber",
+    "eth_call",
+    "eth_getLogs",
+    "eth_getTransactionReceipt",
+    "eth_getTransactionByHash",
+];
+
 /// Time allowed for one chain's head and block reads in a sample.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -120,8 +130,34 @@ pub fn describe(settings: &DomainConfig) {
         "chainsync_alerts_total",
         "Alert notifications enqueued, per rule kind and status (firing, resolved)"
     );
+    // Counters start at 0 for every bounded label set, so rates and alerts see them at once.
+    for result in ["hit", "miss"] {
+        counter!("chainsync_cache_requests_total", "result" => result).absolute(0);
+    }
+    for op in ["read", "write"] {
+        counter!("chainsync_cache_errors_total", "op" => op).absolute(0);
+    }
+    for rule in crate::alerts::RuleKind::ALL {
+        for status in ["firing", "resolved"] {
+            counter!("chainsync_alerts_total", "rule" => rule.as_str(), "status" => status)
+                .absolute(0);
+        }
+    }
     for c in &settings.chains {
         let chain = c.name.clone();
+        for method in RPC_METHODS {
+            counter!("chainsync_rpc_requests_total", "chain" => chain.clone(), "method" => *method)
+                .absolute(0);
+            for class in crate::chain::error::RpcErrorClass::ALL {
+                counter!(
+                    "chainsync_rpc_errors_total",
+                    "chain" => chain.clone(),
+                    "method" => *method,
+                    "class" => class.as_str()
+                )
+                .absolute(0);
+            }
+        }
         counter!("chainsync_events_ingested_total", "chain" => chain.clone()).absolute(0);
         gauge!("chainsync_ingest_lag_blocks", "chain" => chain.clone()).set(f64::NAN);
         gauge!("chainsync_ingest_lag_seconds", "chain" => chain.clone()).set(f64::NAN);
@@ -129,6 +165,9 @@ pub fn describe(settings: &DomainConfig) {
             let labels = [("chain", chain.clone()), ("token", t.symbol.clone())];
             gauge!("chainsync_balance_lag_seconds", &labels).set(f64::NAN);
             gauge!("chainsync_balance_lag_blocks", &labels).set(f64::NAN);
+            gauge!("chainsync_points_windows_behind", &labels).set(f64::NAN);
+            counter!("chainsync_reconcile_mismatches_total", &labels).absolute(0);
+            counter!("chainsync_reconcile_alerts_total", &labels).absolute(0);
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum RpcErrorClass {
 }
 
 impl RpcErrorClass {
+    pub const ALL: [RpcErrorClass; 3] = [Self::RateLimited, Self::Transient, Self::Invalid];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",
