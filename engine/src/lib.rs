@@ -88,5 +88,5 @@ pub mod scheduler;
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
 pub use error::JobError;
 pub use job::Job;
-pub use registry::{KindSpec, Kinds, Registry};
+pub use registry::{KindSpec, Kinds, Registry, args_schema};
 pub use retry::RetryPolicy;
