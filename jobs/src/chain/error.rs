@@ -237,7 +237,6 @@ pub struct EndpointError {
     pub connect: bool,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
