@@ -353,6 +353,62 @@ mod tests {
     }
 
     #[test]
+    fn bad_alert_and_health_settings_name_the_key_and_keep_secrets_out() {
+        let target = "[[alerts.targets]]\nname = 'ops'\nurl = 'https://hooks.example/T0KEN-s3cret'\nhmac_secret = 'hmac-key-0123456789'\n";
+        let ok = Config::from_toml(&format!(
+            "{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\n"
+        ))
+        .unwrap();
+        let shown = format!("{:?} {}", ok.domain.alerts, serde_json::to_string(&ok.domain).unwrap());
+        assert!(!shown.contains("T0KEN-s3cret") && !shown.contains("hmac-key"), "{shown}");
+        for (toml, key) in [
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'nope'\ntarget = 'ops'"),
+                "alerts.rules[0].kind",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'ftp://hooks.example/T0KEN-s3cret'".into(),
+                "alerts.targets[0].url",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'health_score'\ntarget = 'ops'\nthreshold = 150"),
+                "alerts.rules[0].threshold",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'failure_rate'\ntarget = 'ops'\nthreshold = 0"),
+                "alerts.rules[0].threshold",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'pager'"),
+                "alerts.rules[0].target",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\njob_kind = 'nope'"),
+                "alerts.rules[0].job_kind",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\n[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'"),
+                "alerts.rules[1].name",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'https://h.example/x'\nhmac_secret = 'short'".into(),
+                "alerts.targets[0].hmac_secret",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'https://h.example/x'\nkind = 'teams'".into(),
+                "alerts.targets[0].kind",
+            ),
+            ("[health]\nmin_score = 0".into(), "health.min_score"),
+            ("[health]\nbalance_max_age = '0s'".into(), "health.balance_max_age"),
+            ("[metrics]\nsample_interval = '0s'".into(), "metrics.sample_interval"),
+        ] {
+            let e = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(!e.contains("T0KEN-s3cret"), "{e}");
+        }
+    }
+
+    #[test]
     fn shipped_default_config_parses() {
         let text = include_str!("../config/default.toml");
         let cfg = Config::from_toml(text).unwrap();

@@ -419,3 +419,62 @@ target = "ops"
     assert_eq!(incidents, 1);
     d.stop();
 }
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn one_incident_is_one_alert_and_one_resolved_and_cool_down_holds_the_next(pool: PgPool) {
+    let toml = |cool: &str| {
+        format!(
+            r#"[[alerts.targets]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+[[alerts.rules]]
+kind = "health_score"
+target = "ops"
+threshold = 70
+cool_down = "{cool}"
+"#
+        )
+    };
+    let cfg = Config::from_toml(&toml("1h")).unwrap();
+    let app = App::with_pool(cfg.clone(), pool.clone()).unwrap();
+    app.migrate().await.unwrap();
+    let eval = |score: u8, cfg: Config| {
+        let pool = pool.clone();
+        async move {
+            let inputs = chainsync_jobs::alerts::Inputs {
+                health_score: Some(score),
+                ..Default::default()
+            };
+            chainsync_jobs::alerts::evaluate(&pool, &cfg.domain, &inputs)
+                .await
+                .unwrap()
+        }
+    };
+    let deliveries = || async {
+        sqlx::query_scalar::<_, Value>(
+            "SELECT coalesce(jsonb_agg(args->'alert'->>'status' ORDER BY created_at, id), '[]')
+             FROM chainsync.jobs WHERE kind = 'deliver-alert'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(eval(50, cfg.clone()).await.opened.len(), 1);
+    assert!(eval(40, cfg.clone()).await.opened.is_empty(), "still the same incident");
+    assert_eq!(deliveries().await, json!(["firing"]));
+    assert_eq!(eval(90, cfg.clone()).await.resolved.len(), 1);
+    assert!(eval(95, cfg.clone()).await.resolved.is_empty());
+    assert_eq!(deliveries().await, json!(["firing", "resolved"]));
+    // Within the cool-down, a new drop opens nothing; without one, it does.
+    assert!(eval(10, cfg.clone()).await.opened.is_empty());
+    let no_cool = Config::from_toml(&toml("0s")).unwrap();
+    assert_eq!(eval(10, no_cool).await.opened.len(), 1);
+    assert_eq!(deliveries().await, json!(["firing", "resolved", "firing"]));
+    let (rule, subject, value): (String, String, Option<f64>) = sqlx::query_as(
+        "SELECT rule, subject, value FROM chainsync.alert_incidents WHERE resolved_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((rule.as_str(), subject.as_str(), value), ("health_score", "daemon", Some(10.0)));
+}

@@ -33,6 +33,10 @@ pub enum TargetKind {
     Json,
     /// `{"text": "..."}`, accepted by Slack incoming webhooks and compatible receivers.
     Slack,
+    /// Anything else: refused by [`AlertsConfig::validate`] with the key named (serde cannot
+    /// name it inside the flattened domain settings).
+    #[serde(other)]
+    Unknown,
 }
 
 /// One `[[alerts.targets]]` entry. Its URL (which may embed a token) and HMAC key are secrets:
@@ -92,6 +96,9 @@ pub enum RuleKind {
     /// Failed attempts of a kind above `threshold` % (default 1) of its attempts within `window`
     /// in this daemon, once there are at least `min_runs` (default 20).
     FailureRate,
+    /// Anything else: refused by [`AlertsConfig::validate`] with the key named.
+    #[serde(other)]
+    Unknown,
 }
 
 impl RuleKind {
@@ -114,6 +121,7 @@ impl RuleKind {
             Self::PointsBehind => "points_behind",
             Self::HealthScore => "health_score",
             Self::FailureRate => "failure_rate",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -124,7 +132,7 @@ impl RuleKind {
             Self::IngestLag => 100.0,
             Self::PointsBehind => 2.0,
             Self::HealthScore => 60.0,
-            Self::FailureRate => 1.0,
+            Self::FailureRate | Self::Unknown => 1.0,
         }
     }
 
@@ -136,7 +144,7 @@ impl RuleKind {
             Self::IngestLag => (1.0, 1e9, "blocks"),
             Self::PointsBehind => (1.0, 1e6, "windows"),
             Self::HealthScore => (1.0, 100.0, "score"),
-            Self::FailureRate => (0.0, 100.0, "percent"),
+            Self::FailureRate | Self::Unknown => (0.0, 100.0, "percent"),
         }
     }
 
@@ -228,6 +236,9 @@ impl AlertsConfig {
         let mut names = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("alerts.targets[{i}]");
+            if t.kind == TargetKind::Unknown {
+                return Err(format!("{key}.kind: must be \"json\" or \"slack\""));
+            }
             if t.name.trim().is_empty() {
                 return Err(format!("{key}.name: must not be empty"));
             }
@@ -264,6 +275,12 @@ impl AlertsConfig {
                 return Err(format!(
                     "{key}.name: {:?} is used by two rules (give each rule of a kind its own name)",
                     r.name()
+                ));
+            }
+            if r.kind == RuleKind::Unknown {
+                return Err(format!(
+                    "{key}.kind: unknown rule kind (one of: {})",
+                    RuleKind::ALL.map(RuleKind::as_str).join(", ")
                 ));
             }
             let (lo, hi, unit) = r.kind.threshold_range();
@@ -376,6 +393,7 @@ async fn findings(
     let window = rule.window();
     let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
     let out = match rule.kind {
+        RuleKind::Unknown => return Ok(None),
         RuleKind::DeadLetters => {
             // Dead deliveries are not alerted about through the deliveries themselves (a
             // receiver that is down would otherwise feed its own alerts); they are in the

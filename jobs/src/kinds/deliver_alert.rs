@@ -75,7 +75,7 @@ impl Job for DeliverAlert {
 /// The body posted to `target` for `alert`.
 pub fn body(target: &AlertTarget, alert: &serde_json::Value) -> Result<Vec<u8>, JobError> {
     let value = match target.kind {
-        TargetKind::Json => alert.clone(),
+        TargetKind::Json | TargetKind::Unknown => alert.clone(),
         TargetKind::Slack => serde_json::json!({
             "text": alert.get("text").and_then(|t| t.as_str()).unwrap_or("chainsync alert"),
         }),
