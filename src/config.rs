@@ -359,8 +359,15 @@ mod tests {
             "{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\n"
         ))
         .unwrap();
-        let shown = format!("{:?} {}", ok.domain.alerts, serde_json::to_string(&ok.domain).unwrap());
-        assert!(!shown.contains("T0KEN-s3cret") && !shown.contains("hmac-key"), "{shown}");
+        let shown = format!(
+            "{:?} {}",
+            ok.domain.alerts,
+            serde_json::to_string(&ok.domain).unwrap()
+        );
+        assert!(
+            !shown.contains("T0KEN-s3cret") && !shown.contains("hmac-key"),
+            "{shown}"
+        );
         for (toml, key) in [
             (
                 format!("{target}[[alerts.rules]]\nkind = 'nope'\ntarget = 'ops'"),

@@ -47,7 +47,10 @@ async fn scrape(port: u16) -> String {
         {
             return r.text().await.unwrap();
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "daemon never served /metrics");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "daemon never served /metrics"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -171,12 +174,18 @@ asset_class = "native"
             break text;
         }
         d.assert_running();
-        assert!(t.elapsed() < Duration::from_secs(30), "jobs never ran:\n{text}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "jobs never ran:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let exported = exported_names(&text);
     let root = env!("CARGO_MANIFEST_DIR");
-    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/chainsync.json"] {
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/chainsync.json",
+    ] {
         let body = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
         if file.ends_with(".json") {
             serde_json::from_str::<Value>(&body).unwrap();
@@ -296,7 +305,10 @@ target = "nobody"
     let t = Instant::now();
     while attempts().await < 2 {
         d.assert_running();
-        assert!(t.elapsed() < Duration::from_secs(30), "no failed delivery attempts");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no failed delivery attempts"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -318,13 +330,21 @@ target = "nobody"
     assert_eq!(v["value"], 1.0);
 
     // No new dead letters for the window: one "resolved" for the same incident, and nothing else.
-    wait_for("the resolved alert", Duration::from_secs(30), &mut d, || {
-        got.all().len() >= 2
-    })
+    wait_for(
+        "the resolved alert",
+        Duration::from_secs(30),
+        &mut d,
+        || got.all().len() >= 2,
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all = got.all();
-    assert_eq!(all.len(), 2, "{:?}", all.iter().map(|a| &a.1).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter().map(|a| &a.1).collect::<Vec<_>>()
+    );
     assert_eq!(all[1].1["status"], "resolved");
     assert_eq!(all[1].1["incident"], all[0].1["incident"]);
 
@@ -334,20 +354,24 @@ target = "nobody"
         .enqueue(NewJob::untyped("noop", json!({"fail": "fatal"})))
         .await
         .unwrap();
-    wait_for("the second firing alert", Duration::from_secs(30), &mut d, || {
-        got.all().len() >= 3
-    })
+    wait_for(
+        "the second firing alert",
+        Duration::from_secs(30),
+        &mut d,
+        || got.all().len() >= 3,
+    )
     .await;
     assert!(t.elapsed() < Duration::from_secs(30));
     assert_eq!(got.all()[2].1["status"], "firing");
     assert_ne!(got.all()[2].1["incident"], all[0].1["incident"]);
 
     // Secrets never in the jobs table, the metrics or the daemon's log.
-    let args: Vec<String> =
-        sqlx::query_scalar("SELECT args::text || errors::text FROM chainsync.jobs WHERE kind = 'deliver-alert'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let args: Vec<String> = sqlx::query_scalar(
+        "SELECT args::text || errors::text FROM chainsync.jobs WHERE kind = 'deliver-alert'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert!(!args.is_empty());
     let metrics = scrape(d.http_port).await;
     d.stop();
@@ -404,7 +428,10 @@ target = "ops"
             break e;
         }
         d.assert_running();
-        assert!(t.elapsed() < Duration::from_secs(60), "delivery never dead-lettered");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "delivery never dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let errors = errors.to_string();
@@ -460,7 +487,10 @@ cool_down = "{cool}"
         .unwrap()
     };
     assert_eq!(eval(50, cfg.clone()).await.opened.len(), 1);
-    assert!(eval(40, cfg.clone()).await.opened.is_empty(), "still the same incident");
+    assert!(
+        eval(40, cfg.clone()).await.opened.is_empty(),
+        "still the same incident"
+    );
     assert_eq!(deliveries().await, json!(["firing"]));
     assert_eq!(eval(90, cfg.clone()).await.resolved.len(), 1);
     assert!(eval(95, cfg.clone()).await.resolved.is_empty());
@@ -476,5 +506,8 @@ cool_down = "{cool}"
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((rule.as_str(), subject.as_str(), value), ("health_score", "daemon", Some(10.0)));
+    assert_eq!(
+        (rule.as_str(), subject.as_str(), value),
+        ("health_score", "daemon", Some(10.0))
+    );
 }

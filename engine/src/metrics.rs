@@ -43,8 +43,14 @@ pub fn describe(kinds: &[&str]) {
         "chainsync_jobs_completed_total",
         "Jobs completed successfully"
     );
-    describe_counter!("chainsync_jobs_retried_total", "Attempts scheduled for retry");
-    describe_counter!("chainsync_jobs_snoozed_total", "Jobs snoozed (no attempt used)");
+    describe_counter!(
+        "chainsync_jobs_retried_total",
+        "Attempts scheduled for retry"
+    );
+    describe_counter!(
+        "chainsync_jobs_snoozed_total",
+        "Jobs snoozed (no attempt used)"
+    );
     describe_counter!(
         "chainsync_jobs_dead_lettered_total",
         "Jobs moved to the dead letters by this process"

@@ -562,6 +562,9 @@ pub async fn evaluate(
     Ok(ev)
 }
 
+/// id, opened_at, resolved_at, summary, value of a resolved incident.
+type ResolvedRow = (i64, DateTime<Utc>, DateTime<Utc>, String, Option<f64>);
+
 async fn apply(
     db: &PgPool,
     rule: &AlertRule,
@@ -616,16 +619,15 @@ async fn apply(
             continue;
         }
         let mut tx = db.begin().await?;
-        let resolved: Option<(i64, DateTime<Utc>, DateTime<Utc>, String, Option<f64>)> =
-            sqlx::query_as(
-                "UPDATE chainsync.alert_incidents SET resolved_at = now()
+        let resolved: Option<ResolvedRow> = sqlx::query_as(
+            "UPDATE chainsync.alert_incidents SET resolved_at = now()
                  WHERE rule = $1 AND subject = $2 AND resolved_at IS NULL
                  RETURNING id, opened_at, resolved_at, summary, value",
-            )
-            .bind(&name)
-            .bind(subject)
-            .fetch_optional(&mut *tx)
-            .await?;
+        )
+        .bind(&name)
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((id, opened_at, resolved_at, summary, value)) = resolved else {
             continue;
         };

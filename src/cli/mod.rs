@@ -373,7 +373,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             ]);
             for d in &r.deductions {
-                rows.push(vec!["deduction".into(), format!("-{} {}", d.points, d.reason)]);
+                rows.push(vec![
+                    "deduction".into(),
+                    format!("-{} {}", d.points, d.reason),
+                ]);
             }
             for p in &r.problems {
                 rows.push(vec!["problem".into(), p.clone()]);

@@ -107,7 +107,10 @@ pub async fn post(target: &AlertTarget, alert: &serde_json::Value) -> Result<(),
     let mut req = client
         .post(target.url.as_str())
         .header("content-type", "application/json")
-        .header("user-agent", concat!("chainsync/", env!("CARGO_PKG_VERSION")));
+        .header(
+            "user-agent",
+            concat!("chainsync/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(secret) = &target.hmac_secret {
         req = req.header(SIGNATURE_HEADER, signature(secret, &body));
     }
