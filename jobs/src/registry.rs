@@ -89,6 +89,7 @@ impl Registry {
             KindSpec::of::<kinds::check_pending_tx::CheckPendingTx>(),
             KindSpec::of::<kinds::ingest_events::IngestEvents>(),
             KindSpec::of::<kinds::backfill_window::BackfillWindow>(),
+            KindSpec::of::<kinds::compute_points::ComputePoints>(),
         ])
     }
 
