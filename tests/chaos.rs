@@ -511,14 +511,15 @@ async fn sigkill_mid_backfill_then_every_window_is_exact(pool: PgPool) {
         history.push((address, changes));
     }
     for (address, changes) in &history {
-        for (t, amount) in changes {
+        for (block, (t, amount)) in changes.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO chainsync.balance_changes (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time)
-                 VALUES (31337, 'native', $1, NULL, $2::numeric, 1, '0x0', $3)",
+                 VALUES (31337, 'native', $1, NULL, $2::numeric, $4, '0x0', $3)",
             )
             .bind(address)
             .bind(amount.to_string())
             .bind(t)
+            .bind(block as i64 + 1)
             .execute(&pool)
             .await
             .unwrap();

@@ -126,6 +126,7 @@ async fn stored_logs(pool: &PgPool, token: Address) -> Vec<(String, i64)> {
 #[sqlx::test(migrations = "./migrations")]
 async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
     let referral = chain.deploy_referral().await.unwrap();
     let holders = devchain::random_holders(3, 2000, devchain::units(100, 18));
@@ -143,28 +144,43 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let want = chain_logs(&chain, token).await;
     assert_eq!(want.len(), 2500);
     assert_eq!(stored_logs(&pool, token).await, want);
-    // Every touched holder gets a balance sync, keyed by the newest block that touched it in a
-    // range, so the no-op run above enqueued nothing more.
-    let holders_synced = count(
-        &pool,
-        "SELECT count(DISTINCT args->>'address') FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
-    )
-    .await;
-    assert_eq!(holders_synced, 2000);
-    let jobs = count(
-        &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
-    )
-    .await;
-    ingest(&app).await;
+    // Every touched holder's balance is read at its touched blocks: balances exact, one history
+    // row per change (the mint, then each transfer in or out), and no follow-up jobs.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.balances").await,
+        2000
+    );
+    for (h, _) in holders.iter().step_by(40) {
+        let stored: String =
+            sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
+                .bind(format!("{h:#x}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            chain.balance_of(token, *h).await.unwrap().to_string()
+        );
+    }
+    let history = count(&pool, "SELECT count(*) FROM chainsync.balance_changes").await;
+    assert!(history >= 2000, "{history}");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.balance_changes WHERE source <> 'log'"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(
             &pool,
             "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
         )
         .await,
-        jobs
+        0
     );
+    ingest(&app).await;
     // Replaying from scratch stores nothing twice.
     sqlx::query("DELETE FROM chainsync.ingest_checkpoints")
         .execute(&pool)
@@ -175,11 +191,17 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM chainsync.events").await,
         2500
     );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.balance_changes").await,
+        history,
+        "a replayed range writes no history twice"
+    );
 }
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_reorg_is_rolled_back_to_the_common_ancestor(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
     let referral = chain.deploy_referral().await.unwrap();
     let holders = devchain::random_holders(5, 50, devchain::units(100, 18));
@@ -216,16 +238,36 @@ async fn a_reorg_is_rolled_back_to_the_common_ancestor(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM chainsync.events").await,
         55
     );
-    // The holders of the orphaned transfers are re-synced.
-    let resync = count(
+    // History and balances of the holders of the orphaned transfers follow the canonical chain:
+    // no row from an orphaned block is left, every stored balance equals balanceOf.
+    let orphaned_rows = count(
         &pool,
-        &format!(
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance' AND args->>'address' = '{:#x}'",
-            holders[0].0
-        ),
+        "SELECT count(*) FROM chainsync.balance_changes c WHERE NOT EXISTS (
+             SELECT 1 FROM chainsync.events e WHERE e.block_number = c.block_number)",
     )
     .await;
-    assert!(resync >= 1);
+    assert_eq!(orphaned_rows, 0);
+    for (h, _) in holders.iter().take(17) {
+        let stored: String =
+            sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
+                .bind(format!("{h:#x}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            chain.balance_of(token, *h).await.unwrap().to_string()
+        );
+        let last: String = sqlx::query_scalar(
+            "SELECT new_amount::text FROM chainsync.balance_changes WHERE address = $1
+             ORDER BY block_number DESC LIMIT 1",
+        )
+        .bind(format!("{h:#x}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(last, stored);
+    }
 }
 
 /// A JSON-RPC proxy in front of anvil that refuses eth_getLogs over `max` blocks like a provider.

@@ -336,19 +336,29 @@ WITH o AS (
     ORDER BY token, address, block_number, n DESC
 ),
 p AS (
-    SELECT o.*,
-           (SELECT c.new_amount FROM chainsync.balance_changes c
-             WHERE c.chain_id = $1 AND c.token = o.token AND c.address = o.address
-               AND c.block_number < o.block_number
-             ORDER BY c.block_number DESC LIMIT 1) AS before,
+    -- The history just before each observation: the row before it, or an earlier observation
+    -- of the same batch when that is later.
+    SELECT o.*, d.block_number AS db, d.new_amount AS da,
+           lag(o.block_number) OVER w AS ob, lag(o.amount) OVER w AS oa,
            EXISTS (SELECT 1 FROM chainsync.balance_changes c
                     WHERE c.chain_id = $1 AND c.token = o.token AND c.address = o.address
                       AND c.block_number = o.block_number) AS present
     FROM o
+    LEFT JOIN LATERAL (
+        SELECT c.block_number, c.new_amount FROM chainsync.balance_changes c
+         WHERE c.chain_id = $1 AND c.token = o.token AND c.address = o.address
+           AND c.block_number < o.block_number
+         ORDER BY c.block_number DESC LIMIT 1
+    ) d ON true
+    WINDOW w AS (PARTITION BY o.token, o.address ORDER BY o.block_number)
+),
+q AS (
+    SELECT p.*, CASE WHEN ob IS NOT NULL AND (db IS NULL OR ob > db) THEN oa ELSE da END AS before
+    FROM p
 )
 INSERT INTO chainsync.balance_changes AS c
     (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time, source)
-SELECT $1, token, address, before, amount, block_number, block_hash, block_time, $8 FROM p
+SELECT $1, token, address, before, amount, block_number, block_hash, block_time, $8 FROM q
 WHERE present OR before IS DISTINCT FROM amount
 ORDER BY token, address, block_number
 ON CONFLICT (chain_id, token, address, block_number) DO UPDATE
@@ -602,11 +612,31 @@ pub async fn enqueue_points(services: &Services, chain_id: u64) -> Result<(), Jo
     }
     let job = crate::NewJob::typed(&crate::kinds::compute_points::ComputePoints { chain_id })
         .map_err(JobError::Fatal)?;
-    services
+    let mut next = job.clone();
+    let e = services
         .enqueuer
         .enqueue(job)
         .await
         .map_err(JobError::Retry)?;
+    if e.inserted {
+        return Ok(());
+    }
+    // A pass already running may have looked before this change: one more pass after it, under
+    // its own key (at most one such follow-up is queued at a time).
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state::text FROM chainsync.jobs WHERE id = $1")
+            .bind(e.id)
+            .fetch_optional(&services.db)
+            .await?;
+    if state.as_deref() == Some("running") {
+        next.unique_key = next.unique_key.map(|k| format!("{k}:next"));
+        next.run_at = Some(Utc::now() + chrono::Duration::seconds(1));
+        services
+            .enqueuer
+            .enqueue(next)
+            .await
+            .map_err(JobError::Retry)?;
+    }
     Ok(())
 }
 

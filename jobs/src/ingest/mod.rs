@@ -393,8 +393,17 @@ pub async fn ingest_pass(
     report.caught_up = from > target;
     // Points windows close by chain time: when this pass moved the checkpoint into a new hour,
     // the windows before it can be computed.
+    // Marks of changed history still waiting (e.g. for ingestion to be back past a reorg) are
+    // picked up by the same job.
     let end_time = checkpoint_time(db, cid).await?;
-    if end_time.is_some() && end_time.map(window_of) != start_time.map(window_of) {
+    let crossed = end_time.is_some() && end_time.map(window_of) != start_time.map(window_of);
+    let waiting: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chainsync.points_dirty WHERE chain_id = $1)",
+    )
+    .bind(cid)
+    .fetch_one(db)
+    .await?;
+    if crossed || waiting {
         enqueue_points(&ctx.services, chain_id).await?;
     }
     if !report.caught_up && opts.continue_in_job {
@@ -481,6 +490,13 @@ async fn rollback(
     ancestor: u64,
 ) -> Result<(), JobError> {
     let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
+    let ancestor_time = ctx
+        .services
+        .chains
+        .get(chain_id)?
+        .block_at(ancestor)
+        .await?
+        .and_then(|b| b.time());
     let mut tx = ctx.db().begin().await?;
     let orphaned =
         sqlx::query("DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2")
@@ -529,12 +545,13 @@ async fn rollback(
     .await?;
     sqlx::query(
         "UPDATE chainsync.ingest_checkpoints SET block_number = $2, block_hash = $3,
-             block_time = NULL, updated_at = now()
+             block_time = $4, updated_at = now()
          WHERE chain_id = $1",
     )
     .bind(cid)
     .bind(a)
     .bind(hash.unwrap_or_default())
+    .bind(ancestor_time)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

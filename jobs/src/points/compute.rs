@@ -373,7 +373,6 @@ async fn dirty(
     }
     let closed_end = window_of(closed);
     for (address, since, reason, marked_at) in &marks {
-        report.dirty += 1;
         let existing: BTreeMap<DateTime<Utc>, (String, String)> =
             sqlx::query_as::<_, (DateTime<Utc>, String, String)>(
                 "SELECT window_start, twab::text, points::text FROM chainsync.points_history
@@ -394,7 +393,12 @@ async fn dirty(
             .into_iter()
             .chain(last_existing)
             .max()
-            .map_or(closed_end, |e| e.min(closed_end));
+            .unwrap_or(closed_end);
+        if end > closed_end {
+            // Windows were computed past what the history is complete for now (a reorg rewound
+            // the checkpoint): the mark waits until ingestion is back there.
+            continue;
+        }
         let history = load_address(services, cid, token, address).await?;
         let mut add = (Vec::new(), Vec::new(), Vec::new());
         let mut upd = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -473,6 +477,7 @@ async fn dirty(
             .await?
             .rows_affected();
         }
+        report.dirty += 1;
         sqlx::query(
             "DELETE FROM chainsync.points_dirty
              WHERE chain_id = $1 AND token = $2 AND address = $3 AND marked_at = $4",
