@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-root}"
 export DATABASE_URL="${DATABASE_URL:-postgres://$PGUSER@$PGHOST:$PGPORT/test}"
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin chainsync
+cargo build --release --quiet --features dev --manifest-path "$ROOT/Cargo.toml" --bin chainsync
 BIN="$CARGO_TARGET_DIR/release/chainsync"
 OUT="$ROOT/target/bench-queue/$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 

@@ -8,5 +8,5 @@ scripts/install-deps.sh
 scripts/services.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
-cargo build --release --quiet --bin chainsync
+cargo build --release --quiet --features dev --bin chainsync
 exec "$CARGO_TARGET_DIR/release/chainsync" demo "$@"

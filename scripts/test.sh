@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts Postgres and Redis, checks that the contract
-# artifacts match their sources, then runs every test of the workspace. Extra arguments go to
+# artifacts match their sources, checks formatting and lints (`cargo fmt --check`, `cargo clippy
+# --all-targets --all-features -- -D warnings`), then runs every test of the workspace (with the
+# `dev` feature: the demo and benchmark commands are tested too). Extra arguments go to
 # `cargo test` (e.g. `scripts/test.sh --test devchain`, `scripts/test.sh -- --nocapture`).
 set -euo pipefail
 
@@ -21,6 +23,11 @@ fi
 
 scripts/build-contracts.sh --check
 
+echo "test: cargo fmt --all --check"
+cargo fmt --all --check
+echo "test: cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
 # All targets unless the arguments pick some themselves (cargo would otherwise run the union).
 targets=(--all-targets)
 for arg in "$@"; do
@@ -32,5 +39,5 @@ for arg in "$@"; do
             ;;
     esac
 done
-echo "test: cargo test --workspace ${targets[*]} $* (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace "${targets[@]}" "$@"
+echo "test: cargo test --workspace --all-features ${targets[*]} $* (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace --all-features "${targets[@]}" "$@"

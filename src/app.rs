@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
-use chainsync_jobs::{Registry, Services};
+use chainsync_engine::{
+    Registry,
+    queue::{Policies, Queue},
+};
+use chainsync_jobs::Services;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{config::Config, queue::Queue};
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -17,44 +21,13 @@ pub enum AppError {
     #[error("database {0}: {1}")]
     Connect(String, sqlx::Error),
     #[error(transparent)]
-    Queue(#[from] crate::queue::QueueError),
+    Queue(#[from] chainsync_engine::queue::QueueError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("redis: {0}")]
     Redis(String),
     #[error("{0}")]
     Services(String),
-    #[error("scratch database: {0}")]
-    Scratch(String),
-}
-
-/// Drops and re-creates database `name` on the server of `admin_url`; returns its URL.
-/// Used by the demo and the benchmarks, which work on throwaway databases.
-pub async fn recreate_database(admin_url: &str, name: &str) -> Result<String, AppError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(AppError::Scratch(format!(
-            "name must be [A-Za-z0-9_]+, got {name:?}"
-        )));
-    }
-    let base = admin_url
-        .rfind('/')
-        .filter(|&i| i > admin_url.find("://").map_or(0, |s| s + 2))
-        .map(|i| &admin_url[..i])
-        .ok_or_else(|| AppError::Scratch("the database URL has no database part".into()))?;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(admin_url)
-        .await
-        .map_err(|e| AppError::Connect(redact_url(admin_url), e))?;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&admin)
-            .await
-            .map_err(|e| AppError::Scratch(e.to_string()))?;
-    }
-    admin.close().await;
-    Ok(format!("{base}/{name}"))
 }
 
 /// Connection options for chainsync's pools: the URL plus `plan_cache_mode = force_custom_plan`.
@@ -80,6 +53,15 @@ pub fn force_custom_plans(opts: PgConnectOptions) -> PgConnectOptions {
 pub struct App {
     pub config: Arc<Config>,
     pub queue: Queue,
+    /// chainsync's kinds and how to run them.
+    pub registry: Arc<Registry<Services>>,
+}
+
+/// A queue of chainsync's kinds with their default policies.
+pub fn builtin_queue(pool: PgPool) -> Queue {
+    let registry = chainsync_jobs::registry();
+    let policies = Arc::new(Policies::from_kinds(registry.kinds()));
+    Queue::new(pool, registry.kinds().clone(), policies)
 }
 
 /// Postgres URL without credentials, for messages.
@@ -102,14 +84,23 @@ impl App {
     }
 
     pub fn with_pool(config: Config, pool: PgPool) -> Result<Self, AppError> {
-        let registry = Arc::new(Registry::builtin());
-        let policies = Arc::new(config.policies(&registry)?);
-        let queue = Queue::new(pool, registry, policies)
+        let registry = Arc::new(chainsync_jobs::registry());
+        let policies = Arc::new(config.policies(registry.kinds())?);
+        let queue = Queue::new(pool, registry.kinds().clone(), policies)
             .retaining_completed(!config.maintenance.completed_retention.is_zero());
         Ok(Self {
             config: Arc::new(config),
             queue,
+            registry,
         })
+    }
+
+    /// Applies the engine's and the domain's migrations and records the known kinds for
+    /// `chainsync.enqueue()`.
+    pub async fn migrate(&self) -> Result<(), AppError> {
+        chainsync_jobs::migrate(self.pool()).await?;
+        self.queue.sync_kinds().await?;
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -136,7 +127,6 @@ impl App {
             self.pool().clone(),
             redis,
             Arc::new(self.config.domain.clone()),
-            Arc::new(self.queue.clone()),
         )
         .map_err(AppError::Services)
     }

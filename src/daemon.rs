@@ -1,26 +1,31 @@
 //! `chainsync daemon`: workers + maintenance until SIGINT/SIGTERM, then a graceful stop.
 
+use std::sync::Arc;
+
+use chainsync_jobs::domain::Domain;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{app::App, runtime::Runtime};
 
 pub async fn run(app: App) -> anyhow::Result<()> {
-    app.queue.migrate().await?;
+    app.migrate().await?;
     let services = app.services().await?;
-    // Points left stale by downtime: backfill jobs for exactly the missing windows.
-    match chainsync_jobs::points::backfill::stale_jobs(&services, None, chrono::Utc::now()).await {
+    let domain = Domain::new(services.clone());
+    // Work left stale by downtime (points windows): jobs for exactly what is missing.
+    match domain.startup_jobs(None, chrono::Utc::now()).await {
         Ok(jobs) if !jobs.is_empty() => {
             let n = jobs.len();
             app.queue.enqueue_many(jobs).await?;
-            info!(jobs = n, "stale points detected; backfill enqueued");
+            info!(jobs = n, "stale work detected at start-up; jobs enqueued");
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "stale points check failed"),
+        Err(e) => tracing::warn!(error = %e, "start-up check failed"),
     }
     let stop = CancellationToken::new();
     let runtime = Runtime::start(
         app.queue.clone(),
+        app.registry.clone(),
         services.clone(),
         app.config.worker.clone(),
     );
@@ -29,12 +34,11 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         app.config.maintenance.clone(),
         stop.clone(),
     ));
-    let follower = tokio::spawn(crate::runtime::follow::run(
-        app.queue.clone(),
-        services.clone(),
-        stop.clone(),
-    ));
-    let schedules = app.config.schedules(app.queue.registry())?;
+    let follower = {
+        let (domain, queue, stop) = (domain.clone(), app.queue.clone(), stop.clone());
+        tokio::spawn(async move { domain.follow(Arc::new(queue), stop).await })
+    };
+    let schedules = app.config.schedules(app.queue.kinds())?;
     let scheduler = if app.config.scheduler.enabled && !schedules.is_empty() {
         let s = crate::scheduler::Scheduler::new(
             app.queue.clone(),

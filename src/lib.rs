@@ -1,22 +1,17 @@
 //! chainsync: keeps an application's Postgres database in step with EVM chains.
 //!
-//! HOW work runs lives here: the queue engine ([`queue`]), the worker runtime on apalis
-//! ([`runtime`]), configuration, telemetry and the CLI. WHAT work exists lives in the
-//! `chainsync-jobs` crate.
+//! The `chainsync` binary's library: it wires the queue engine (crate `chainsync-engine`: how
+//! work runs) and the job kinds (crate `chainsync-jobs`: what work exists) into the daemon, the
+//! CLI, the HTTP API and configuration. It names no concrete kind.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod devchain;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod health;
 pub mod http;
-pub mod http_bench;
-pub mod ingest_bench;
-pub mod queue;
-pub mod runtime;
-pub mod scheduler;
-pub mod sync_bench;
 pub mod telemetry;
+
+pub use chainsync_engine::{duration, queue, runtime, scheduler};

@@ -32,7 +32,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn replay_button_moves_a_dead_letter_back_to_the_queue(pool: PgPool) {
     let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let playwright = tools().join("node_modules/playwright-core");
@@ -54,7 +54,7 @@ admin_token = "{TOKEN}"
     ))
     .unwrap();
     let app = App::with_pool(cfg, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     let services = app.services().await.unwrap();
 
     // One job dies (fatal), one stays queued so the depth table has something to show.
@@ -65,6 +65,7 @@ admin_token = "{TOKEN}"
         .unwrap();
     let runtime = Runtime::start(
         app.queue.clone(),
+        app.registry.clone(),
         services.clone(),
         app.config.worker.clone(),
     );

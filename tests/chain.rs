@@ -10,9 +10,9 @@ use alloy::primitives::{Address, U256};
 use chainsync::{
     app::App,
     config::Config,
-    devchain::{self, DevChain, DevChainError},
     runtime::{Runtime, WorkerSettings},
 };
+use chainsync_dev::devchain::{self, DevChain, DevChainError};
 use chainsync_jobs::NewJob;
 use serde_json::json;
 use sqlx::PgPool;
@@ -47,7 +47,12 @@ impl Env {
             ..self.app.config.worker.clone()
         };
         let services = futures::executor::block_on(self.app.services()).unwrap();
-        Runtime::start(self.app.queue.clone(), services, settings)
+        Runtime::start(
+            self.app.queue.clone(),
+            self.app.registry.clone(),
+            services,
+            settings,
+        )
     }
 
     async fn run_until_idle(&self, job: NewJob) -> uuid::Uuid {
@@ -128,7 +133,7 @@ asset_class = "native"
     ))
     .unwrap();
     let app = App::with_pool(config, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     let list: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
     sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
         .bind(&list)
@@ -144,7 +149,7 @@ asset_class = "native"
     }
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn full_sync_matches_the_chain_exactly(pool: PgPool) {
     let env = setup(&pool, 1500).await;
     let rt = env.runtime();
@@ -195,7 +200,7 @@ async fn full_sync_matches_the_chain_exactly(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn event_driven_sync_and_reconcile_repair(pool: PgPool) {
     let env = setup(&pool, 50).await;
     let rt = env.runtime();
@@ -265,7 +270,7 @@ async fn event_driven_sync_and_reconcile_repair(pool: PgPool) {
     assert_eq!(env.stored(env.holders[3].0).await, Some(chain.to_string()));
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn pending_tx_confirms_after_n_blocks_or_fails_on_revert(pool: PgPool) {
     let env = setup(&pool, 5).await;
     let to = env.holders[0].0;
@@ -359,7 +364,7 @@ async fn pending_tx_confirms_after_n_blocks_or_fails_on_revert(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn rpc_down_retries_then_dead_letter_then_replay(pool: PgPool) {
     let env = setup(&pool, 5).await;
     let rt = env.runtime();

@@ -13,12 +13,9 @@ mod chaos {
 
 use std::time::{Duration, Instant};
 
-use chainsync::{
-    app::App,
-    config::Config,
-    devchain::{self, DevChain},
-};
-use chainsync_jobs::{NewJob, Registry};
+use chainsync::{app::App, config::Config};
+use chainsync_dev::devchain::{self, DevChain};
+use chainsync_jobs::NewJob;
 use chaos::support::{Daemon, PrivatePg, PrivateRedis, free_port};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -64,7 +61,7 @@ async fn wait_until(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
 async fn enqueue_noops(url: &str, n: usize) {
     let cfg = Config::from_toml(&format!("database_url = \"{url}\"")).unwrap();
     let app = App::connect(cfg).await.unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     for start in (0..n).step_by(5000) {
         let jobs = (start..(start + 5000).min(n))
             .map(|i| NewJob::untyped("noop", json!({"payload": i})))
@@ -73,7 +70,7 @@ async fn enqueue_noops(url: &str, n: usize) {
     }
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn rpc_faults_snooze_retry_dead_letter_then_replay(pool: PgPool) {
     chaos::rpc_faults::faults_retry_snooze_dead_letter_and_replay(pool).await;
 }
@@ -147,7 +144,7 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn sigkill_mid_full_sync_then_every_balance_is_exact(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();
@@ -175,7 +172,7 @@ asset_class = "erc20"
         chain.url()
     );
     let app = App::with_pool(Config::from_toml(&cfg).unwrap(), pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
         .bind(&list)
         .execute(&pool)
@@ -231,7 +228,7 @@ asset_class = "erc20"
     println!("killed after {partial} of 3000 balances; resumed and exact");
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn redis_killed_balances_served_from_postgres_then_cached_again(pool: PgPool) {
     let port = free_port();
     let mut redis = PrivateRedis::start(port);
@@ -307,7 +304,7 @@ async fn metric_sum(port: u16, name: &str) -> u64 {
         .sum()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
     let n: usize = if std::env::var("CHAINSYNC_STRESS").is_ok() {
         1_000_000
@@ -427,7 +424,8 @@ proptest! {
 
     #[test]
     fn enqueue_args_decoder_never_panics(kind in "[a-z-]{0,20}", v in arb_json()) {
-        let reg = Registry::builtin();
+        let registry = chainsync_jobs::registry();
+        let reg = registry.kinds();
         for k in reg.names().into_iter().map(str::to_string).chain([kind]) {
             let mut job = NewJob::untyped(k, v.clone());
             if let Err(e) = reg.check(&mut job) {
@@ -487,7 +485,7 @@ fn window_points(changes: &[(DateTime<Utc>, u128)], w: DateTime<Utc>) -> Option<
     Some((twab, twab / 4))
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn sigkill_mid_backfill_then_every_window_is_exact(pool: PgPool) {
     use chainsync_jobs::points::window_of;
     let base = window_of(Utc::now()) - chrono::Duration::hours(80);
@@ -535,7 +533,7 @@ rates = [{{ chain_id = 31337, token = "native", rate = "0.25" }}]
         db_url(&pool)
     );
     let app = App::with_pool(Config::from_toml(&cfg).unwrap(), pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut first = Daemon::start(dir.path(), "first", &cfg);
     app.queue

@@ -8,7 +8,7 @@ use common::db_url;
 use std::process::Command;
 
 use alloy::primitives::U256;
-use chainsync::devchain::{self, DevChain};
+use chainsync_dev::devchain::{self, DevChain};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -55,7 +55,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn track_sync_tx_and_ingest_from_the_command_line(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();

@@ -8,8 +8,10 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent;
-use chainsync::devchain::contracts::{ReferralRegistry, RevertingToken, TestMultiToken, TestToken};
-use chainsync::devchain::{
+use chainsync_dev::devchain::contracts::{
+    ReferralRegistry, RevertingToken, TestMultiToken, TestToken,
+};
+use chainsync_dev::devchain::{
     DevChain, DevChainOptions, MULTICALL3_ADDRESS, holder_addresses, random_holders, units,
 };
 

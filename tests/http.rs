@@ -83,7 +83,7 @@ rpc_urls = ["http://127.0.0.1:1"]
     ))
     .unwrap();
     let app = App::with_pool(cfg, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     let services = app.services().await.unwrap();
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
@@ -103,7 +103,7 @@ rpc_urls = ["http://127.0.0.1:1"]
     }
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn jobs_and_dead_letters(pool: PgPool) {
     let s = server(&pool, "redis://127.0.0.1:6379").await;
     let (st, v) = s
@@ -131,7 +131,7 @@ async fn jobs_and_dead_letters(pool: PgPool) {
     assert_eq!(st, StatusCode::CONFLICT);
 
     // A dead letter, made the way a worker would (fatal outcome), then replayed over HTTP.
-    let q = chainsync::queue::Queue::with_defaults(pool.clone());
+    let q = chainsync::app::builtin_queue(pool.clone());
     let e = q
         .enqueue(chainsync_jobs::NewJob::untyped(
             "noop",
@@ -175,7 +175,7 @@ async fn jobs_and_dead_letters(pool: PgPool) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn bad_input_gets_the_right_status_and_writes_nothing(pool: PgPool) {
     let s = server(&pool, "redis://127.0.0.1:6379").await;
     for (body, field) in [
@@ -244,7 +244,7 @@ async fn seed_balance(pool: &PgPool, address: &str, amount: &str) {
     .unwrap();
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn balances_from_cache_then_database_and_without_redis(pool: PgPool) {
     let addr = format!("0x{:040x}", rand::random::<u64>());
     let big = "115792089237316195423570985008687907853269984665640564039457584007913129639935"; // 2^256-1
@@ -292,7 +292,7 @@ async fn balances_from_cache_then_database_and_without_redis(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn health_metrics_admin_openapi(pool: PgPool) {
     let s = server(&pool, "redis://127.0.0.1:6379").await;
     let r = s.http.get(s.url("/health")).send().await.unwrap();

@@ -15,12 +15,9 @@ use std::{
 
 use alloy::primitives::{Address, U256};
 use axum::{Json, Router, extract::State, routing::post};
-use chainsync::{
-    app::App,
-    config::Config,
-    devchain::{self, DevChain},
-};
-use chainsync_jobs::{JobContext, JobMeta, Registry};
+use chainsync::{app::App, config::Config};
+use chainsync_dev::devchain::{self, DevChain};
+use chainsync_jobs::{JobContext, JobMeta};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -58,7 +55,7 @@ contracts = [
     ))
     .unwrap();
     let app = App::with_pool(cfg, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     app
 }
 
@@ -71,12 +68,13 @@ async fn ingest(app: &App) {
             attempt: 1,
             max_attempts: 1,
         },
+        db: app.pool().clone(),
+        enqueuer: std::sync::Arc::new(app.queue.clone()),
         services: app.services().await.unwrap(),
     };
-    Registry::builtin()
-        .get("ingest-events")
+    app.registry
+        .run("ingest-events", json!({"chain_id": 31337}), ctx)
         .unwrap()
-        .run(json!({"chain_id": 31337}), ctx)
         .await
         .unwrap();
 }
@@ -123,7 +121,7 @@ async fn stored_logs(pool: &PgPool, token: Address) -> Vec<(String, i64)> {
     .unwrap()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();
@@ -198,7 +196,7 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn a_reorg_is_rolled_back_to_the_common_ancestor(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();
@@ -319,7 +317,7 @@ async fn strict_proxy(upstream: String, max: u64, refused: Arc<AtomicU64>) -> St
     format!("http://{addr}")
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn ranges_shrink_to_what_the_node_accepts_and_referrals_count_once(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
@@ -377,7 +375,7 @@ async fn ranges_shrink_to_what_the_node_accepts_and_referrals_count_once(pool: P
     assert_eq!(u0_level1, 2);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();
@@ -387,15 +385,16 @@ async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
     let services = app.services().await.unwrap();
     let runtime = chainsync::runtime::Runtime::start(
         app.queue.clone(),
+        app.registry.clone(),
         services.clone(),
         app.config.worker.clone(),
     );
     let stop = tokio_util::sync::CancellationToken::new();
-    let follower = tokio::spawn(chainsync::runtime::follow::run(
-        app.queue.clone(),
-        services,
-        stop.clone(),
-    ));
+    let follower = {
+        let domain = chainsync_jobs::domain::Domain::new(services);
+        let (queue, stop) = (app.queue.clone(), stop.clone());
+        tokio::spawn(async move { domain.follow(std::sync::Arc::new(queue), stop).await })
+    };
     let holders = devchain::random_holders(9, 20, devchain::units(5, 18));
     chain.mint_many(token, &holders).await.unwrap();
     chain

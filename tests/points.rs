@@ -16,12 +16,8 @@ use alloy::{
     sol,
     sol_types::SolEvent,
 };
-use chainsync::{
-    app::App,
-    config::Config,
-    devchain::{self, DevChain},
-    runtime::Runtime,
-};
+use chainsync::{app::App, config::Config, runtime::Runtime};
+use chainsync_dev::devchain::{self, DevChain};
 use chainsync_jobs::{NewJob, points::window_of};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -101,7 +97,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
         ))
         .unwrap();
         let app = App::with_pool(cfg, pool.clone()).unwrap();
-        app.queue.migrate().await.unwrap();
+        app.migrate().await.unwrap();
         let latest = chain
             .provider()
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
@@ -133,15 +129,16 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
         let services = self.app.services().await.unwrap();
         let rt = Runtime::start(
             self.app.queue.clone(),
+            self.app.registry.clone(),
             services.clone(),
             self.app.config.worker.clone(),
         );
         let stop = CancellationToken::new();
-        let follower = tokio::spawn(chainsync::runtime::follow::run(
-            self.app.queue.clone(),
-            services,
-            stop.clone(),
-        ));
+        let follower = {
+            let domain = chainsync_jobs::domain::Domain::new(services);
+            let (queue, stop) = (self.app.queue.clone(), stop.clone());
+            tokio::spawn(async move { domain.follow(std::sync::Arc::new(queue), stop).await })
+        };
         Running { rt, stop, follower }
     }
 
@@ -438,7 +435,7 @@ async fn assert_history_follows_logs(env: &Env) {
     }
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn outage_of_hours_every_window_equals_the_logs(pool: PgPool) {
     let env = Env::new(&pool, false, 20).await;
     let running = env.start().await;
@@ -539,7 +536,7 @@ async fn outage_of_hours_every_window_equals_the_logs(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn windows_appear_as_chain_hours_close(pool: PgPool) {
     let env = Env::new(&pool, false, 6).await;
     let running = env.start().await;
@@ -593,7 +590,7 @@ async fn windows_appear_as_chain_hours_close(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn a_reorg_replaces_history_and_recomputes_points_with_an_audit(pool: PgPool) {
     let env = Env::new(&pool, false, 8).await;
     let running = env.start().await;
@@ -701,7 +698,7 @@ async fn a_reorg_replaces_history_and_recomputes_points_with_an_audit(pool: PgPo
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn balance_changes_without_a_log_are_found_by_reconcile_and_marked(pool: PgPool) {
     let env = Env::new(&pool, true, 4).await;
     let running = env.start().await;

@@ -11,9 +11,9 @@ use chainsync::{
     queue::{Completion, DlqFilter, Outcome, Policies, Queue, QueueError},
     runtime::{Runtime, WorkerSettings},
 };
+use chainsync_engine::Registry;
 use chainsync_jobs::{
-    Job, JobContext, JobError, KindSpec, NewJob, Registry, RetryPolicy, Services,
-    settings::DomainConfig,
+    Job, JobContext, JobError, NewJob, RetryPolicy, Services, settings::DomainConfig,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,6 +34,7 @@ struct Record {
 #[async_trait]
 impl Job for Record {
     const KIND: &'static str = "record";
+    type Services = Services;
 
     fn retry_policy() -> RetryPolicy {
         RetryPolicy {
@@ -80,10 +81,8 @@ impl Job for Record {
     }
 }
 
-fn registry() -> Arc<Registry> {
-    let mut specs: Vec<KindSpec> = Registry::builtin().specs().cloned().collect();
-    specs.push(KindSpec::of::<Record>());
-    Arc::new(Registry::from_specs(specs))
+fn registry() -> Arc<Registry<Services>> {
+    Arc::new(chainsync_jobs::registry().register::<Record>())
 }
 
 async fn setup(pool: &PgPool) -> Queue {
@@ -96,20 +95,14 @@ async fn setup(pool: &PgPool) -> Queue {
         .await
         .unwrap();
     let reg = registry();
-    let policies = Arc::new(Policies::from_registry(&reg));
-    let q = Queue::new(pool.clone(), reg, policies);
+    let policies = Arc::new(Policies::from_kinds(reg.kinds()));
+    let q = Queue::new(pool.clone(), reg.kinds().clone(), policies);
     q.sync_kinds().await.unwrap();
     q
 }
 
 fn services(q: &Queue) -> Services {
-    Services::new(
-        q.pool().clone(),
-        None,
-        Arc::new(DomainConfig::default()),
-        Arc::new(q.clone()),
-    )
-    .unwrap()
+    Services::new(q.pool().clone(), None, Arc::new(DomainConfig::default())).unwrap()
 }
 
 fn fast_settings() -> WorkerSettings {
@@ -148,12 +141,12 @@ async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
     }
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn enqueue_run_complete(pool: PgPool) {
     let q = setup(&pool).await;
     let e = q.enqueue(record("a")).await.unwrap();
     assert!(e.inserted);
-    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     wait_for(
         &pool,
         "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
@@ -168,7 +161,7 @@ async fn enqueue_run_complete(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM test_runs").await, 1);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn retries_follow_backoff_then_dead_letter_then_replay(pool: PgPool) {
     let q = setup(&pool).await;
     sqlx::query("INSERT INTO test_flags VALUES ('flaky')")
@@ -176,7 +169,7 @@ async fn retries_follow_backoff_then_dead_letter_then_replay(pool: PgPool) {
         .await
         .unwrap();
     let e = q.enqueue(record("flaky")).await.unwrap();
-    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     wait_for(
         &pool,
         "SELECT count(*) FROM chainsync.dead_letters",
@@ -239,7 +232,7 @@ async fn retries_follow_backoff_then_dead_letter_then_replay(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) {
     let q = setup(&pool).await;
     sqlx::query("INSERT INTO test_flags VALUES ('bad1'), ('bad2')")
@@ -259,7 +252,7 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
         .fetch_one(&pool)
         .await
         .unwrap();
-    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     wait_for(
         &pool,
         "SELECT count(*) FROM chainsync.dead_letters WHERE reason = 'fatal' AND attempt = 1",
@@ -311,7 +304,7 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
     ));
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn unique_jobs_return_the_existing_id(pool: PgPool) {
     let q = setup(&pool).await;
     let a = q.enqueue(record("u-1")).await.unwrap();
@@ -341,7 +334,7 @@ async fn unique_jobs_return_the_existing_id(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 3);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn transactional_enqueue_rolls_back(pool: PgPool) {
     let q = setup(&pool).await;
     let mut tx = pool.begin().await.unwrap();
@@ -358,7 +351,7 @@ async fn transactional_enqueue_rolls_back(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn bad_input_is_refused_and_writes_nothing(pool: PgPool) {
     let q = setup(&pool).await;
     for (job, needle) in [
@@ -431,7 +424,7 @@ async fn bad_input_is_refused_and_writes_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn stale_lease_cannot_complete_a_rescued_job(pool: PgPool) {
     let q = setup(&pool).await;
     let e = q.enqueue(record("fence")).await.unwrap();
@@ -469,7 +462,7 @@ async fn stale_lease_cannot_complete_a_rescued_job(pool: PgPool) {
     assert_eq!(job.errors[0]["class"], "lease_expired");
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn snooze_does_not_use_an_attempt(pool: PgPool) {
     let q = setup(&pool).await;
     let e = q.enqueue(record("s")).await.unwrap();
@@ -502,7 +495,7 @@ async fn snooze_does_not_use_an_attempt(pool: PgPool) {
     assert!(job.run_at > chrono::Utc::now() + chrono::Duration::seconds(50));
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn two_runtimes_process_ten_thousand_jobs_exactly_once(pool: PgPool) {
     let q = setup(&pool).await;
     let jobs: Vec<NewJob> = (0..10_000).map(|i| record(&format!("j{i}"))).collect();
@@ -517,9 +510,14 @@ async fn two_runtimes_process_ten_thousand_jobs_exactly_once(pool: PgPool) {
             .await
             .unwrap();
         let reg = registry();
-        let qq = Queue::new(own, reg.clone(), Arc::new(Policies::from_registry(&reg)));
+        let qq = Queue::new(
+            own,
+            reg.kinds().clone(),
+            Arc::new(Policies::from_kinds(reg.kinds())),
+        );
         rts.push(Runtime::start(
             qq.clone(),
+            registry(),
             services(&qq),
             WorkerSettings {
                 concurrency: 50,
@@ -549,7 +547,7 @@ async fn two_runtimes_process_ten_thousand_jobs_exactly_once(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
     let q = setup(&pool).await;
     // Finishes: the job outlives the stop call but not the shutdown timeout.
@@ -560,7 +558,7 @@ async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
         ))
         .await
         .unwrap();
-    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     wait_for(
         &pool,
         "SELECT count(*) FROM test_runs",
@@ -585,6 +583,7 @@ async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
         .unwrap();
     let rt = Runtime::start(
         q.clone(),
+        registry(),
         services(&q),
         WorkerSettings {
             shutdown_timeout: Duration::from_millis(300),
@@ -606,7 +605,7 @@ async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn pruner_deletes_old_finished_jobs_in_batches(pool: PgPool) {
     let q = setup(&pool).await;
     q.enqueue_many((0..250).map(|i| record(&format!("p{i}"))).collect())
@@ -624,7 +623,7 @@ async fn pruner_deletes_old_finished_jobs_in_batches(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn cancel_and_listing(pool: PgPool) {
     let q = setup(&pool).await;
     let e = q.enqueue(record("c")).await.unwrap();
@@ -669,18 +668,22 @@ fn child_worker() {
             .await
             .unwrap();
         let reg = registry();
-        let q = Queue::new(pool, reg.clone(), Arc::new(Policies::from_registry(&reg)));
+        let q = Queue::new(
+            pool,
+            reg.kinds().clone(),
+            Arc::new(Policies::from_kinds(reg.kinds())),
+        );
         let settings = WorkerSettings {
             lease: Duration::from_secs(2),
             heartbeat: Duration::from_millis(500),
             ..fast_settings()
         };
-        let _rt = Runtime::start(q.clone(), services(&q), settings);
+        let _rt = Runtime::start(q.clone(), registry(), services(&q), settings);
         tokio::time::sleep(Duration::from_secs(600)).await;
     });
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     let q = setup(&pool).await;
     let n = 30;
@@ -717,7 +720,7 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     assert!(held > 0, "the killed child held no jobs");
 
     // A healthy worker plus the rescuer finish everything.
-    let rt = Runtime::start(q.clone(), services(&q), fast_settings());
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     let t = std::time::Instant::now();
     loop {
         q.rescue(100).await.unwrap();
@@ -763,7 +766,7 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn cli_bad_input_fails_with_one_line_and_writes_nothing(pool: PgPool) {
     setup(&pool).await;
     let url = db_url(&pool);
@@ -821,7 +824,7 @@ async fn cli_bad_input_fails_with_one_line_and_writes_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn environment_overrides_apply_and_other_chainsync_variables_are_left_alone(pool: PgPool) {
     setup(&pool).await;
     let url = db_url(&pool);
@@ -897,7 +900,7 @@ fn rescans_value_list(node: &serde_json::Value) -> bool {
 /// burst; a drained table vacuumed without truncation ("0 rows in N pages"), then a burst.
 /// In each, every access to the jobs table must use an index condition: no sequential scan, no
 /// walk of a whole index.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
     let owner = uuid::Uuid::now_v7();
@@ -906,24 +909,30 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
     let tokens: Vec<String> = ids.iter().map(|id| format!("{id}/1/{owner}")).collect();
     let check_all = async |conn: &mut sqlx::PgConnection, state: &str| {
         let stmts: [(&str, &str); 9] = [
-            ("fetch", include_str!("../src/queue/sql/fetch.sql")),
+            ("fetch", include_str!("../engine/src/queue/sql/fetch.sql")),
             (
                 "complete_retain",
-                include_str!("../src/queue/sql/complete_retain.sql"),
+                include_str!("../engine/src/queue/sql/complete_retain.sql"),
             ),
             (
                 "complete_delete",
-                include_str!("../src/queue/sql/complete_delete.sql"),
+                include_str!("../engine/src/queue/sql/complete_delete.sql"),
             ),
-            ("retry", include_str!("../src/queue/sql/retry.sql")),
+            ("retry", include_str!("../engine/src/queue/sql/retry.sql")),
             (
                 "dead_letter",
-                include_str!("../src/queue/sql/dead_letter.sql"),
+                include_str!("../engine/src/queue/sql/dead_letter.sql"),
             ),
-            ("prune", include_str!("../src/queue/sql/prune.sql")),
-            ("rescue", include_str!("../src/queue/sql/rescue.sql")),
-            ("heartbeat", include_str!("../src/queue/sql/heartbeat.sql")),
-            ("release", include_str!("../src/queue/sql/release.sql")),
+            ("prune", include_str!("../engine/src/queue/sql/prune.sql")),
+            ("rescue", include_str!("../engine/src/queue/sql/rescue.sql")),
+            (
+                "heartbeat",
+                include_str!("../engine/src/queue/sql/heartbeat.sql"),
+            ),
+            (
+                "release",
+                include_str!("../engine/src/queue/sql/release.sql"),
+            ),
         ];
         for (name, sql) in stmts {
             let q = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
@@ -1032,7 +1041,7 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
 /// custom plan at every run. Checked through `pg_prepared_statements` (statements with
 /// parameters; one without has a single plan anyway), on one connection each: the plain pool
 /// goes generic, the daemon's never does.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn daemon_pools_plan_each_run_of_the_hot_statements(pool: PgPool) {
     let reg = registry();
     let opts = (*pool.connect_options()).clone();
@@ -1050,8 +1059,8 @@ async fn daemon_pools_plan_each_run_of_the_hot_statements(pool: PgPool) {
             .unwrap();
         let q = Queue::new(
             one.clone(),
-            reg.clone(),
-            Arc::new(Policies::from_registry(&reg)),
+            reg.kinds().clone(),
+            Arc::new(Policies::from_kinds(reg.kinds())),
         );
         for _ in 0..8 {
             let got = q

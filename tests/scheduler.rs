@@ -3,7 +3,6 @@
 
 use chainsync::{
     config::Config,
-    queue::Queue,
     scheduler::{Scheduler, TickOutcome},
 };
 use chrono::{DateTime, Utc};
@@ -34,11 +33,11 @@ async fn scheduler(pool: &PgPool, cfg: &Config) -> Scheduler {
         .connect_with((*pool.connect_options()).clone())
         .await
         .unwrap();
-    let q = Queue::with_defaults(own);
+    let q = chainsync::app::builtin_queue(own);
     q.sync_kinds().await.unwrap();
     Scheduler::new(
         q.clone(),
-        cfg.schedules(q.registry()).unwrap(),
+        cfg.schedules(q.kinds()).unwrap(),
         cfg.scheduler.clone(),
     )
 }
@@ -50,7 +49,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
         .unwrap()
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn three_instances_enqueue_each_tick_exactly_once(pool: PgPool) {
     let cfg = config("");
     let mut instances = [
@@ -96,7 +95,7 @@ async fn three_instances_enqueue_each_tick_exactly_once(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn overlap_skip_records_the_tick_without_a_job(pool: PgPool) {
     let cfg = Config::from_toml(
         r#"
@@ -130,8 +129,8 @@ every = "10s"
     let out = s.tick_once(at("2026-06-01T12:00:21Z")).await.unwrap();
     assert!(matches!(out[..], [TickOutcome::Enqueued { .. }]));
     let list = chainsync::scheduler::status(
-        &Queue::with_defaults(pool.clone()),
-        &cfg.schedules(&chainsync_jobs::Registry::builtin()).unwrap(),
+        &chainsync::app::builtin_queue(pool.clone()),
+        &cfg.schedules(chainsync_jobs::registry().kinds()).unwrap(),
         at("2026-06-01T12:00:25Z"),
     )
     .await
@@ -141,7 +140,7 @@ every = "10s"
     assert_eq!(list[0].next_runs[0], at("2026-06-01T12:00:30Z"));
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn missed_ticks_none_skips_one_catches_up_once(pool: PgPool) {
     let none = Config::from_toml(
         r#"

@@ -17,7 +17,7 @@ use crate::{
         ChainClient, PinnedBlock,
         multicall::{BalanceQuery, BalanceRead, read_balances},
     },
-    ids::{TokenKey, address_text, hash_text, parse_hash},
+    ids::{TokenKey, address_text, hash_text, parse_address, parse_hash},
     settings::{AssetClass, DomainConfig},
     store::{BalanceRow, WriteOutcome, db_block, db_chain_id, store_balances},
     tracking::tracked_addresses,
@@ -139,6 +139,8 @@ pub struct SyncReport {
     pub written: usize,
     pub changed: usize,
     pub stale: usize,
+    /// Holders whose points windows the recorded history marked for a recompute.
+    pub points_dirty: usize,
     /// Calls that failed (reverted, undecodable); their balances were left as they were.
     pub failed: usize,
     pub elapsed: Duration,
@@ -386,6 +388,7 @@ pub async fn sync_full(
         written: outcome.written,
         changed: outcome.changed,
         stale: outcome.stale,
+        points_dirty: outcome.points_dirty,
         failed: prog.failed,
         elapsed: started.elapsed(),
     };
@@ -416,6 +419,7 @@ fn empty_report(run_id: Uuid, chain_id: u64, started: Instant) -> SyncReport {
         written: 0,
         changed: 0,
         stale: 0,
+        points_dirty: 0,
         failed: 0,
         elapsed: started.elapsed(),
     }
@@ -432,6 +436,49 @@ pub fn cross(tokens: &[ResolvedToken], holders: &[Address]) -> Vec<BalanceQuery>
             })
         })
         .collect()
+}
+
+/// Reads one holder's balance of one token (or of every configured token when `token` is
+/// `None`) at a pinned block and stores it: what `sync-user-balance` does, callable directly
+/// (the HTTP API's realtime read, the CLI). A failing read of an explicitly asked token is
+/// `Fatal`; with `None`, failing tokens are skipped with a warning.
+pub async fn sync_holder(
+    services: &Services,
+    chain_id: u64,
+    address: &str,
+    token: Option<&str>,
+) -> Result<WriteOutcome, JobError> {
+    let holder = parse_address(address).map_err(|e| JobError::Fatal(format!("address: {e}")))?;
+    let chain = services.chains.get(chain_id)?;
+    let sel = TokenSelector {
+        token: token.map(str::to_string),
+        asset_class: None,
+    };
+    let tokens = resolve_tokens(&services.settings, chain_id, &sel)?;
+    let block = chain.pin_block().await?;
+    let queries = cross(&tokens, &[holder]);
+    let reads = read_balances(&chain, &queries, &block).await?;
+    let mut rows = Vec::with_capacity(reads.len());
+    for (t, (q, r)) in tokens.iter().zip(queries.iter().zip(reads)) {
+        match r {
+            Ok(amount) => rows.push(BalanceRow {
+                token: q.token,
+                address: q.holder,
+                amount,
+            }),
+            Err(e) if token.is_some() => {
+                // The caller asked for this token and the chain answers the same way at this
+                // block however often we ask.
+                return Err(JobError::Fatal(format!(
+                    "{} balanceOf({}) failed at block {}: {e}",
+                    t.symbol, address, block.number
+                )));
+            }
+            Err(e) => tracing::warn!(chain_id = chain_id, token = %t.key, error = %e,
+                "balance read failed; left unchanged"),
+        }
+    }
+    store_balances(services, chain_id, &block, &rows).await
 }
 
 #[cfg(test)]

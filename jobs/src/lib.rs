@@ -1,27 +1,59 @@
 //! chainsync-jobs: WHAT work exists.
 //!
-//! Every sync action is a [`Job`]: a serde type with a stable wire name ([`Job::KIND`]) and an
-//! async `run`. The one list of kinds is [`registry::Registry::builtin`]; the engine in the
-//! `chainsync` crate never names a concrete kind.
+//! Every sync action is a job kind (one file in [`kinds`]) implementing the engine's
+//! [`chainsync_engine::Job`] with a stable wire name; [`registry`] is the one list of kinds.
+//! Kinds are thin: they decode their arguments, call the domain ([`balance_sync`], [`ingest`],
+//! [`points`], [`tracking`] over [`chain`] and the domain tables) and turn what the domain
+//! returns into follow-up jobs. [`domain::Domain`] is what the daemon, the CLI and the HTTP API
+//! need from the domain, so that they never name a kind.
 
 pub mod balance_sync;
 pub mod cache;
 pub mod chain;
-pub mod context;
-pub mod error;
+pub mod domain;
+pub mod follow;
+pub mod health;
 pub mod ids;
 pub mod ingest;
-pub mod job;
 pub mod kinds;
 pub mod points;
-pub mod registry;
-pub mod retry;
+pub mod services;
 pub mod settings;
 pub mod store;
 pub mod tracking;
 
-pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob, Services};
-pub use error::JobError;
-pub use job::Job;
-pub use registry::{KindSpec, Registry};
-pub use retry::RetryPolicy;
+pub use chainsync_engine::{Enqueued, Enqueuer, Job, JobError, JobMeta, NewJob, RetryPolicy};
+pub use services::{CACHE_TIMEOUT, Services};
+
+/// The context every run of chainsync's kinds gets.
+pub type JobContext = chainsync_engine::JobContext<Services>;
+
+/// Every kind chainsync ships.
+pub fn registry() -> chainsync_engine::Registry<Services> {
+    chainsync_engine::Registry::new()
+        .register::<kinds::noop::Noop>()
+        .register::<kinds::sync_user_balance::SyncUserBalance>()
+        .register::<kinds::sync_balances::SyncBalances>()
+        .register::<kinds::reconcile_chain::ReconcileChain>()
+        .register::<kinds::check_pending_tx::CheckPendingTx>()
+        .register::<kinds::ingest_events::IngestEvents>()
+        .register::<kinds::backfill_window::BackfillWindow>()
+        .register::<kinds::compute_points::ComputePoints>()
+}
+
+/// Every migration chainsync needs, the engine's (`migrations/engine`) and the domain's
+/// (`migrations/jobs`), in version order. Tests use it as
+/// `#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]`.
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        let engine = sqlx::migrate!("../migrations/engine");
+        let domain = sqlx::migrate!("../migrations/jobs");
+        sqlx::migrate::Migrator::with_migrations(
+            engine.iter().chain(domain.iter()).cloned().collect(),
+        )
+    });
+
+/// Applies the engine's and the domain's migrations.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

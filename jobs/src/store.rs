@@ -28,6 +28,9 @@ pub struct WriteOutcome {
     pub changed: usize,
     /// Rows skipped because a newer block was already stored.
     pub stale: usize,
+    /// Holders whose points windows were marked for a recompute by the history this write
+    /// recorded (the kind then enqueues `compute-points`).
+    pub points_dirty: usize,
 }
 
 impl WriteOutcome {
@@ -35,6 +38,7 @@ impl WriteOutcome {
         self.written += o.written;
         self.changed += o.changed;
         self.stale += o.stale;
+        self.points_dirty += o.points_dirty;
     }
 }
 
@@ -146,10 +150,11 @@ pub async fn store_balances(
         .fetch_all(&services.db)
         .await?;
     let changed = written.first().map_or(0, |r| r.5);
-    let outcome = WriteOutcome {
+    let mut outcome = WriteOutcome {
         written: written.len(),
         changed: usize::try_from(changed).unwrap_or(0),
         stale: distinct.saturating_sub(written.len()),
+        points_dirty: 0,
     };
     let rows: Vec<WrittenRow> = written
         .into_iter()
@@ -167,7 +172,9 @@ pub async fn store_balances(
             amount: r.amount,
         })
         .collect();
-    record_history(services, chain_id, Source::Read, &observed).await?;
+    outcome.points_dirty = record_history(services, chain_id, Source::Read, &observed)
+        .await?
+        .dirty;
     Ok(outcome)
 }
 
@@ -213,11 +220,7 @@ pub async fn cache_write_through(services: &Services, chain_id: u64, rows: &[Wri
     let Some(mut conn) = services.cache_conn() else {
         return;
     };
-    let r = tokio::time::timeout(
-        crate::context::CACHE_TIMEOUT,
-        pipe.query_async::<()>(&mut conn),
-    )
-    .await;
+    let r = tokio::time::timeout(crate::CACHE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
     services.cache_outcome(matches!(r, Ok(Ok(()))));
     match r {
         Ok(Ok(())) => {}
@@ -595,49 +598,11 @@ pub async fn record_history(
     )
     .await?;
     tx.commit().await?;
-    if dirty > 0 {
-        enqueue_points(services, chain_id).await?;
-    }
     Ok(HistoryOutcome {
         written: written.len(),
         removed: removed.len(),
         dirty,
     })
-}
-
-/// Enqueues the `compute-points` pass of a chain (deduplicated by its unique key).
-pub async fn enqueue_points(services: &Services, chain_id: u64) -> Result<(), JobError> {
-    if rated_tokens(&services.settings, chain_id).is_empty() {
-        return Ok(());
-    }
-    let job = crate::NewJob::typed(&crate::kinds::compute_points::ComputePoints { chain_id })
-        .map_err(JobError::Fatal)?;
-    let mut next = job.clone();
-    let e = services
-        .enqueuer
-        .enqueue(job)
-        .await
-        .map_err(JobError::Retry)?;
-    if e.inserted {
-        return Ok(());
-    }
-    // A pass already running may have looked before this change: one more pass after it, under
-    // its own key (at most one such follow-up is queued at a time).
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state::text FROM chainsync.jobs WHERE id = $1")
-            .bind(e.id)
-            .fetch_optional(&services.db)
-            .await?;
-    if state.as_deref() == Some("running") {
-        next.unique_key = next.unique_key.map(|k| format!("{k}:next"));
-        next.run_at = Some(Utc::now() + chrono::Duration::seconds(1));
-        services
-            .enqueuer
-            .enqueue(next)
-            .await
-            .map_err(JobError::Retry)?;
-    }
-    Ok(())
 }
 
 /// Upsert of balances each read at its own block (ingestion: the newest touched block of each

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chainsync_jobs::{
-    JobContext, JobMeta,
     balance_sync::{SyncProgress, TokenSelector, sync_full},
+    domain::Domain,
     ingest::{IngestReport, PassOptions, ingest_pass, reset},
     settings::AssetClass,
     tracking,
@@ -21,20 +21,6 @@ use super::{
     queue_cmds::chain_id,
 };
 use crate::app::App;
-
-/// A context for running a job's code in the CLI process, outside the queue.
-async fn context(app: &App, kind: &str) -> anyhow::Result<JobContext> {
-    Ok(JobContext {
-        meta: JobMeta {
-            id: uuid::Uuid::now_v7(),
-            kind: kind.into(),
-            queue: "cli".into(),
-            attempt: 1,
-            max_attempts: 1,
-        },
-        services: app.services().await?,
-    })
-}
 
 /// A bar on stderr, hidden with `--json` or when stderr is not a terminal.
 fn bar(out: &Out, len: u64, template: &str) -> ProgressBar {
@@ -234,7 +220,7 @@ pub async fn sync(app: &App, out: &Out, a: SyncArgs) -> anyhow::Result<()> {
         token: a.token,
         asset_class,
     };
-    let ctx = context(app, "sync-balances").await?;
+    let services = app.services().await?;
     let bar = bar(
         out,
         0,
@@ -248,9 +234,15 @@ pub async fn sync(app: &App, out: &Out, a: SyncArgs) -> anyhow::Result<()> {
             p.batches_done, p.batches_total, p.failed
         ));
     };
-    let r = sync_full(&ctx.services, ctx.meta.id, id, &sel, Some(&on_progress))
-        .await
-        .map_err(|e| anyhow::anyhow!("sync failed: {e}"))?;
+    let r = sync_full(
+        &services,
+        uuid::Uuid::now_v7(),
+        id,
+        &sel,
+        Some(&on_progress),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("sync failed: {e}"))?;
     bar.finish_and_clear();
     let secs = r.elapsed.as_secs_f64();
     out.message(
@@ -288,7 +280,8 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
     {
         bail!("--from {f} is after --to {t}");
     }
-    let ctx = context(app, "ingest-events").await?;
+    let services = app.services().await?;
+    let sink = Domain::ingest_sink(std::sync::Arc::new(app.queue.clone()));
     if a.full {
         let n = reset(app.pool(), id).await?;
         if !out.json {
@@ -309,7 +302,7 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
             .and_then(|c| u64::try_from(c + 1).ok())
             .unwrap_or(cfg.start_block)
     });
-    let chain = ctx.services.chains.get(id)?;
+    let chain = services.chains.get(id)?;
     let head = chain
         .head()
         .await
@@ -334,12 +327,12 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
             bar.set_message(format!("{} event(s) stored", base.stored + r.stored));
         };
         let r = ingest_pass(
-            &ctx,
+            &services,
+            &sink,
             id,
             Some(target),
             PassOptions {
                 from_block: next,
-                continue_in_job: false,
                 progress: Some(&on_progress),
             },
         )

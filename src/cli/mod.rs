@@ -70,6 +70,7 @@ pub enum Command {
     /// Schedules from the config: next run times and the last outcome of each.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    #[cfg(feature = "dev")]
     /// The main job end to end on a local anvil chain: full sync, event-driven sync, reconcile
     /// with repair, dead letters and a replay, then a summary. Uses a scratch database.
     Demo {
@@ -81,6 +82,7 @@ pub enum Command {
         database: String,
     },
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
+    #[cfg(feature = "dev")]
     #[command(subcommand)]
     Bench(BenchCmd),
 }
@@ -184,6 +186,7 @@ pub enum ScheduleCmd {
     List,
 }
 
+#[cfg(feature = "dev")]
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Full balance sync of N anvil holders: chainsync vs one eth_call per address (batches of
@@ -308,7 +311,7 @@ pub enum DlqCmd {
 
 /// The server the self-contained commands (demo, benchmarks) create their scratch databases on:
 /// `--database-url`, else `DATABASE_URL`, else the default.
-fn admin_url(cli: &Cli) -> String {
+pub fn admin_url(cli: &Cli) -> String {
     cli.database_url
         .clone()
         .or_else(|| std::env::var("DATABASE_URL").ok())
@@ -317,78 +320,9 @@ fn admin_url(cli: &Cli) -> String {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Bench(BenchCmd::Queue {
-        mode,
-        drain_config,
-        jobs,
-        database,
-    }) = &cli.command
-    {
-        crate::telemetry::init(false, "warn");
-        let admin_url = admin_url(&cli);
-        if mode != "drain" && mode != "misc" {
-            anyhow::bail!("--mode must be drain or misc, got {mode:?}");
-        }
-        let opts = crate::bench::BenchOptions {
-            admin_url,
-            database: database.clone(),
-            mode: mode.clone(),
-            config: drain_config.clone(),
-            jobs: *jobs,
-        };
-        let result = crate::bench::run_unit(&opts).await?;
-        println!("RESULT {result}");
-        return Ok(());
-    }
-    if let Command::Demo { holders, database } = &cli.command {
-        crate::telemetry::init(false, "warn");
-        if *holders < 3 {
-            anyhow::bail!("--holders must be at least 3");
-        }
-        let admin_url = admin_url(&cli);
-        return crate::demo::run(crate::demo::DemoOptions {
-            holders: *holders,
-            database: database.clone(),
-            admin_url,
-        })
-        .await;
-    }
-    if let Command::Bench(BenchCmd::Sync { holders }) = &cli.command {
-        crate::telemetry::init(false, "warn");
-        let admin_url = admin_url(&cli);
-        let r = crate::sync_bench::run(&admin_url, *holders).await?;
-        println!("RESULT {r}");
-        return Ok(());
-    }
-    if let Command::Bench(BenchCmd::Ingest {
-        events,
-        transfers,
-        reps,
-    }) = &cli.command
-    {
-        crate::telemetry::init(false, "warn");
-        let admin_url = admin_url(&cli);
-        let r = crate::ingest_bench::run(&admin_url, *events, *transfers, *reps).await?;
-        println!("RESULT {r}");
-        return Ok(());
-    }
-    if let Command::Bench(BenchCmd::Http {
-        holders,
-        connections,
-        seconds,
-    }) = &cli.command
-    {
-        crate::telemetry::init(false, "error");
-        let admin_url = admin_url(&cli);
-        let r = crate::http_bench::run(&crate::http_bench::HttpBenchOptions {
-            admin_url,
-            holders: *holders,
-            connections: *connections,
-            seconds: *seconds,
-        })
-        .await?;
-        println!("RESULT {r}");
-        return Ok(());
+    #[cfg(feature = "dev")]
+    if let Some(done) = crate::dev::run(&cli).await {
+        return done;
     }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
@@ -447,6 +381,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(a) => chain_cmds::sync(&app, &out, a).await,
         Command::Ingest(a) => chain_cmds::ingest(&app, &out, a).await,
         Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
+        #[cfg(feature = "dev")]
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }
 }

@@ -10,13 +10,13 @@ use super::{
 };
 use crate::{
     app::App,
-    config::format_duration,
+    duration::format_duration,
     queue::{DlqFilter, JobFilter},
 };
 
 pub async fn migrate(app: &App, out: &Out) -> anyhow::Result<()> {
-    app.queue.migrate().await.context("migration failed")?;
-    let kinds = app.queue.registry().names();
+    app.migrate().await.context("migration failed")?;
+    let kinds = app.queue.kinds().names();
     out.message(
         &json!({"migrated": true, "kinds": kinds}),
         &format!(
@@ -252,7 +252,7 @@ pub async fn dlq(app: &App, out: &Out, cmd: DlqCmd) -> anyhow::Result<()> {
 pub fn kinds(app: &App, out: &Out) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut value = Vec::new();
-    for spec in app.queue.registry().specs() {
+    for spec in app.queue.kinds().specs() {
         let p = app.queue.policies().get(spec.kind);
         rows.push(vec![
             spec.kind.to_string(),
@@ -284,7 +284,7 @@ pub fn kinds(app: &App, out: &Out) -> anyhow::Result<()> {
 }
 
 pub async fn schedules(app: &App, out: &Out) -> anyhow::Result<()> {
-    let schedules = app.config.schedules(app.queue.registry())?;
+    let schedules = app.config.schedules(app.queue.kinds())?;
     let rows = crate::scheduler::status(&app.queue, &schedules, chrono::Utc::now()).await?;
     let table = rows
         .iter()
@@ -328,7 +328,10 @@ pub(super) fn chain_id(app: &App, chain: &str) -> anyhow::Result<u64> {
 }
 
 pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::Result<()> {
-    use chainsync_jobs::points::backfill::{lag, stale_jobs};
+    use chainsync_jobs::{
+        domain::Domain,
+        points::backfill::{Gap, lag},
+    };
     let services = app.services().await?;
     match cmd {
         super::BackfillCmd::Check { chain } => {
@@ -361,7 +364,9 @@ pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::
         }
         super::BackfillCmd::Scan { chain } => {
             let id = chain_id(app, &chain)?;
-            let jobs = stale_jobs(&services, Some(id), chrono::Utc::now()).await?;
+            let jobs = Domain::new(services.clone())
+                .startup_jobs(Some(id), chrono::Utc::now())
+                .await?;
             let n = jobs.len();
             let done = app.queue.enqueue_many(jobs).await?;
             out.message(
@@ -374,23 +379,21 @@ pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::
             if from >= to {
                 bail!("FROM must be before TO");
             }
-            let mut jobs = Vec::new();
-            for r in app
+            let gaps: Vec<Gap> = app
                 .config
                 .domain
                 .points
                 .rates
                 .iter()
                 .filter(|r| r.chain_id == id)
-            {
-                let job = chainsync_jobs::kinds::backfill_window::BackfillWindow {
+                .map(|r| Gap {
                     chain_id: id,
                     token: r.token.clone(),
                     from,
                     to,
-                };
-                jobs.push(NewJob::typed(&job).map_err(anyhow::Error::msg)?);
-            }
+                })
+                .collect();
+            let jobs = Domain::backfill_jobs(&gaps)?;
             if jobs.is_empty() {
                 bail!("no [[points.rates]] entry for chain {chain}");
             }

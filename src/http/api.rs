@@ -228,7 +228,7 @@ pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     // Gauges refreshed on scrape from the database; a database outage keeps the last values.
     if let Ok(counts) = s.app.queue.counts().await {
         let queues = s.app.queue.policies().queues();
-        for kind in s.app.queue.registry().names() {
+        for kind in s.app.queue.kinds().names() {
             for state in crate::queue::admin::STATES {
                 for q in &queues {
                     metrics::gauge!("chainsync_jobs", "queue" => q.clone(), "kind" => kind, "state" => state).set(0.0);

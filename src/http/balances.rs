@@ -8,7 +8,7 @@ use axum::{
     response::IntoResponse,
 };
 use chainsync_jobs::{
-    JobContext, JobMeta,
+    balance_sync::sync_holder,
     ids::{TokenKey, address_text, parse_address},
     store::cache_key,
 };
@@ -98,37 +98,14 @@ pub async fn get_balance(
     let cid = i64::try_from(chain_id).map_err(|_| ApiError::bad("chain", "too large"))?;
 
     if q.realtime {
-        let mut args = json!({"chain_id": chain_id, "address": address});
-        if let Some(t) = &token {
-            args["token"] = json!(t);
-        }
-        let ctx = JobContext {
-            meta: JobMeta {
-                id: uuid::Uuid::now_v7(),
-                kind: "sync-user-balance".into(),
-                queue: "http".into(),
-                attempt: 1,
-                max_attempts: 1,
-            },
-            services: s.services.clone(),
-        };
-        let spec = s
-            .app
-            .queue
-            .registry()
-            .get("sync-user-balance")
-            .ok_or_else(|| {
+        sync_holder(&s.services, chain_id, &address, token.as_deref())
+            .await
+            .map_err(|e| {
                 ApiError::new(
-                    axum::http::StatusCode::NOT_IMPLEMENTED,
-                    "no balance sync in this build",
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    format!("chain read failed: {e}"),
                 )
             })?;
-        spec.run(args, ctx).await.map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                format!("chain read failed: {e}"),
-            )
-        })?;
     } else if let Some(t) = &token
         && let Some(c) = cache_get(&s, chain_id, t, &address).await
     {
@@ -195,7 +172,7 @@ async fn cache_get(s: &HttpState, chain_id: u64, token: &str, address: &str) -> 
     let mut conn = s.services.cache_conn()?;
     let key = cache_key(chain_id, token, address);
     let got: Result<Option<String>, _> =
-        tokio::time::timeout(chainsync_jobs::context::CACHE_TIMEOUT, conn.get(&key))
+        tokio::time::timeout(chainsync_jobs::CACHE_TIMEOUT, conn.get(&key))
             .await
             .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timeout"))));
     s.services.cache_outcome(got.is_ok());
@@ -220,7 +197,7 @@ async fn cache_put(s: &HttpState, chain_id: u64, token: &str, address: &str, c: 
     };
     let ttl = s.services.settings.cache.balance_ttl_secs;
     let r = tokio::time::timeout(
-        chainsync_jobs::context::CACHE_TIMEOUT,
+        chainsync_jobs::CACHE_TIMEOUT,
         conn.set_ex::<_, _, ()>(cache_key(chain_id, token, address), v, ttl),
     )
     .await;

@@ -253,6 +253,4 @@ pub async fn serve(
 }
 
 /// Seconds since `t`, never negative.
-pub fn age_secs(t: chrono::DateTime<chrono::Utc>) -> i64 {
-    (chrono::Utc::now() - t).num_seconds().max(0)
-}
+pub use chainsync_jobs::health::age_secs;

@@ -205,10 +205,11 @@ async fn wait_for(pool: &PgPool, id: uuid::Uuid, want: &str, limit: Duration) {
 /// garbage and hanging answers are retried with backoff, then dead-lettered with every attempt's
 /// error; with the node back, replays complete and every balance is the chain's.
 pub async fn faults_retry_snooze_dead_letter_and_replay(pool: PgPool) {
-    let chain = chainsync::devchain::DevChain::start().await.unwrap();
+    let chain = chainsync_dev::devchain::DevChain::start().await.unwrap();
     chain.install_multicall3().await.unwrap();
     let token = chain.deploy_token("Faults", "FLT", 18).await.unwrap();
-    let holders = chainsync::devchain::random_holders(17, 4, chainsync::devchain::units(10, 18));
+    let holders =
+        chainsync_dev::devchain::random_holders(17, 4, chainsync_dev::devchain::units(10, 18));
     chain.mint_many(token, &holders).await.unwrap();
     let proxy = FaultProxy::start(chain.url()).await;
     let config = Config::from_toml(&format!(
@@ -237,9 +238,14 @@ asset_class = "erc20"
     ))
     .unwrap();
     let app = App::with_pool(config, pool.clone()).unwrap();
-    app.queue.migrate().await.unwrap();
+    app.migrate().await.unwrap();
     let services = app.services().await.unwrap();
-    let rt = Runtime::start(app.queue.clone(), services, app.config.worker.clone());
+    let rt = Runtime::start(
+        app.queue.clone(),
+        app.registry.clone(),
+        services,
+        app.config.worker.clone(),
+    );
     let job = |i: usize| NewJob {
         max_attempts: Some(2),
         backoff_base_ms: Some(100),

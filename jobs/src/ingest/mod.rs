@@ -24,14 +24,12 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::{
-    JobContext, JobError,
+    JobError, Services,
     balance_sync::read_many,
     chain::{ChainClient, PinnedBlock, multicall::BalanceQuery},
     ids::{TokenKey, address_text, hash_text, parse_address},
     points::window_of,
-    store::{
-        Observation, Source, db_block, enqueue_points, mark_dirty, record_history, store_observed,
-    },
+    store::{Observation, Source, db_block, mark_dirty, record_history, store_observed},
 };
 use decode::{CustomEvent, Decoded};
 
@@ -172,27 +170,26 @@ pub struct PassOptions<'a> {
     /// Start here instead of after the checkpoint (a manual re-ingest of an older range; stored
     /// events are not duplicated and the checkpoint never moves backwards).
     pub from_block: Option<u64>,
-    /// Enqueue an `ingest-events` job for the rest when the pass stops at `max_blocks_per_run`.
-    pub continue_in_job: bool,
     pub progress: Option<IngestProgressFn<'a>>,
 }
 
-/// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range.
+/// Receives what a pass leaves to do, before the pass moves on (the job kind turns it into jobs):
+/// points windows are due when the checkpoint crossed into a new hour of chain time, a reorg
+/// orphaned history, or marks of changed history are waiting.
+#[async_trait::async_trait]
+pub trait IngestSink: Send + Sync {
+    async fn points_due(&self, chain_id: u64) -> Result<(), JobError>;
+}
+
+/// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range; a
+/// pass stops after `max_blocks_per_run` blocks with `caught_up = false`.
 pub async fn ingest(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     chain_id: u64,
     to_block: Option<u64>,
 ) -> Result<IngestReport, JobError> {
-    ingest_pass(
-        ctx,
-        chain_id,
-        to_block,
-        PassOptions {
-            continue_in_job: true,
-            ..PassOptions::default()
-        },
-    )
-    .await
+    ingest_pass(services, sink, chain_id, to_block, PassOptions::default()).await
 }
 
 /// Forgets everything ingested on `chain_id` (events, referrals, kept block hashes and the
@@ -220,31 +217,31 @@ pub async fn reset(db: &sqlx::PgPool, chain_id: u64) -> Result<u64, JobError> {
 
 /// One pass with explicit [`PassOptions`]; [`ingest`] is the job's pass.
 pub async fn ingest_pass(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     chain_id: u64,
     to_block: Option<u64>,
     opts: PassOptions<'_>,
 ) -> Result<IngestReport, JobError> {
-    let cfg = ctx
-        .services
+    let cfg = services
         .settings
         .ingest
         .iter()
         .find(|c| c.chain_id == chain_id)
         .ok_or_else(|| JobError::Fatal(format!("no [[ingest]] entry for chain {chain_id}")))?
         .clone();
-    let chain = ctx.services.chains.get(chain_id)?;
-    let db = ctx.db();
+    let chain = services.chains.get(chain_id)?;
+    let db = &services.db;
     let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
     let mut report = IngestReport::default();
 
     let mut checkpoint = load_checkpoint(db, cid).await?;
     let start_time = checkpoint_time(db, cid).await?;
     if let Some((n, _)) = checkpoint {
-        let ancestor = find_ancestor(ctx, &chain, cid, n).await?;
+        let ancestor = find_ancestor(db, &chain, cid, n).await?;
         if ancestor < n {
             report.reorged_blocks = n - ancestor;
-            rollback(ctx, cid, chain_id, ancestor).await?;
+            rollback(services, sink, cid, chain_id, ancestor).await?;
             checkpoint = load_checkpoint(db, cid).await?;
         }
     }
@@ -272,10 +269,10 @@ pub async fn ingest_pass(
         .flat_map(|c| c.events.iter())
         .filter_map(|e| CustomEvent::parse(e).ok())
         .collect();
-    let tokens = token_contracts(&ctx.services.settings, chain_id);
+    let tokens = token_contracts(&services.settings, chain_id);
     let tracked: Option<BTreeSet<Address>> = if cfg.tracked_only {
         Some(
-            crate::tracking::tracked_addresses(db, &ctx.services.settings)
+            crate::tracking::tracked_addresses(db, &services.settings)
                 .await?
                 .into_iter()
                 .collect(),
@@ -370,7 +367,7 @@ pub async fn ingest_pass(
         }
         // History first: a pass that dies after it and before the checkpoint replays the range,
         // and the replay writes nothing twice.
-        let (reads, written) = record_touched(ctx, &chain, &touched, &touched_blocks).await?;
+        let (reads, written) = record_touched(services, &chain, &touched, &touched_blocks).await?;
         report.history_reads += reads;
         report.history_rows += written;
         report.stored += store(
@@ -404,12 +401,7 @@ pub async fn ingest_pass(
     .fetch_one(db)
     .await?;
     if crossed || waiting {
-        enqueue_points(&ctx.services, chain_id).await?;
-    }
-    if !report.caught_up && opts.continue_in_job {
-        // Long backfills continue in a fresh job so that no run lasts for hours.
-        ctx.enqueue(&crate::kinds::ingest_events::IngestEvents { chain_id, to_block })
-            .await?;
+        sink.points_due(chain_id).await?;
     }
     Ok(report)
 }
@@ -453,7 +445,7 @@ async fn checkpoint_time(
 /// Newest stored block whose hash the chain still has: the checkpoint itself when there was no
 /// reorg, else the common ancestor (walking back through the kept hashes).
 async fn find_ancestor(
-    ctx: &JobContext,
+    db: &sqlx::PgPool,
     chain: &ChainClient,
     cid: i64,
     checkpoint: u64,
@@ -464,7 +456,7 @@ async fn find_ancestor(
     )
     .bind(cid)
     .bind(i64::try_from(checkpoint).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db())
+    .fetch_all(db)
     .await?;
     for (n, h) in &stored {
         let n = u64::try_from(*n).unwrap_or(0);
@@ -484,20 +476,20 @@ async fn find_ancestor(
 /// balances stored at orphaned blocks to their value at the ancestor. The pass then re-ingests
 /// the canonical blocks above the ancestor.
 async fn rollback(
-    ctx: &JobContext,
+    services: &Services,
+    sink: &dyn IngestSink,
     cid: i64,
     chain_id: u64,
     ancestor: u64,
 ) -> Result<(), JobError> {
     let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
-    let ancestor_time = ctx
-        .services
+    let ancestor_time = services
         .chains
         .get(chain_id)?
         .block_at(ancestor)
         .await?
         .and_then(|b| b.time());
-    let mut tx = ctx.db().begin().await?;
+    let mut tx = services.db.begin().await?;
     let orphaned =
         sqlx::query("DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2")
             .bind(cid)
@@ -530,7 +522,7 @@ async fn rollback(
     }
     let dirty = mark_dirty(
         &mut tx,
-        &ctx.services.settings,
+        &services.settings,
         chain_id,
         &changed,
         &format!("reorg: history above block {ancestor} orphaned"),
@@ -562,9 +554,9 @@ async fn rollback(
         history_rows = history.len(),
         "reorg: rolled back to the common ancestor"
     );
-    reset_orphaned_balances(ctx, cid, chain_id, ancestor).await?;
+    reset_orphaned_balances(services, cid, chain_id, ancestor).await?;
     if dirty > 0 {
-        enqueue_points(&ctx.services, chain_id).await?;
+        sink.points_due(chain_id).await?;
     }
     Ok(())
 }
@@ -573,7 +565,7 @@ async fn rollback(
 /// they are read again at the ancestor and stored there; the pass then brings forward the holders
 /// the canonical blocks touch.
 async fn reset_orphaned_balances(
-    ctx: &JobContext,
+    services: &Services,
     cid: i64,
     chain_id: u64,
     ancestor: u64,
@@ -584,12 +576,12 @@ async fn reset_orphaned_balances(
     )
     .bind(cid)
     .bind(db_block(ancestor)?)
-    .fetch_all(ctx.db())
+    .fetch_all(&services.db)
     .await?;
     if rows.is_empty() {
         return Ok(());
     }
-    let chain = ctx.services.chains.get(chain_id)?;
+    let chain = services.chains.get(chain_id)?;
     let Some(block) = chain.block_at(ancestor).await? else {
         return Err(JobError::Retry(format!(
             "block {ancestor} not available from the node"
@@ -633,16 +625,16 @@ async fn reset_orphaned_balances(
             .collect::<Vec<_>>(),
     )
     .bind(obs.iter().map(|o| o.amount.to_string()).collect::<Vec<_>>())
-    .execute(ctx.db())
+    .execute(&services.db)
     .await?;
-    record_history(&ctx.services, chain_id, Source::Read, &obs).await?;
+    record_history(services, chain_id, Source::Read, &obs).await?;
     Ok(())
 }
 
 /// Reads every touched (token, holder) at every block that touched it, records the history and
 /// stores the newest reads. Returns (reads, history rows written).
 async fn record_touched(
-    ctx: &JobContext,
+    services: &Services,
     chain: &ChainClient,
     touched: &BTreeMap<(Address, Address), BTreeSet<u64>>,
     blocks: &BTreeMap<u64, (B256, Option<u64>)>,
@@ -717,8 +709,8 @@ async fn record_touched(
         warn!(token = %address_text(token), failed = n, first_error = %e,
             "balanceOf failed at touched blocks; no history for those reads");
     }
-    let out = record_history(&ctx.services, chain.chain_id(), Source::Log, &obs).await?;
-    store_observed(&ctx.services, chain.chain_id(), &obs).await?;
+    let out = record_history(services, chain.chain_id(), Source::Log, &obs).await?;
+    store_observed(services, chain.chain_id(), &obs).await?;
     Ok((reads, out.written as u64))
 }
 

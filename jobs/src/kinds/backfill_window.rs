@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::{Job, JobContext, JobError, ids::TokenKey};
+use crate::{Job, JobContext, JobError, NewJob, ids::TokenKey, points::backfill::Gap};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,8 @@ pub struct BackfillWindow {
 
 #[async_trait]
 impl Job for BackfillWindow {
+    type Services = crate::Services;
+
     const KIND: &'static str = "backfill-window";
 
     fn validate(&self) -> Result<(), String> {
@@ -44,17 +46,57 @@ impl Job for BackfillWindow {
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
         let token = TokenKey::parse(&self.token).map_err(JobError::Fatal)?;
-        let r = crate::points::backfill::backfill(ctx, self.chain_id, &token, self.from, self.to)
-            .await?;
+        let r = crate::points::backfill::backfill(
+            &ctx.services,
+            Some(ctx.meta.id),
+            self.chain_id,
+            &token,
+            self.from,
+            self.to,
+        )
+        .await?;
+        if !r.split.is_empty() {
+            // Split so that no single job runs for hours; the children are resumable like this one.
+            let children = r
+                .split
+                .iter()
+                .map(|&(from, to)| {
+                    NewJob::typed(&Self {
+                        chain_id: self.chain_id,
+                        token: self.token.clone(),
+                        from,
+                        to,
+                    })
+                    .map_err(JobError::Fatal)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            ctx.enqueue_many(children).await?;
+        }
         info!(
             chain_id = self.chain_id,
             token = %self.token,
             addresses = r.addresses,
             computed = r.windows_computed,
             skipped = r.windows_skipped,
-            children = r.child_jobs,
+            children = r.split.len(),
             "points backfilled"
         );
         Ok(())
+    }
+}
+
+impl BackfillWindow {
+    /// One job per gap.
+    pub fn jobs_for(gaps: &[Gap]) -> Result<Vec<NewJob>, String> {
+        gaps.iter()
+            .map(|g| {
+                NewJob::typed(&Self {
+                    chain_id: g.chain_id,
+                    token: g.token.clone(),
+                    from: g.from,
+                    to: g.to,
+                })
+            })
+            .collect()
     }
 }

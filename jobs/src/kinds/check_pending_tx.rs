@@ -64,6 +64,9 @@ struct Update {
 
 #[async_trait]
 impl Job for CheckPendingTx {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "check-pending-tx";
 
     fn unique_key(&self) -> Option<String> {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::{Job, JobContext, JobError};
+use crate::{Enqueuer, Job, JobContext, JobError, NewJob};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,8 @@ pub struct ComputePoints {
 
 #[async_trait]
 impl Job for ComputePoints {
+    type Services = crate::Services;
+
     const KIND: &'static str = "compute-points";
 
     fn unique_key(&self) -> Option<String> {
@@ -40,4 +42,13 @@ impl Job for ComputePoints {
         );
         Ok(())
     }
+}
+
+/// Enqueues the pass of `chain_id` when the chain has rated tokens. A pass already running does
+/// not absorb it (the engine's unique keys deduplicate only jobs not started yet), so a change
+/// made while a pass runs is always seen by the next one.
+pub async fn enqueue(enqueuer: &dyn Enqueuer, chain_id: u64) -> Result<(), JobError> {
+    let job = NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::Fatal)?;
+    enqueuer.enqueue(job).await.map_err(JobError::retry)?;
+    Ok(())
 }

@@ -27,6 +27,8 @@ pub enum NoopFailure {
 
 #[async_trait]
 impl Job for Noop {
+    type Services = crate::Services;
+
     const KIND: &'static str = "noop";
 
     async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {

@@ -149,6 +149,9 @@ SELECT token, address, amount::text, block_number, updated_at FROM done
 
 #[async_trait]
 impl Job for ReconcileChain {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "reconcile-chain";
 
     fn validate(&self) -> Result<(), String> {
@@ -219,6 +222,9 @@ impl Job for ReconcileChain {
             })
             .collect();
         let history = record_history(services, self.chain_id, Source::Reconcile, &observed).await?;
+        if history.dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         let (mismatches, failed) = compare(&tokens, &items, reads);
 
         let chain_label = self.chain_id.to_string();

@@ -49,6 +49,9 @@ pub(crate) fn check_selector(
 
 #[async_trait]
 impl Job for SyncBalances {
+    type Services = crate::Services;
+    const UNIQUE_WHILE_RUNNING: bool = true;
+
     const KIND: &'static str = "sync-balances";
 
     fn validate(&self) -> Result<(), String> {
@@ -66,7 +69,7 @@ impl Job for SyncBalances {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        sync_full(
+        let r = sync_full(
             &ctx.services,
             ctx.meta.id,
             self.chain_id,
@@ -74,6 +77,9 @@ impl Job for SyncBalances {
             None,
         )
         .await?;
+        if r.points_dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         Ok(())
     }
 }

@@ -10,10 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError,
-    balance_sync::{TokenSelector, cross, resolve_tokens},
-    chain::multicall::read_balances,
+    balance_sync::sync_holder,
     ids::{TokenKey, normalize_address, parse_address},
-    store::{BalanceRow, store_balances},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +47,8 @@ impl SyncUserBalance {
 
 #[async_trait]
 impl Job for SyncUserBalance {
+    type Services = crate::Services;
+
     const KIND: &'static str = "sync-user-balance";
 
     fn validate(&self) -> Result<(), String> {
@@ -61,7 +61,8 @@ impl Job for SyncUserBalance {
         Ok(())
     }
 
-    /// One active job per (chain, holder, token): bursts of events collapse into one read.
+    /// One queued job per (chain, holder, token): a burst of events collapses into one read,
+    /// while an enqueue during a run gets a job of its own that reads a newer block.
     fn unique_key(&self) -> Option<String> {
         let address = normalize_address(&self.address).ok()?;
         let token = match &self.token {
@@ -76,47 +77,23 @@ impl Job for SyncUserBalance {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let holder =
-            parse_address(&self.address).map_err(|e| JobError::Fatal(format!("address: {e}")))?;
-        let services = &ctx.services;
-        let chain = services.chains.get(self.chain_id)?;
-        let sel = TokenSelector {
-            token: self.token.clone(),
-            asset_class: None,
-        };
-        let tokens = resolve_tokens(&services.settings, self.chain_id, &sel)?;
-        let block = chain.pin_block().await?;
-        let queries = cross(&tokens, &[holder]);
-        let reads = read_balances(&chain, &queries, &block).await?;
-        let mut rows = Vec::with_capacity(reads.len());
-        for (t, (q, r)) in tokens.iter().zip(queries.iter().zip(reads)) {
-            match r {
-                Ok(amount) => rows.push(BalanceRow {
-                    token: q.token,
-                    address: q.holder,
-                    amount,
-                }),
-                Err(e) if self.token.is_some() => {
-                    // The caller asked for this token and the chain answers the same way at this
-                    // block however often we ask.
-                    return Err(JobError::Fatal(format!(
-                        "{} balanceOf({}) failed at block {}: {e}",
-                        t.symbol, self.address, block.number
-                    )));
-                }
-                Err(e) => tracing::warn!(chain_id = self.chain_id, token = %t.key, error = %e,
-                    "balance read failed; left unchanged"),
-            }
-        }
-        let o = store_balances(services, self.chain_id, &block, &rows).await?;
+        let o = sync_holder(
+            &ctx.services,
+            self.chain_id,
+            &self.address,
+            self.token.as_deref(),
+        )
+        .await?;
         tracing::debug!(
             chain_id = self.chain_id,
-            block = block.number,
             written = o.written,
             changed = o.changed,
             stale = o.stale,
             "holder synced"
         );
+        if o.points_dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         Ok(())
     }
 }

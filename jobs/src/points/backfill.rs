@@ -8,14 +8,26 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::{Change, Rate, WINDOW_SECS, balance_at, twab, window_of};
-use crate::{JobContext, JobError, NewJob, Services, ids::TokenKey, settings::DomainConfig};
+use crate::{JobError, Services, ids::TokenKey, settings::DomainConfig};
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct BackfillReport {
     pub addresses: u64,
     pub windows_computed: u64,
     pub windows_skipped: u64,
-    pub child_jobs: u64,
+    /// The range was too long for one run: nothing was computed, these sub-ranges (each within
+    /// `points.max_windows_per_job`) are to be computed instead.
+    #[serde(skip)]
+    pub split: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// A range of windows of one (chain, token) to compute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub chain_id: u64,
+    pub token: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
 }
 
 /// The configured rate of (chain, token).
@@ -50,15 +62,17 @@ fn num(s: &str) -> U256 {
     U256::from_str_radix(s, 10).unwrap_or_default()
 }
 
-/// Computes the missing windows of `[from, to)` for every address with balance history.
+/// Computes the missing windows of `[from, to)` for every address with balance history; `job`
+/// is recorded with each window. A range longer than `points.max_windows_per_job` is not
+/// computed but split (see [`BackfillReport::split`]).
 pub async fn backfill(
-    ctx: &JobContext,
+    services: &Services,
+    job: Option<uuid::Uuid>,
     chain_id: u64,
     token: &TokenKey,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<BackfillReport, JobError> {
-    let services = &ctx.services;
     let rate = rate_of(&services.settings, chain_id, token)?;
     // Windows close by chain time (see `super::compute::closed_until`).
     let Some(closed) = super::compute::closed_until(services, chain_id, token).await? else {
@@ -72,21 +86,10 @@ pub async fn backfill(
     if all.len() > max {
         // Split so that no single job runs for hours; the children are resumable like this one.
         let step = Duration::seconds(WINDOW_SECS);
-        let mut children = Vec::new();
-        for chunk in all.chunks(max) {
-            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-                continue;
-            };
-            let child = crate::kinds::backfill_window::BackfillWindow {
-                chain_id,
-                token: token.text(),
-                from: *first,
-                to: *last + step,
-            };
-            children.push(NewJob::typed(&child).map_err(JobError::Fatal)?);
-        }
-        report.child_jobs = children.len() as u64;
-        ctx.enqueue_many(children).await?;
+        report.split = all
+            .chunks(max)
+            .filter_map(|chunk| Some((*chunk.first()?, *chunk.last()? + step)))
+            .collect();
         return Ok(report);
     }
     let (Some(first), Some(last)) = (all.first().copied(), all.last().copied()) else {
@@ -172,7 +175,7 @@ pub async fn backfill(
         .bind(&starts)
         .bind(&twabs)
         .bind(&points)
-        .bind(ctx.meta.id)
+        .bind(job)
         .execute(&services.db)
         .await?
         .rows_affected();
@@ -251,13 +254,13 @@ pub async fn lag(
     Ok(out)
 }
 
-/// At start-up: a `compute-points` job for every chain with a lagging rated token (missing
-/// windows, or windows marked for a recompute). The job computes exactly what is missing.
-pub async fn stale_jobs(
+/// Chains with a lagging rated token (missing windows) or windows marked for a recompute: the
+/// `compute-points` pass of each computes exactly what is missing.
+pub async fn stale_chains(
     services: &Services,
     chain: Option<u64>,
     now: DateTime<Utc>,
-) -> Result<Vec<NewJob>, JobError> {
+) -> Result<Vec<u64>, JobError> {
     let mut chains = BTreeSet::new();
     for l in lag(services, chain, now).await? {
         if l.oldest_gap_start.is_some() {
@@ -281,11 +284,26 @@ pub async fn stale_jobs(
             chains.insert(c);
         }
     }
-    chains
+    Ok(chains.into_iter().collect())
+}
+
+/// The range to backfill for every lagging (chain, token): from the oldest gap to the current
+/// window. Windows already computed are skipped, so exactly the missing ones are computed.
+pub async fn stale_ranges(
+    services: &Services,
+    chain: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Gap>, JobError> {
+    Ok(lag(services, chain, now)
+        .await?
         .into_iter()
-        .map(|chain_id| {
-            NewJob::typed(&crate::kinds::compute_points::ComputePoints { chain_id })
-                .map_err(JobError::Fatal)
+        .filter_map(|l| {
+            Some(Gap {
+                chain_id: l.chain_id,
+                from: l.oldest_gap_start?,
+                token: l.token,
+                to: window_of(now),
+            })
         })
-        .collect()
+        .collect())
 }

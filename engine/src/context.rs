@@ -1,0 +1,114 @@
+//! What a running job can reach: its own metadata, the database, an enqueuer for follow-up
+//! work and the application's services; the wire form of a new job.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Job, JobError, queue::QueueError};
+
+/// Identity of the run in progress.
+#[derive(Debug, Clone)]
+pub struct JobMeta {
+    pub id: Uuid,
+    pub kind: String,
+    pub queue: String,
+    /// 1 on the first run.
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// Context of one job run: `S` is the application's services.
+#[derive(Clone)]
+pub struct JobContext<S> {
+    pub meta: JobMeta,
+    pub db: PgPool,
+    pub enqueuer: Arc<dyn Enqueuer>,
+    pub services: S,
+}
+
+impl<S> JobContext<S> {
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    /// Enqueues a follow-up job (deduplicated by its unique key).
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<Enqueued, JobError> {
+        let new = NewJob::typed(job).map_err(JobError::fatal)?;
+        self.enqueuer.enqueue(new).await.map_err(JobError::retry)
+    }
+
+    /// Enqueues many follow-up jobs in one round trip.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, JobError> {
+        self.enqueuer
+            .enqueue_many(jobs)
+            .await
+            .map_err(JobError::retry)
+    }
+}
+
+/// A job to insert, in wire form.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub args: Value,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i16>,
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// Per-job backoff override (milliseconds); `None` = the kind's policy.
+    #[serde(default)]
+    pub backoff_base_ms: Option<i64>,
+    #[serde(default)]
+    pub backoff_cap_ms: Option<i64>,
+}
+
+impl NewJob {
+    /// Wire form of a typed job, with the kind's unique key.
+    pub fn typed<J: Job>(job: &J) -> Result<Self, String> {
+        job.validate()?;
+        Ok(Self {
+            kind: J::KIND.to_string(),
+            args: serde_json::to_value(job).map_err(|e| e.to_string())?,
+            queue: None,
+            priority: None,
+            run_at: None,
+            unique_key: job.unique_key(),
+            ..Self::default()
+        })
+    }
+
+    pub fn untyped(kind: impl Into<String>, args: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            args,
+            ..Self::default()
+        }
+    }
+}
+
+/// Outcome of an enqueue: the id, and whether a unique duplicate already existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub id: Uuid,
+    /// `false` when a job with the same unique key that has not started yet was returned instead.
+    pub inserted: bool,
+}
+
+/// Inserts jobs; implemented by the engine so that jobs can schedule follow-up work.
+#[async_trait]
+pub trait Enqueuer: Send + Sync {
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError>;
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError>;
+}

@@ -1,0 +1,241 @@
+//! Enqueue paths of the Rust client: single, bulk (one UNNEST insert), and inside a caller's
+//! transaction. Every job is checked against its kind's type first: bad input writes nothing.
+
+use crate::{Enqueued, Enqueuer, Job, NewJob};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::{Queue, QueueError};
+
+const ENQUEUE_MANY: &str = include_str!("sql/enqueue_many.sql");
+const ENQUEUE_MANY_PLAIN: &str = include_str!("sql/enqueue_many_plain.sql");
+
+/// A checked job with every column resolved.
+struct Row {
+    id: Uuid,
+    kind: String,
+    queue: String,
+    args: Value,
+    priority: i16,
+    max_attempts: i32,
+    run_at: Option<DateTime<Utc>>,
+    unique_key: Option<String>,
+    backoff_base_ms: Option<i64>,
+    backoff_cap_ms: Option<i64>,
+    unique_while_running: bool,
+}
+
+impl Queue {
+    fn prepare(&self, mut job: NewJob) -> Result<Row, QueueError> {
+        self.kinds.check(&mut job).map_err(QueueError::Invalid)?;
+        let unique_while_running = self
+            .kinds
+            .get(&job.kind)
+            .is_some_and(|k| k.unique_while_running);
+        let policy = self.policies.get(&job.kind);
+        if job.queue.as_deref() == Some("") {
+            return Err(QueueError::Invalid("queue must not be empty".into()));
+        }
+        Ok(Row {
+            id: Uuid::now_v7(),
+            queue: job.queue.unwrap_or(policy.queue),
+            max_attempts: job
+                .max_attempts
+                .unwrap_or(i32::try_from(policy.retry.max_attempts).unwrap_or(i32::MAX)),
+            kind: job.kind,
+            args: job.args,
+            priority: job.priority.unwrap_or(0),
+            run_at: job.run_at,
+            unique_key: job.unique_key,
+            backoff_base_ms: job.backoff_base_ms,
+            backoff_cap_ms: job.backoff_cap_ms,
+            unique_while_running,
+        })
+    }
+
+    /// Enqueues one job in wire form.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_in(&mut conn, job).await
+    }
+
+    /// Enqueues a typed job.
+    pub async fn enqueue_typed<J: Job>(&self, job: &J) -> Result<Enqueued, QueueError> {
+        self.enqueue(NewJob::typed(job).map_err(QueueError::Invalid)?)
+            .await
+    }
+
+    /// Enqueues inside the caller's connection or transaction (`&mut *tx`): rolled back with it.
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut PgConnection,
+        job: NewJob,
+    ) -> Result<Enqueued, QueueError> {
+        let row = self.prepare(job)?;
+        let mut out = insert_rows(&mut *conn, vec![row]).await?;
+        out.pop()
+            .ok_or_else(|| QueueError::Conflict("insert returned no id".into()))
+    }
+
+    /// Enqueues many jobs in one statement; all are checked before anything is written.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_many_in(&mut conn, jobs).await
+    }
+
+    /// Bulk enqueue inside the caller's connection or transaction.
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let rows = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, j)| {
+                self.prepare(j).map_err(|e| match e {
+                    QueueError::Invalid(m) => QueueError::Invalid(format!("job {i}: {m}")),
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        insert_rows(conn, rows).await
+    }
+}
+
+async fn insert_rows(conn: &mut PgConnection, rows: Vec<Row>) -> Result<Vec<Enqueued>, QueueError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = rows.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut prios = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut bases = Vec::with_capacity(n);
+    let mut caps = Vec::with_capacity(n);
+    let mut while_running = Vec::with_capacity(n);
+    for r in rows {
+        ids.push(r.id);
+        kinds.push(r.kind);
+        queues.push(r.queue);
+        args.push(r.args);
+        prios.push(r.priority);
+        attempts.push(r.max_attempts);
+        run_ats.push(r.run_at);
+        keys.push(r.unique_key);
+        bases.push(r.backoff_base_ms);
+        caps.push(r.backoff_cap_ms);
+        while_running.push(r.unique_while_running);
+    }
+    let plain = keys.iter().all(Option::is_none)
+        && run_ats.iter().all(Option::is_none)
+        && bases.iter().all(Option::is_none)
+        && caps.iter().all(Option::is_none);
+    if plain {
+        let done = sqlx::query(ENQUEUE_MANY_PLAIN)
+            .bind(&ids)
+            .bind(&kinds)
+            .bind(&queues)
+            .bind(&args)
+            .bind(&prios)
+            .bind(&attempts)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() != n as u64 {
+            return Err(QueueError::Conflict(format!(
+                "bulk insert wrote {} of {n} jobs",
+                done.rows_affected()
+            )));
+        }
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, inserted: true })
+            .collect());
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(ENQUEUE_MANY)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&queues)
+        .bind(&args)
+        .bind(&prios)
+        .bind(&attempts)
+        .bind(&run_ats)
+        .bind(&keys)
+        .bind(&bases)
+        .bind(&caps)
+        .bind(&while_running)
+        .fetch_all(&mut *conn)
+        .await?;
+    if inserted.len() == n {
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, inserted: true })
+            .collect());
+    }
+    // Some rows hit a held unique key: answer with the job that holds it.
+    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let missing: Vec<String> = ids
+        .iter()
+        .zip(&keys)
+        .filter(|(id, _)| !inserted.contains(id))
+        .filter_map(|(_, k)| k.clone())
+        .collect();
+    let existing: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT k, h FROM unnest($1::text[]) AS k, chainsync.unique_holder(k) AS h
+         WHERE h IS NOT NULL",
+    )
+    .bind(&missing)
+    .fetch_all(&mut *conn)
+    .await?;
+    let existing: std::collections::HashMap<String, Uuid> = existing.into_iter().collect();
+    ids.into_iter()
+        .zip(keys)
+        .map(|(id, key)| {
+            if inserted.contains(&id) {
+                return Ok(Enqueued { id, inserted: true });
+            }
+            key.and_then(|k| existing.get(&k).copied())
+                .map(|id| Enqueued {
+                    id,
+                    inserted: false,
+                })
+                .ok_or_else(|| {
+                    QueueError::Conflict("a unique job finished while enqueueing; retry".into())
+                })
+        })
+        .collect()
+}
+
+/// Calls the SQL API `chainsync.enqueue()` the way an application in any language would.
+pub async fn enqueue_sql<'e>(
+    exec: impl PgExecutor<'e>,
+    kind: &str,
+    args: &Value,
+    unique_key: Option<&str>,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar("SELECT chainsync.enqueue($1, $2, unique_key => $3)")
+        .bind(kind)
+        .bind(args)
+        .bind(unique_key)
+        .fetch_one(exec)
+        .await
+}
+
+#[async_trait]
+impl Enqueuer for Queue {
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        Queue::enqueue(self, job).await
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        Queue::enqueue_many(self, jobs).await
+    }
+}

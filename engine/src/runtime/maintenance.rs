@@ -1,0 +1,78 @@
+//! Background maintenance of a daemon: the rescuer requeues jobs whose lease expired (their
+//! worker died), the pruner deletes finished jobs past the retention. Several daemons may run
+//! them at once: both use SKIP LOCKED and are idempotent.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::queue::Queue;
+
+/// `[maintenance]` in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    #[serde(with = "crate::duration::text")]
+    pub rescue_interval: Duration,
+    #[serde(with = "crate::duration::text")]
+    pub prune_interval: Duration,
+    /// Completed and cancelled jobs older than this are deleted. "0s" deletes on completion.
+    #[serde(with = "crate::duration::text")]
+    pub completed_retention: Duration,
+    /// Rows per prune statement.
+    pub prune_batch: i64,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self {
+            rescue_interval: Duration::from_secs(15),
+            prune_interval: Duration::from_secs(60),
+            completed_retention: Duration::from_secs(24 * 3600),
+            prune_batch: 5000,
+        }
+    }
+}
+
+impl MaintenanceSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rescue_interval.is_zero() {
+            return Err("maintenance.rescue_interval: must be positive".into());
+        }
+        if self.prune_interval.is_zero() {
+            return Err("maintenance.prune_interval: must be positive".into());
+        }
+        if !(1..=100_000).contains(&self.prune_batch) {
+            return Err("maintenance.prune_batch: must be in 1..=100000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the rescuer and the pruner until `stop`.
+pub async fn run(queue: Queue, settings: MaintenanceSettings, stop: CancellationToken) {
+    let mut rescue = tokio::time::interval(settings.rescue_interval);
+    let mut prune = tokio::time::interval(settings.prune_interval);
+    rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = rescue.tick() => match queue.rescue(1000).await {
+                Ok(r) if r.requeued + r.dead > 0 => {
+                    info!(requeued = r.requeued, dead = r.dead, "rescued jobs with expired leases");
+                    crate::metrics::record_rescued(r.requeued, r.dead);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "rescue pass failed"),
+            },
+            _ = prune.tick() => match queue.prune(settings.completed_retention, settings.prune_batch, 100).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "pruned finished jobs"),
+                Err(e) => warn!(error = %e, "prune pass failed"),
+            },
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What the daemon, the CLI and the HTTP API need from the domain, without naming a kind: jobs
+//! to enqueue at start-up, the live follower, the domain's health, and the follow-up jobs of
+//! work run outside the queue.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Enqueuer, JobError, NewJob, Services,
+    health::DomainHealth,
+    ingest::IngestSink,
+    kinds::{
+        backfill_window::BackfillWindow, compute_points::ComputePoints, ingest_events::FollowUps,
+    },
+    points::backfill::{Gap, stale_chains},
+};
+
+/// The domain behind one set of [`Services`].
+#[derive(Clone)]
+pub struct Domain {
+    pub services: Services,
+}
+
+impl Domain {
+    pub fn new(services: Services) -> Self {
+        Self { services }
+    }
+
+    /// Work found stale at start-up: the `compute-points` pass of every chain whose points
+    /// windows lag or wait for a recompute (it computes exactly what is missing, by chain time).
+    pub async fn startup_jobs(
+        &self,
+        chain: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<NewJob>, JobError> {
+        stale_chains(&self.services, chain, now)
+            .await?
+            .into_iter()
+            .map(|chain_id| NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::Fatal))
+            .collect()
+    }
+
+    /// The jobs that compute the points windows of `gaps`.
+    pub fn backfill_jobs(gaps: &[Gap]) -> Result<Vec<NewJob>, JobError> {
+        BackfillWindow::jobs_for(gaps).map_err(JobError::Fatal)
+    }
+
+    /// Follows the heads of chains with live ingestion until `stop`, enqueuing passes.
+    pub async fn follow(&self, enqueuer: Arc<dyn Enqueuer>, stop: CancellationToken) {
+        crate::follow::run(enqueuer, self.services.clone(), stop).await;
+    }
+
+    /// The domain's part of health.
+    pub async fn health(&self) -> Result<DomainHealth, sqlx::Error> {
+        crate::health::check(&self.services.db, &self.services.settings).await
+    }
+
+    /// Where an ingestion pass run outside the queue (the CLI) sends what is left to do: the
+    /// same `compute-points` jobs a queued pass enqueues.
+    pub fn ingest_sink(enqueuer: Arc<dyn Enqueuer>) -> impl IngestSink {
+        FollowUps(enqueuer)
+    }
+}

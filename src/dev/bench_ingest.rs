@@ -1,0 +1,274 @@
+//! `chainsync bench ingest`: event ingestion on anvil.
+//!
+//! 1. Throughput: N holders minted (one `Transfer` each), then ingestion passes from block 0 to
+//!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges,
+//!    events stored, a `sync-user-balance` job enqueued per touched holder. Repeated after a
+//!    reset; events/s of each repetition and the median.
+//! 2. Live lag: anvil mining a block every second, the worker runtime and the live follower of
+//!    the daemon running. Transfers to fresh addresses; the lag of each is the time from its
+//!    receipt first being visible to the recipient's balance row holding a block at or after it.
+//!    Each round restarts the follower at a random offset, so every phase between the block clock
+//!    and the poll clock is sampled.
+
+use std::time::{Duration, Instant};
+
+use alloy::{
+    network::TransactionBuilder, primitives::U256, providers::Provider,
+    rpc::types::TransactionRequest, sol_types::SolCall,
+};
+use anyhow::{Context, bail};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::App, config::Config, runtime::Runtime};
+use chainsync_dev::devchain::{self, DevChain, DevChainOptions, contracts::TestToken};
+
+fn config(url: &str, rpc: &str, token: &str, live: bool) -> anyhow::Result<Config> {
+    Ok(Config::from_toml(&format!(
+        r#"
+database_url = "{url}"
+[worker]
+concurrency = 20
+[[chains]]
+chain_id = 31337
+name = "anvil"
+rpc_urls = ["{rpc}"]
+confirmations = 0
+[[tokens]]
+chain_id = 31337
+symbol = "ING"
+address = "{token}"
+decimals = 18
+asset_class = "erc20"
+[[ingest]]
+chain_id = 31337
+initial_range = 500
+max_range = 5000
+live = {live}
+contracts = [{{ address = "{token}" }}]
+"#
+    ))?)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Runs both parts; `events` holders for the throughput, `transfers` samples for the lag.
+pub async fn run(
+    admin_url: &str,
+    events: usize,
+    transfers: usize,
+    reps: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let throughput = throughput(admin_url, events, reps.max(1)).await?;
+    let lag = live_lag(admin_url, transfers).await?;
+    Ok(json!({"throughput": throughput, "live": lag}))
+}
+
+async fn throughput(
+    admin_url: &str,
+    events: usize,
+    reps: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let chain = DevChain::start().await?;
+    chain.install_multicall3().await?;
+    let token = chain.deploy_token("Ingest", "ING", 18).await?;
+    let holders = devchain::random_holders(5, events, devchain::units(100, 18));
+    chain.mint_many(token, &holders).await?;
+    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest").await?;
+    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), false)?).await?;
+    app.migrate().await?;
+    let services = app.services().await?;
+    let sink = chainsync_jobs::domain::Domain::ingest_sink(std::sync::Arc::new(app.queue.clone()));
+    let head = chain.block_number().await?;
+    let mut rates = Vec::new();
+    let mut requests = 0;
+    for _ in 0..reps {
+        chainsync_jobs::ingest::reset(app.pool(), 31337).await?;
+        sqlx::query("TRUNCATE chainsync.jobs")
+            .execute(app.pool())
+            .await?;
+        let t = Instant::now();
+        let mut next = Some(0);
+        loop {
+            let r = chainsync_jobs::ingest::ingest_pass(
+                &services,
+                &sink,
+                31337,
+                Some(head),
+                chainsync_jobs::ingest::PassOptions {
+                    from_block: next,
+                    progress: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            requests = r.requests;
+            if r.caught_up {
+                break;
+            }
+            next = Some(r.to_block + 1);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let stored = count(app.pool(), "SELECT count(*) FROM chainsync.events").await?;
+        let jobs = count(
+            app.pool(),
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
+        )
+        .await?;
+        if stored != events as i64 || jobs != events as i64 {
+            bail!("stored {stored} events and {jobs} follow-up jobs, expected {events} of each");
+        }
+        rates.push(events as f64 / secs);
+    }
+    let all = rates.clone();
+    Ok(json!({
+        "events": events,
+        "blocks": head,
+        "get_logs_requests": requests,
+        "events_per_s": all,
+        "median_events_per_s": median(&mut rates),
+    }))
+}
+
+async fn live_lag(admin_url: &str, transfers: usize) -> anyhow::Result<serde_json::Value> {
+    let chain = DevChain::start_with(DevChainOptions {
+        block_time: Some(Duration::from_secs(1)),
+        ..DevChainOptions::default()
+    })
+    .await?;
+    chain.install_multicall3().await?;
+    let token = chain.deploy_token("Ingest", "ING", 18).await?;
+    let senders: Vec<usize> = (1..chain.accounts().len()).collect();
+    for &i in &senders {
+        chain
+            .mint(
+                token,
+                chain.signer(i)?.address(),
+                devchain::units(1_000, 18),
+            )
+            .await?;
+    }
+    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest_live").await?;
+    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), true)?).await?;
+    app.migrate().await?;
+    let pool = app.pool().clone();
+    let poll_ms = app
+        .config
+        .domain
+        .ingest
+        .first()
+        .map_or(0, |c| c.poll_interval_ms);
+    let services = app.services().await?;
+    let runtime = Runtime::start(
+        app.queue.clone(),
+        app.registry.clone(),
+        services.clone(),
+        app.config.worker.clone(),
+    );
+    // Blocks come every second and the follower polls on its own clock: each round starts a
+    // fresh follower at a random offset so that the lags sample every phase between the two, as
+    // a daemon started at an arbitrary time would see.
+    let start_follower = |delay_ms: u64| {
+        let stop = CancellationToken::new();
+        let queue = app.queue.clone();
+        let domain = chainsync_jobs::domain::Domain::new(services.clone());
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            domain.follow(std::sync::Arc::new(queue), token).await;
+        });
+        (stop, task)
+    };
+    let (stop, follower) = start_follower(0);
+    // Caught up once the mints' recipients have balance rows.
+    let t = Instant::now();
+    while count(&pool, "SELECT count(*) FROM chainsync.balances").await? < senders.len() as i64 {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("live ingestion did not catch up within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let _ = follower.await;
+
+    let recipients = devchain::holder_addresses(77, transfers);
+    let mut lags = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in recipients.chunks(senders.len()) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let (stop, follower) = start_follower(seed % 1000);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let sends = round.iter().zip(&senders).map(|(&to, &sender)| {
+            let chain = &chain;
+            let pool = pool.clone();
+            async move {
+                let input = TestToken::transferCall {
+                    to,
+                    amount: U256::from(1_000_000u64),
+                }
+                .abi_encode();
+                let tx: TransactionRequest = chain.tx_from(sender, token, input)?;
+                let pending = chain
+                    .provider()
+                    .send_transaction(tx.with_gas_limit(100_000))
+                    .await?;
+                let hash = *pending.tx_hash();
+                let (block, mined) = loop {
+                    if let Some(r) = chain.provider().get_transaction_receipt(hash).await? {
+                        break (r.block_number.unwrap_or_default(), Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                let deadline = mined + Duration::from_secs(30);
+                loop {
+                    let at: Option<i64> = sqlx::query_scalar(
+                        "SELECT block_number FROM chainsync.balances WHERE chain_id = 31337 AND address = $1",
+                    )
+                    .bind(format!("{to:#x}"))
+                    .fetch_optional(&pool)
+                    .await?;
+                    if at.is_some_and(|b| b >= i64::try_from(block).unwrap_or(i64::MAX)) {
+                        return Ok::<_, anyhow::Error>(mined.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    if Instant::now() > deadline {
+                        bail!("balance of {to:#x} not updated 30 s after block {block}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            lags.push(r.context("live transfer")?);
+        }
+        stop.cancel();
+        let _ = follower.await;
+    }
+    runtime.stop().await;
+    lags.sort_by(f64::total_cmp);
+    Ok(json!({
+        "block_time_s": 1,
+        "poll_interval_ms": poll_ms,
+        "transfers": lags.len(),
+        "lag_ms_p50": percentile(&lags, 50.0),
+        "lag_ms_p99": percentile(&lags, 99.0),
+        "lag_ms_max": lags.last().copied().unwrap_or(0.0),
+    }))
+}

@@ -1,0 +1,85 @@
+//! `chainsync demo` and `chainsync bench` (feature `dev`): self-contained runs on a local anvil
+//! chain and scratch databases, built on `chainsync-dev`. Nothing else in the binary uses them.
+
+pub mod bench_http;
+pub mod bench_ingest;
+pub mod bench_queue;
+pub mod bench_sync;
+pub mod demo;
+
+use crate::cli::{BenchCmd, Cli, Command, admin_url};
+
+/// Runs the demo or a benchmark; `None` for every other command.
+pub async fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
+    match &cli.command {
+        Command::Demo { .. } | Command::Bench(_) => Some(dispatch(cli).await),
+        _ => None,
+    }
+}
+
+async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    let admin_url = admin_url(cli);
+    match &cli.command {
+        Command::Demo { holders, database } => {
+            crate::telemetry::init(false, "warn");
+            if *holders < 3 {
+                anyhow::bail!("--holders must be at least 3");
+            }
+            return demo::run(demo::DemoOptions {
+                holders: *holders,
+                database: database.clone(),
+                admin_url,
+            })
+            .await;
+        }
+        Command::Bench(BenchCmd::Queue {
+            mode,
+            drain_config,
+            jobs,
+            database,
+        }) => {
+            crate::telemetry::init(false, "warn");
+            if mode != "drain" && mode != "misc" {
+                anyhow::bail!("--mode must be drain or misc, got {mode:?}");
+            }
+            let opts = bench_queue::BenchOptions {
+                admin_url,
+                database: database.clone(),
+                mode: mode.clone(),
+                config: drain_config.clone(),
+                jobs: *jobs,
+            };
+            println!("RESULT {}", bench_queue::run_unit(&opts).await?);
+        }
+        Command::Bench(BenchCmd::Sync { holders }) => {
+            crate::telemetry::init(false, "warn");
+            println!("RESULT {}", bench_sync::run(&admin_url, *holders).await?);
+        }
+        Command::Bench(BenchCmd::Ingest {
+            events,
+            transfers,
+            reps,
+        }) => {
+            crate::telemetry::init(false, "warn");
+            let r = bench_ingest::run(&admin_url, *events, *transfers, *reps).await?;
+            println!("RESULT {r}");
+        }
+        Command::Bench(BenchCmd::Http {
+            holders,
+            connections,
+            seconds,
+        }) => {
+            crate::telemetry::init(false, "error");
+            let r = bench_http::run(&bench_http::HttpBenchOptions {
+                admin_url,
+                holders: *holders,
+                connections: *connections,
+                seconds: *seconds,
+            })
+            .await?;
+            println!("RESULT {r}");
+        }
+        _ => {}
+    }
+    Ok(())
+}
