@@ -35,6 +35,19 @@ sol!(
 );
 
 const RATE_DIV: u128 = 4; // rate "0.25"
+
+/// Holder → (block, block time, balance after the block) at each block where it changed.
+type Timeline = BTreeMap<Address, Vec<(u64, DateTime<Utc>, u128)>>;
+/// (address, window, old twab, old points, new twab, new points, reason).
+type AuditRow = (
+    String,
+    DateTime<Utc>,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 const HOUR: u64 = 3600;
 
 struct Env {
@@ -273,7 +286,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
 
     /// From the chain: every holder's balance after each block where its balance changed,
     /// derived from the token's Transfer logs alone, with the block's timestamp.
-    async fn log_timeline(&self) -> BTreeMap<Address, Vec<(u64, DateTime<Utc>, u128)>> {
+    async fn log_timeline(&self) -> Timeline {
         let logs = self
             .chain
             .provider()
@@ -412,9 +425,7 @@ fn reference(
     out
 }
 
-fn times_only(
-    t: &BTreeMap<Address, Vec<(u64, DateTime<Utc>, u128)>>,
-) -> BTreeMap<Address, Vec<(DateTime<Utc>, u128)>> {
+fn times_only(t: &Timeline) -> BTreeMap<Address, Vec<(DateTime<Utc>, u128)>> {
     t.iter()
         .map(|(a, v)| (*a, v.iter().map(|(_, t, b)| (*t, *b)).collect()))
         .collect()
@@ -653,15 +664,7 @@ async fn a_reorg_replaces_history_and_recomputes_points_with_an_audit(pool: PgPo
     let after = env.stored_points(0..3).await;
     assert_eq!(after, want, "points follow the canonical chain");
     // Every window whose value changed has an audit row with the old and new values.
-    let audit: Vec<(
-        String,
-        DateTime<Utc>,
-        String,
-        String,
-        String,
-        String,
-        String,
-    )> = sqlx::query_as(
+    let audit: Vec<AuditRow> = sqlx::query_as(
         "SELECT address, window_start, old_twab::text, old_points::text, new_twab::text,
                     new_points::text, reason
              FROM chainsync.points_audit ORDER BY id",
