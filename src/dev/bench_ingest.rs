@@ -2,8 +2,9 @@
 //!
 //! 1. Throughput: N holders minted (one `Transfer` each), then ingestion passes from block 0 to
 //!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges,
-//!    events stored, a `sync-user-balance` job enqueued per touched holder. Repeated after a
-//!    reset; events/s of each repetition and the median.
+//!    events stored, each touched holder's balance read at the block that touched it (one
+//!    Multicall3 call per block) and recorded in the balance history. Repeated after a reset
+//!    (events, history and balances); events/s of each repetition and the median.
 //! 2. Live lag: anvil mining a block every second, the worker runtime and the live follower of
 //!    the daemon running. Transfers to fresh addresses; the lag of each is the time from its
 //!    receipt first being visible to the recipient's balance row holding a block at or after it.
@@ -100,7 +101,7 @@ async fn throughput(
     let mut requests = 0;
     for _ in 0..reps {
         chainsync_jobs::ingest::reset(app.pool(), 31337).await?;
-        sqlx::query("TRUNCATE chainsync.jobs")
+        sqlx::query("TRUNCATE chainsync.jobs, chainsync.balance_changes, chainsync.balances")
             .execute(app.pool())
             .await?;
         let t = Instant::now();
@@ -126,13 +127,13 @@ async fn throughput(
         }
         let secs = t.elapsed().as_secs_f64();
         let stored = count(app.pool(), "SELECT count(*) FROM chainsync.events").await?;
-        let jobs = count(
+        let history = count(
             app.pool(),
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
+            "SELECT count(*) FROM chainsync.balance_changes WHERE source = 'log'",
         )
         .await?;
-        if stored != events as i64 || jobs != events as i64 {
-            bail!("stored {stored} events and {jobs} follow-up jobs, expected {events} of each");
+        if stored != events as i64 || history != events as i64 {
+            bail!("stored {stored} events and {history} history rows, expected {events} of each");
         }
         rates.push(events as f64 / secs);
     }
