@@ -502,3 +502,55 @@ async fn dirty(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: i64, s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 3600 + h * 3600 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn windows_start_with_the_first_change_and_carry_the_balance() {
+        let rate = Rate::parse("0.5").unwrap();
+        let h = History {
+            before: U256::ZERO,
+            started: false,
+            changes: vec![
+                Change {
+                    at: t(1, 1800),
+                    amount: U256::from(100u64),
+                },
+                Change {
+                    at: t(3, 0),
+                    amount: U256::from(40u64),
+                },
+            ],
+        };
+        assert_eq!(h.window(t(0, 0), &rate), None, "before the first change");
+        assert_eq!(
+            h.window(t(1, 0), &rate),
+            Some((U256::from(50u64), U256::from(25u64)))
+        );
+        assert_eq!(
+            h.window(t(2, 0), &rate),
+            Some((U256::from(100u64), U256::from(50u64)))
+        );
+        // A change at the window's first second holds for the whole window.
+        assert_eq!(
+            h.window(t(3, 0), &rate),
+            Some((U256::from(40u64), U256::from(20u64)))
+        );
+        // Loaded from the middle of the history: the balance before the range opens it.
+        let mid = History {
+            before: U256::from(7u64),
+            started: true,
+            changes: Vec::new(),
+        };
+        assert_eq!(
+            mid.window(t(9, 0), &rate),
+            Some((U256::from(7u64), U256::from(3u64)))
+        );
+    }
+}
