@@ -6,6 +6,9 @@
 
 mod common;
 use common::db_url;
+#[allow(dead_code)]
+#[path = "chaos/support.rs"]
+mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -58,6 +61,8 @@ struct Env {
     holders: Vec<Address>,
     /// Chain time of hour 0 (aligned to the hour).
     t0: u64,
+    /// The configuration, for daemon processes.
+    toml: String,
 }
 
 /// The daemon's moving parts in-process: workers and live ingestion.
@@ -69,6 +74,11 @@ struct Running {
 
 impl Env {
     async fn new(pool: &PgPool, admin_token: bool, holders: usize) -> Self {
+        Self::with_range(pool, admin_token, holders, 500).await
+    }
+
+    /// `range`: blocks per `eth_getLogs` (1: one range, and one history write, per block).
+    async fn with_range(pool: &PgPool, admin_token: bool, holders: usize, range: u64) -> Self {
         let chain = DevChain::start().await.unwrap();
         chain.install_multicall3().await.unwrap();
         let token = if admin_token {
@@ -81,12 +91,17 @@ impl Env {
         } else {
             chain.deploy_token("T", "TST", 18).await.unwrap()
         };
-        let cfg = Config::from_toml(&format!(
+        let toml = format!(
             r#"
 database_url = "{}"
 [worker]
 concurrency = 8
 poll_interval = "50ms"
+lease = "3s"
+heartbeat = "500ms"
+shutdown_timeout = "5s"
+[maintenance]
+rescue_interval = "1s"
 [[chains]]
 chain_id = 31337
 name = "anvil"
@@ -101,14 +116,17 @@ asset_class = "erc20"
 [[ingest]]
 chain_id = 31337
 poll_interval_ms = 50
+initial_range = {range}
+min_range = 1
+max_range = {range}
 contracts = [{{ address = "{token:#x}" }}]
 [points]
 rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
 "#,
             db_url(pool),
             chain.url()
-        ))
-        .unwrap();
+        );
+        let cfg = Config::from_toml(&toml).unwrap();
         let app = App::with_pool(cfg, pool.clone()).unwrap();
         app.migrate().await.unwrap();
         let latest = chain
@@ -135,6 +153,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
             pool: pool.clone(),
             holders,
             t0,
+            toml,
         }
     }
 
@@ -814,4 +833,54 @@ async fn balance_changes_without_a_log_are_found_by_reconcile_and_marked(pool: P
         reference(&timeline, &windows)
     );
     assert_eq!(window_of(seen_at), env.time(HOUR));
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_rebuild_killed_with_sigkill_resumes_and_ends_exact(pool: PgPool) {
+    // One block per range: the rebuild after the outage is many small steps to kill in between.
+    let env = Env::with_range(&pool, false, 12, 1).await;
+    let mut seed = 13u64;
+    env.mint_all().await;
+    for hour in 1..6 {
+        env.transfers_in_hour(hour, 8, &mut seed).await;
+    }
+    env.block_at(6 * HOUR + 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = support::Daemon::start(dir.path(), "first", &env.toml);
+    env.wait_for(
+        "SELECT count(*) FROM chainsync.balance_changes",
+        20,
+        "part of the history rebuilt",
+    )
+    .await;
+    first.kill9();
+    let partial = env
+        .count("SELECT count(*) FROM chainsync.balance_changes")
+        .await;
+    let mut second = support::Daemon::start(dir.path(), "second", &env.toml);
+    env.wait_for(
+        &format!(
+            "SELECT count(*) FROM chainsync.points_history WHERE window_start = '{}'",
+            env.time(5 * HOUR).to_rfc3339()
+        ),
+        12,
+        "window 5 computed after the restart",
+    )
+    .await;
+    env.idle().await;
+    second.assert_running();
+    second.stop();
+    assert_history_follows_logs(&env).await;
+    let timeline = times_only(&env.log_timeline().await);
+    let total: usize = timeline.values().map(Vec::len).sum();
+    assert!(
+        (partial as usize) < total,
+        "killed mid-rebuild: {partial} of {total}"
+    );
+    let windows: Vec<DateTime<Utc>> = (0..6).map(|h| env.time(h * HOUR)).collect();
+    assert_eq!(
+        env.stored_points(0..6).await,
+        reference(&timeline, &windows)
+    );
+    println!("killed after {partial} of {total} history rows; resumed and exact");
 }
