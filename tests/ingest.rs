@@ -427,3 +427,61 @@ async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
     follower.await.unwrap();
     runtime.stop().await;
 }
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn tracked_only_records_history_of_tracked_holders_only(pool: PgPool) {
+    let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
+    let token = chain.deploy_token("T", "TST", 18).await.unwrap();
+    let holders = devchain::random_holders(4, 10, devchain::units(100, 18));
+    chain.mint_many(token, &holders).await.unwrap();
+    let tracked: Vec<String> = holders[..3]
+        .iter()
+        .map(|(h, _)| format!("\"{h:#x}\""))
+        .collect();
+    let cfg = Config::from_toml(&format!(
+        r#"
+database_url = "{}"
+[tracking]
+addresses = [{}]
+[[chains]]
+chain_id = 31337
+name = "anvil"
+rpc_urls = ["{}"]
+confirmations = 0
+[[tokens]]
+chain_id = 31337
+symbol = "TST"
+address = "{token:#x}"
+decimals = 18
+asset_class = "erc20"
+[[ingest]]
+chain_id = 31337
+tracked_only = true
+contracts = [{{ address = "{token:#x}" }}]
+"#,
+        db_url(&pool),
+        tracked.join(", "),
+        chain.url()
+    ))
+    .unwrap();
+    let app = App::with_pool(cfg, pool.clone()).unwrap();
+    app.migrate().await.unwrap();
+    ingest(&app).await;
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT address FROM chainsync.balance_changes ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut want: Vec<String> = holders[..3]
+        .iter()
+        .map(|(h, _)| format!("{h:#x}"))
+        .collect();
+    want.sort();
+    assert_eq!(recorded, want);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.events").await,
+        10,
+        "every event is still stored"
+    );
+}
