@@ -26,7 +26,10 @@ use tracing::{info, warn};
 use crate::{
     JobError, Services,
     balance_sync::read_many,
-    chain::{ChainClient, PinnedBlock, multicall::BalanceQuery},
+    chain::{
+        ChainClient, PinnedBlock,
+        multicall::{BalanceQuery, read_balances_timed},
+    },
     ids::{TokenKey, address_text, hash_text, parse_address},
     points::window_of,
     store::{Observation, Source, db_block, mark_dirty, record_history, store_observed},
@@ -305,9 +308,9 @@ pub async fn ingest_pass(
         };
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
-        // (token, holder) → every block of the range that touched it; block → hash and time.
+        // (token, holder) → every block of the range that touched it; block → hash.
         let mut touched: BTreeMap<(Address, Address), BTreeSet<u64>> = BTreeMap::new();
-        let mut touched_blocks: BTreeMap<u64, (B256, Option<u64>)> = BTreeMap::new();
+        let mut touched_blocks: BTreeMap<u64, B256> = BTreeMap::new();
         let mut hashes: Vec<(i64, String)> =
             vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
         for log in &logs {
@@ -335,7 +338,7 @@ pub async fn ingest_pass(
                                 continue;
                             }
                             touched.entry((contract, *h)).or_default().insert(bn);
-                            touched_blocks.insert(bn, (bh, log.block_timestamp));
+                            touched_blocks.insert(bn, bh);
                         }
                     }
                     if let Some((u, r)) = referral {
@@ -637,7 +640,7 @@ async fn record_touched(
     services: &Services,
     chain: &ChainClient,
     touched: &BTreeMap<(Address, Address), BTreeSet<u64>>,
-    blocks: &BTreeMap<u64, (B256, Option<u64>)>,
+    blocks: &BTreeMap<u64, B256>,
 ) -> Result<(u64, u64), JobError> {
     if touched.is_empty() {
         return Ok((0, 0));
@@ -656,25 +659,18 @@ async fn record_touched(
     let futs: Vec<_> = per_block
         .into_iter()
         .map(|(n, queries)| {
-            let (hash, ts) = blocks.get(&n).copied().unwrap_or((B256::ZERO, None));
+            let hash = blocks.get(&n).copied().unwrap_or(B256::ZERO);
             async move {
-                let timestamp = match ts {
-                    Some(t) => t,
-                    None => match chain.block_at(n).await? {
-                        Some(b) if b.hash == hash => b.timestamp,
-                        _ => {
-                            return Err(JobError::Retry(format!(
-                                "block {n} changed while it was read (reorg); retrying"
-                            )));
-                        }
-                    },
-                };
                 let block = PinnedBlock {
                     number: n,
                     hash,
-                    timestamp,
+                    timestamp: 0,
                 };
-                let r = read_many(chain, &queries, &block).await?;
+                // The block's time comes with the first batch's call (Multicall3
+                // `getCurrentBlockTimestamp`): one `eth_call` per touched block.
+                let cut = chain.config.multicall_batch_size.max(1).min(queries.len());
+                let (block, mut r) = read_balances_timed(chain, &queries[..cut], &block).await?;
+                r.extend(read_many(chain, &queries[cut..], &block).await?);
                 Ok::<_, JobError>((block, queries, r))
             }
         })
