@@ -13,7 +13,6 @@
 //! `chainsync health` exits non-zero below `min_score` (60).
 
 use serde::Serialize;
-use sqlx::PgPool;
 
 use chainsync_jobs::health::ChainHealth;
 
@@ -35,19 +34,6 @@ pub struct HealthReport {
 }
 
 pub const MIN_SCORE: u8 = 60;
-
-async fn scalar(pool: &PgPool, sql: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(pool)
-        .await
-}
-
-async fn table_exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(name)
-        .fetch_one(pool)
-        .await
-}
 
 /// Builds the report; never fails (an unreachable database is a score of 0).
 pub async fn report(app: &App) -> HealthReport {
@@ -75,16 +61,11 @@ pub async fn report(app: &App) -> HealthReport {
     r
 }
 
-async fn collect(app: &App, r: &mut HealthReport) -> Result<(), sqlx::Error> {
+async fn collect(app: &App, r: &mut HealthReport) -> anyhow::Result<()> {
     let pool = app.pool();
-    scalar(pool, "SELECT 1::bigint").await?;
+    sqlx::query("SELECT 1").execute(pool).await?;
     r.database = true;
-    let expected = chainsync_jobs::MIGRATOR.iter().count() as i64;
-    let applied = if table_exists(pool, "public._sqlx_migrations").await? {
-        scalar(pool, "SELECT count(*) FROM _sqlx_migrations WHERE success").await?
-    } else {
-        0
-    };
+    let (applied, expected) = chainsync_jobs::migrations_applied(pool).await?;
     r.migrated = applied >= expected;
     if !r.migrated {
         r.problems.push(format!(
@@ -92,22 +73,11 @@ async fn collect(app: &App, r: &mut HealthReport) -> Result<(), sqlx::Error> {
         ));
         return Ok(());
     }
-    r.queue_available = scalar(
-        pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'available'",
-    )
-    .await?;
-    r.queue_running = scalar(
-        pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
-    )
-    .await?;
-    r.queue_overdue = scalar(
-        pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'available' AND run_at < now() - interval '5 minutes'",
-    )
-    .await?;
-    r.dead_letters = scalar(pool, "SELECT count(*) FROM chainsync.dead_letters").await?;
+    let depth = app.queue.depth(std::time::Duration::from_secs(300)).await?;
+    r.queue_available = depth.available;
+    r.queue_running = depth.running;
+    r.queue_overdue = depth.overdue;
+    r.dead_letters = depth.dead_letters;
     let mut score: i64 = 100;
     score -= r.dead_letters.min(30);
     score -= (r.queue_overdue / 100).min(20);

@@ -3,7 +3,14 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = chainsync::cli::Cli::parse();
-    match chainsync::cli::run(cli).await {
+    #[cfg(feature = "dev")]
+    let result = match chainsync::dev::run(&cli).await {
+        Some(done) => done,
+        None => chainsync::cli::run(cli).await,
+    };
+    #[cfg(not(feature = "dev"))]
+    let result = chainsync::cli::run(cli).await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

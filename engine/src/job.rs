@@ -1,6 +1,7 @@
 //! The [`Job`] trait: one implementation per job kind.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{JobContext, JobError, RetryPolicy};
@@ -10,8 +11,14 @@ use crate::{JobContext, JobError, RetryPolicy};
 /// `KIND` is the wire name stored in `chainsync.jobs.kind`; it never changes once jobs of that
 /// kind may be queued, whatever the Rust type is called. `Services` is what the application hands
 /// every run (database handles, clients); the engine only clones it.
+///
+/// The arguments' JSON Schema (`#[derive(schemars::JsonSchema)]` beside `Deserialize`, with the
+/// same serde attributes) is recorded in `chainsync.kinds.args_schema`, so `chainsync.enqueue()`
+/// refuses arguments that would not decode, as the Rust enqueuers do. What only
+/// [`Job::validate`] checks is not in the schema: such arguments are refused by the Rust
+/// enqueuers and, enqueued through SQL, fail on their first run.
 #[async_trait]
-pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Job: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'static {
     /// Stable wire name, e.g. `sync-user-balance`.
     const KIND: &'static str;
     /// Queue the kind runs on unless the enqueuer picks another.

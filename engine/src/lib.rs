@@ -27,7 +27,7 @@
 //!     from: String,
 //! }
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, schemars::JsonSchema)]
 //! struct SendWelcome {
 //!     user_id: i64,
 //! }
@@ -86,7 +86,7 @@ pub mod runtime;
 pub mod scheduler;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
-pub use error::JobError;
+pub use error::{Invalid, JobError};
 pub use job::Job;
-pub use registry::{KindSpec, Kinds, Registry};
+pub use registry::{KindSpec, Kinds, Registry, args_schema};
 pub use retry::RetryPolicy;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use schemars::{JsonSchema, generate::SchemaSettings};
 use serde_json::Value;
 
 use std::sync::Arc;
@@ -21,6 +22,9 @@ pub struct KindSpec {
     pub policy: RetryPolicy,
     /// See [`Job::UNIQUE_WHILE_RUNNING`].
     pub unique_while_running: bool,
+    /// JSON Schema (draft 2020-12) of the arguments as they decode, derived from the kind's type;
+    /// `chainsync.enqueue()` checks args against it.
+    pub args_schema: Value,
     /// Decodes and validates args; returns the kind's unique key for them.
     check: CheckFn,
 }
@@ -42,6 +46,7 @@ impl KindSpec {
             queue: J::QUEUE,
             policy: J::retry_policy(),
             unique_while_running: J::UNIQUE_WHILE_RUNNING,
+            args_schema: args_schema::<J>(),
             check: check::<J>,
         }
     }
@@ -50,6 +55,17 @@ impl KindSpec {
     pub fn check(&self, args: &Value) -> Result<Option<String>, String> {
         (self.check)(args)
     }
+}
+
+/// The JSON Schema (draft 2020-12) of arguments of type `T` as serde decodes them:
+/// `deny_unknown_fields` becomes `additionalProperties: false`, a field with a default or of
+/// type `Option` is not required. What `chainsync.kinds.args_schema` holds for a kind.
+pub fn args_schema<T: JsonSchema>() -> Value {
+    SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
 }
 
 fn decode<J: Job>(args: &Value) -> Result<J, String> {

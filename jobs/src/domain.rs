@@ -24,6 +24,9 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// Wire name of the jobs [`Self::backfill_jobs`] makes (a caller may wait for them).
+    pub const BACKFILL_KIND: &'static str = <BackfillWindow as crate::Job>::KIND;
+
     pub fn new(services: Services) -> Self {
         Self { services }
     }
@@ -38,13 +41,13 @@ impl Domain {
         stale_chains(&self.services, chain, now)
             .await?
             .into_iter()
-            .map(|chain_id| NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::Fatal))
+            .map(|chain_id| NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::fatal))
             .collect()
     }
 
     /// The jobs that compute the points windows of `gaps`.
     pub fn backfill_jobs(gaps: &[Gap]) -> Result<Vec<NewJob>, JobError> {
-        BackfillWindow::jobs_for(gaps).map_err(JobError::Fatal)
+        BackfillWindow::jobs_for(gaps).map_err(JobError::fatal)
     }
 
     /// Follows the heads of chains with live ingestion until `stop`, enqueuing passes.

@@ -53,6 +53,25 @@ pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
         )
     });
 
+/// Migrations applied to the database behind `pool`, and how many [`MIGRATOR`] has.
+pub async fn migrations_applied(pool: &sqlx::PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        return Ok((0, expected));
+    }
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM _sqlx_migrations WHERE success AND version = ANY($1)",
+    )
+    .bind(MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>())
+    .fetch_one(pool)
+    .await?;
+    Ok((applied, expected))
+}
+
 /// Applies the engine's and the domain's migrations.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await

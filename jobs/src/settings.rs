@@ -28,7 +28,7 @@ pub struct DomainConfig {
     pub cache: CacheConfig,
     /// `[[ingest]]`: event ingestion per chain.
     #[serde(default)]
-    pub ingest: Vec<crate::ingest::IngestConfig>,
+    pub ingest: Vec<IngestConfig>,
     /// `[points]`: rates and backfill bounds.
     #[serde(default)]
     pub points: crate::points::PointsConfig,
@@ -136,7 +136,7 @@ impl TokenConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum AssetClass {
     Native,
@@ -308,7 +308,7 @@ impl ChainConfig {
             return Err(format!("{key}.rpc_urls: at least one URL is required"));
         }
         for (j, u) in self.rpc_urls.iter().enumerate() {
-            crate::chain::parse_rpc_url(u).map_err(|e| format!("{key}.rpc_urls[{j}]: {e}"))?;
+            parse_rpc_url(u).map_err(|e| format!("{key}.rpc_urls[{j}]: {e}"))?;
         }
         parse_address(&self.multicall_address)
             .map_err(|e| format!("{key}.multicall_address: {e}"))?;
@@ -375,6 +375,120 @@ fn check_query(q: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Parses an RPC URL (http or https). The error never repeats the URL: it may hold an API key.
+pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, String> {
+    let url = alloy::transports::http::reqwest::Url::parse(s.trim())
+        .map_err(|e| format!("not a valid URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!("scheme {other:?} is not supported (http or https)"));
+        }
+    }
+    if url.host_str().is_none() {
+        return Err("the URL has no host".into());
+    }
+    Ok(url)
+}
+
+/// `[[ingest]]` in config: what to ingest on one chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub chain_id: u64,
+    /// Contracts whose logs are ingested.
+    pub contracts: Vec<ContractConfig>,
+    /// First block to ingest when there is no checkpoint yet.
+    #[serde(default)]
+    pub start_block: u64,
+    /// Blocks per `eth_getLogs` request: first try, floor and ceiling of the adaptive size.
+    #[serde(default = "default_initial_range")]
+    pub initial_range: u64,
+    #[serde(default = "one")]
+    pub min_range: u64,
+    #[serde(default = "default_max_range")]
+    pub max_range: u64,
+    /// Most blocks one job run ingests; a run that stops short enqueues the next one.
+    #[serde(default = "default_blocks_per_run")]
+    pub max_blocks_per_run: u64,
+    /// Recent block hashes kept for reorg detection.
+    #[serde(default = "default_keep_hashes")]
+    pub keep_block_hashes: u64,
+    /// Live mode: the daemon polls the chain head every `poll_interval_ms` and enqueues
+    /// `ingest-events` as soon as a new block is past `confirmations`.
+    #[serde(default = "yes")]
+    pub live: bool,
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Balance history only for tracked addresses (see `[tracking]`) instead of every holder a
+    /// transfer log of a configured token touches.
+    #[serde(default)]
+    pub tracked_only: bool,
+}
+
+/// One contract: the standard transfer events are always decoded; `events` adds more by
+/// signature, e.g. `ReferralRegistered(address indexed user, address indexed referrer)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    pub address: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+fn default_initial_range() -> u64 {
+    500
+}
+fn one() -> u64 {
+    1
+}
+fn default_max_range() -> u64 {
+    5000
+}
+fn default_blocks_per_run() -> u64 {
+    200_000
+}
+fn default_keep_hashes() -> u64 {
+    256
+}
+fn default_poll_ms() -> u64 {
+    500
+}
+
+impl IngestConfig {
+    pub fn validate(&self, key: &str) -> Result<(), String> {
+        if self.contracts.is_empty() {
+            return Err(format!(
+                "{key}.contracts: at least one contract is required"
+            ));
+        }
+        for (i, c) in self.contracts.iter().enumerate() {
+            parse_address(&c.address).map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
+            for (j, e) in c.events.iter().enumerate() {
+                crate::ingest::decode::CustomEvent::parse(e)
+                    .map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
+            }
+        }
+        if self.min_range == 0
+            || self.min_range > self.initial_range
+            || self.initial_range > self.max_range
+        {
+            return Err(format!(
+                "{key}: need 1 <= min_range <= initial_range <= max_range"
+            ));
+        }
+        if self.live && self.poll_interval_ms < 10 {
+            return Err(format!("{key}.poll_interval_ms: at least 10"));
+        }
+        if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
+            return Err(format!(
+                "{key}: max_blocks_per_run and keep_block_hashes must be positive"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

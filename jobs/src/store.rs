@@ -275,6 +275,33 @@ pub async fn load_balances(
         .collect()
 }
 
+/// One holder's stored balance as the API shows it (amount as a decimal string).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HolderBalance {
+    pub token: String,
+    pub amount: String,
+    pub block_number: i64,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Stored balances of one holder (`address` in canonical lower-case form), of one token or all.
+pub async fn holder_balances(
+    db: &sqlx::PgPool,
+    chain_id: u64,
+    address: &str,
+    token: Option<&str>,
+) -> Result<Vec<HolderBalance>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT token, amount::text AS amount, block_number, updated_at FROM chainsync.balances
+         WHERE chain_id = $1 AND address = $2 AND ($3::text IS NULL OR token = $3) ORDER BY token",
+    )
+    .bind(i64::try_from(chain_id).unwrap_or(i64::MAX))
+    .bind(address)
+    .bind(token)
+    .fetch_all(db)
+    .await
+}
+
 /// Chain ids are `bigint` in the database.
 pub fn db_chain_id(chain_id: u64) -> Result<i64, JobError> {
     i64::try_from(chain_id)

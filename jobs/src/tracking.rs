@@ -131,6 +131,67 @@ pub async fn track_tx(
     Ok(inserted)
 }
 
+/// A row of `chainsync.tracked_addresses`.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct TrackedAddress {
+    pub address: String,
+    pub label: Option<String>,
+    pub source: String,
+    pub added_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Addresses registered in the table, newest first.
+pub async fn list_addresses(
+    db: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<TrackedAddress>, TrackingError> {
+    Ok(sqlx::query_as(
+        "SELECT address, label, source, added_at FROM chainsync.tracked_addresses
+         ORDER BY added_at DESC, address LIMIT $1 OFFSET $2",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?)
+}
+
+/// A row of `chainsync.tracked_txs`.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct TrackedTx {
+    pub chain_id: i64,
+    pub hash: String,
+    pub state: String,
+    pub block_number: Option<i64>,
+    pub confirmations: i64,
+    pub first_seen: chrono::DateTime<chrono::Utc>,
+    pub error: Option<String>,
+}
+
+/// Tracked transactions, optionally of one chain and in one state, newest first.
+pub async fn list_txs(
+    db: &PgPool,
+    chain_id: Option<u64>,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TrackedTx>, TrackingError> {
+    let chain = chain_id
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| TrackingError::Invalid("chain id too large".into()))?;
+    Ok(sqlx::query_as(
+        "SELECT chain_id, hash, state, block_number, confirmations, first_seen, error
+         FROM chainsync.tracked_txs
+         WHERE ($1::bigint IS NULL OR chain_id = $1) AND ($2::text IS NULL OR state = $2)
+         ORDER BY first_seen DESC LIMIT $3",
+    )
+    .bind(chain)
+    .bind(state)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Every tracked address, from all configured sources, sorted and without duplicates:
 /// `tracking.addresses`, the `tracked_addresses` table (`tracking.use_table`) and the rows of
 /// `tracking.query` (run in a read-only transaction; rows that are not addresses are skipped and

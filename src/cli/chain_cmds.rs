@@ -12,7 +12,6 @@ use chainsync_jobs::{
     tracking,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 use serde_json::json;
 
 use super::{
@@ -96,21 +95,7 @@ pub async fn track(app: &App, out: &Out, cmd: TrackCmd) -> anyhow::Result<()> {
             );
         }
         TrackCmd::List { limit, offset } => {
-            #[derive(Serialize, sqlx::FromRow)]
-            struct Row {
-                address: String,
-                label: Option<String>,
-                source: String,
-                added_at: chrono::DateTime<chrono::Utc>,
-            }
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT address, label, source, added_at FROM chainsync.tracked_addresses \
-                 ORDER BY added_at DESC, address LIMIT $1 OFFSET $2",
-            )
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(db)
-            .await?;
+            let rows = tracking::list_addresses(db, limit, offset).await?;
             let table = rows
                 .iter()
                 .map(|r| {
@@ -150,29 +135,8 @@ pub async fn tx(app: &App, out: &Out, cmd: TxCmd) -> anyhow::Result<()> {
             state,
             limit,
         } => {
-            #[derive(Serialize, sqlx::FromRow)]
-            struct Row {
-                chain_id: i64,
-                hash: String,
-                state: String,
-                block_number: Option<i64>,
-                confirmations: i64,
-                first_seen: chrono::DateTime<chrono::Utc>,
-                error: Option<String>,
-            }
             let chain = chain.as_deref().map(|c| chain_id(app, c)).transpose()?;
-            let chain = chain.map(i64::try_from).transpose()?;
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT chain_id, hash, state, block_number, confirmations, first_seen, error \
-                 FROM chainsync.tracked_txs \
-                 WHERE ($1::bigint IS NULL OR chain_id = $1) AND ($2::text IS NULL OR state = $2) \
-                 ORDER BY first_seen DESC LIMIT $3",
-            )
-            .bind(chain)
-            .bind(&state)
-            .bind(limit)
-            .fetch_all(app.pool())
-            .await?;
+            let rows = tracking::list_txs(app.pool(), chain, state.as_deref(), limit).await?;
             let table = rows
                 .iter()
                 .map(|r| {
@@ -291,17 +255,10 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let checkpoint: Option<i64> = sqlx::query_scalar(
-        "SELECT block_number FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
-    )
-    .bind(i64::try_from(id)?)
-    .fetch_optional(app.pool())
-    .await?;
-    let start = a.from.unwrap_or_else(|| {
-        checkpoint
-            .and_then(|c| u64::try_from(c + 1).ok())
-            .unwrap_or(cfg.start_block)
-    });
+    let checkpoint = chainsync_jobs::ingest::checkpoint(app.pool(), id).await?;
+    let start = a
+        .from
+        .unwrap_or_else(|| checkpoint.map_or(cfg.start_block, |c| c + 1));
     let chain = services.chains.get(id)?;
     let head = chain
         .head()

@@ -2,7 +2,7 @@
 //! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
 
 mod chain_cmds;
-mod output;
+pub mod output;
 pub use output::table;
 mod queue_cmds;
 
@@ -195,12 +195,15 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         holders: usize,
     },
-    /// Event ingestion on anvil: events/s for N minted holders (median of --reps), then the lag
-    /// from a Transfer mined (1 s blocks) to the holder's balance row updated by the live mode.
-    /// Prints `RESULT {json}`. Uses databases bench_ingest and bench_ingest_live.
+    /// Event ingestion on anvil: events/s for N Transfer events spread over at least --blocks
+    /// blocks (median of --reps), then the lag from a Transfer mined (1 s blocks) to the holder's
+    /// balance row updated by the live mode. Prints `RESULT {json}`. Uses databases bench_ingest
+    /// and bench_ingest_live.
     Ingest {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        blocks: usize,
         #[arg(long, default_value_t = 90)]
         transfers: usize,
         #[arg(long, default_value_t = 3)]
@@ -320,10 +323,6 @@ pub fn admin_url(cli: &Cli) -> String {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    #[cfg(feature = "dev")]
-    if let Some(done) = crate::dev::run(&cli).await {
-        return done;
-    }
     let daemon = matches!(cli.command, Command::Daemon);
     crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
     let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;

@@ -401,11 +401,7 @@ pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message("backfill jobs running (a daemon must be up)");
             loop {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM chainsync.jobs WHERE kind = 'backfill-window' AND state IN ('available', 'running')",
-                )
-                .fetch_one(app.pool())
-                .await?;
+                let open = app.queue.open_jobs(Domain::BACKFILL_KIND).await?;
                 bar.set_message(format!("{open} backfill job(s) open"));
                 if open == 0 {
                     break;

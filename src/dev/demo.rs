@@ -392,7 +392,7 @@ auto_repair = true
 
     println!("\n== summary ==");
     let rows: Vec<Vec<String>> = summary.0.into_iter().map(|(k, v)| vec![k, v]).collect();
-    print!("{}", crate::cli::table(&["WHAT", "RESULT"], &rows));
+    print!("{}", crate::cli::output::table(&["WHAT", "RESULT"], &rows));
     println!(
         "\nThe database {} is kept for a look: psql {}",
         opts.database,

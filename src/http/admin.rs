@@ -21,16 +21,10 @@ pub async fn data(State(s): State<HttpState>) -> Result<impl IntoResponse, ApiEr
             ..Default::default()
         })
         .await?;
-    let failures: Vec<(uuid::Uuid, String, i32, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, kind, attempt, errors -> -1 FROM chainsync.jobs
-         WHERE jsonb_array_length(errors) > 0 AND state IN ('available', 'running')
-         ORDER BY run_at DESC LIMIT 50",
-    )
-    .fetch_all(s.app.pool())
-    .await?;
+    let failures = s.app.queue.recent_failures(50).await?;
     Ok(Json(json!({
         "counts": counts.iter().map(|(q, k, st, n)| json!({"queue": q, "kind": k, "state": st, "count": n})).collect::<Vec<_>>(),
         "dead_letters": dead,
-        "recent_failures": failures.iter().map(|(id, k, a, e)| json!({"id": id, "kind": k, "attempt": a, "last_error": e})).collect::<Vec<_>>(),
+        "recent_failures": failures,
     })))
 }

@@ -95,7 +95,7 @@ pub async fn get_balance(
         None => None,
         Some(t) => Some(resolve_token(&s, chain_id, t)?),
     };
-    let cid = i64::try_from(chain_id).map_err(|_| ApiError::bad("chain", "too large"))?;
+    i64::try_from(chain_id).map_err(|_| ApiError::bad("chain", "too large"))?;
 
     if q.realtime {
         sync_holder(&s.services, chain_id, &address, token.as_deref())
@@ -112,25 +112,20 @@ pub async fn get_balance(
         metrics::counter!("chainsync_cache_requests_total", "result" => "hit").increment(1);
         return Ok(Json(json!(out(chain_id, &address, t, c, "cache"))));
     }
-    let rows: Vec<(String, String, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT token, amount::text, block_number, updated_at FROM chainsync.balances
-         WHERE chain_id = $1 AND address = $2 AND ($3::text IS NULL OR token = $3) ORDER BY token",
-    )
-    .bind(cid)
-    .bind(&address)
-    .bind(&token)
-    .fetch_all(s.app.pool())
-    .await?;
+    let rows =
+        chainsync_jobs::store::holder_balances(s.app.pool(), chain_id, &address, token.as_deref())
+            .await?;
     let source = if q.realtime { "chain" } else { "database" };
     if !q.realtime && token.is_some() {
         metrics::counter!("chainsync_cache_requests_total", "result" => "miss").increment(1);
     }
     let mut list = Vec::with_capacity(rows.len());
-    for (t, amount, block_number, updated_at) in rows {
+    for r in rows {
+        let t = r.token;
         let c = Cached {
-            amount,
-            block_number,
-            updated_at,
+            amount: r.amount,
+            block_number: r.block_number,
+            updated_at: r.updated_at,
         };
         if !q.realtime {
             cache_put(&s, chain_id, &t, &address, &c).await;

@@ -17,7 +17,6 @@ use axum::{
 };
 use chainsync_jobs::Services;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -25,48 +24,7 @@ use tracing::{info, warn};
 
 use crate::{app::App, queue::QueueError};
 
-/// `[http]` in config.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSettings {
-    pub enabled: bool,
-    pub listen: String,
-    /// Bearer token of the enqueue and admin endpoints; without one they answer 403.
-    pub admin_token: Option<String>,
-    /// Serve balances and health without the token.
-    pub public_balances: bool,
-    pub public_health: bool,
-    /// Largest request body in bytes; larger ones get 413.
-    pub body_limit: usize,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: "127.0.0.1:8080".into(),
-            admin_token: None,
-            public_balances: true,
-            public_health: true,
-            body_limit: 64 * 1024,
-        }
-    }
-}
-
-impl HttpSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("http.listen: {e} (e.g. 127.0.0.1:8080)"))?;
-        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err("http.admin_token: use at least 16 characters".into());
-        }
-        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
-            return Err("http.body_limit: must be in 1024..=67108864".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::config::HttpSettings;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

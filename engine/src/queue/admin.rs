@@ -84,7 +84,64 @@ const JOB_COLUMNS: &str =
     "id, kind, queue, state::text AS state, attempt, max_attempts, priority, args,
     unique_key, errors, run_at, created_at, started_at, finished_at, lease_owner, lease_expires_at";
 
+/// How deep the queue is, for health checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Depth {
+    pub available: i64,
+    pub running: i64,
+    /// Runnable for longer than the `overdue_after` asked for.
+    pub overdue: i64,
+    pub dead_letters: i64,
+}
+
+/// A job that failed at least once and will run again, with its last error.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Failure {
+    pub id: Uuid,
+    pub kind: String,
+    pub attempt: i32,
+    pub last_error: Value,
+}
+
 impl Queue {
+    /// Counts by state in one statement.
+    pub async fn depth(&self, overdue_after: std::time::Duration) -> Result<Depth, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'available') AS available,
+                    count(*) FILTER (WHERE state = 'running') AS running,
+                    count(*) FILTER (WHERE state = 'available'
+                                     AND run_at < now() - make_interval(secs => $1)) AS overdue,
+                    (SELECT count(*) FROM chainsync.dead_letters) AS dead_letters
+             FROM chainsync.jobs WHERE state IN ('available', 'running')",
+        )
+        .bind(overdue_after.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Jobs that failed and wait for (or run) another attempt, most recent first.
+    pub async fn recent_failures(&self, limit: i64) -> Result<Vec<Failure>, QueueError> {
+        check_page(limit, 0)?;
+        Ok(sqlx::query_as(
+            "SELECT id, kind, attempt, errors -> -1 AS last_error FROM chainsync.jobs
+             WHERE jsonb_array_length(errors) > 0 AND state IN ('available', 'running')
+             ORDER BY run_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Jobs of `kind` not finished yet (queued, waiting for a retry or running).
+    pub async fn open_jobs(&self, kind: &str) -> Result<i64, QueueError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = $1 AND state IN ('available', 'running')",
+        )
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>, QueueError> {
         check_page(f.limit, f.offset)?;
         if let Some(s) = &f.state

@@ -7,7 +7,7 @@ use crate::{JobError, RetryPolicy};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Fetched, Queue, QueueError};
+use super::{Fetched, Policies, Queue, QueueError};
 
 const COMPLETE_DELETE: &str = include_str!("sql/complete_delete.sql");
 const COMPLETE_RETAIN: &str = include_str!("sql/complete_retain.sql");
@@ -76,19 +76,45 @@ pub struct CompleteStats {
     pub fenced: u64,
 }
 
-/// Columns of retry.sql: id, lease token, delay_ms, refund, error.
-type RetryColumns = (
-    Vec<Uuid>,
-    Vec<String>,
-    Vec<i64>,
-    Vec<i32>,
-    Vec<Option<Value>>,
-);
+/// Columns of the success statements: id, attempt (with the owner, the lease token).
+#[derive(Debug, Default, PartialEq)]
+struct DoneColumns {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+}
 
-/// The fencing token an outcome statement compares with `id/attempt/lease_owner` of the row, in
-/// Postgres' text forms (uuid lowercase with hyphens, as `Uuid`'s `Display`).
-fn lease_token(id: Uuid, attempt: i32, owner: Uuid) -> String {
-    format!("{id}/{attempt}/{owner}")
+/// Columns of retry.sql: id, attempt, delay in ms, refund (1: the run does not use an attempt,
+/// as for a snooze), the error entry appended to the job's history (none for a snooze).
+#[derive(Debug, Default, PartialEq)]
+struct RetryColumns {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    delays_ms: Vec<i64>,
+    refunds: Vec<i32>,
+    errors: Vec<Option<Value>>,
+}
+
+/// Columns of dead_letter.sql: id, attempt, the last error entry, the reason.
+#[derive(Debug, Default, PartialEq)]
+struct DeadColumns {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    errors: Vec<Value>,
+    reasons: Vec<&'static str>,
+}
+
+/// A batch of outcomes sorted into the statements that record them.
+#[derive(Debug, Default, PartialEq)]
+struct Grouped {
+    done: DoneColumns,
+    retry: RetryColumns,
+    dead: DeadColumns,
+    /// Entries of `retry` that are snoozes.
+    snoozed: u64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
@@ -100,17 +126,68 @@ fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
     })
 }
 
+/// Retry policy for a job: per-job override, else the kind's.
+fn retry_policy(policies: &Policies, c: &Completion) -> RetryPolicy {
+    let mut p = policies.get(&c.kind).retry;
+    if let Some(b) = c.backoff_base_ms.and_then(|b| u64::try_from(b).ok()) {
+        p.base = Duration::from_millis(b);
+    }
+    if let Some(cap) = c.backoff_cap_ms.and_then(|c| u64::try_from(c).ok()) {
+        p.cap = Duration::from_millis(cap);
+    }
+    p
+}
+
+/// Sorts outcomes: successes; snoozes and retries with attempts left (at a backoff delay drawn
+/// from the job's policy); exhausted retries and fatal errors to the dead letters.
+fn group(policies: &Policies, batch: &[Completion]) -> Grouped {
+    let mut g = Grouped::default();
+    for c in batch {
+        match &c.outcome {
+            Outcome::Done => {
+                g.done.ids.push(c.id);
+                g.done.attempts.push(c.attempt);
+            }
+            Outcome::Failed(JobErrorKind::Snooze(d)) => {
+                g.retry.ids.push(c.id);
+                g.retry.attempts.push(c.attempt);
+                g.retry.delays_ms.push(millis(*d));
+                g.retry.refunds.push(1);
+                g.retry.errors.push(None);
+                g.snoozed += 1;
+            }
+            Outcome::Failed(JobErrorKind::Retry(msg)) if c.attempt < c.max_attempts => {
+                let attempt = u32::try_from(c.attempt).unwrap_or(1);
+                let delay = retry_policy(policies, c).delay_random(attempt);
+                g.retry.ids.push(c.id);
+                g.retry.attempts.push(c.attempt);
+                g.retry.delays_ms.push(millis(delay));
+                g.retry.refunds.push(0);
+                g.retry
+                    .errors
+                    .push(Some(error_entry(c.attempt, "retry", msg)));
+            }
+            Outcome::Failed(JobErrorKind::Retry(msg)) => {
+                g.dead.ids.push(c.id);
+                g.dead.attempts.push(c.attempt);
+                g.dead.errors.push(error_entry(c.attempt, "retry", msg));
+                g.dead.reasons.push("exhausted");
+            }
+            Outcome::Failed(JobErrorKind::Fatal(msg)) => {
+                g.dead.ids.push(c.id);
+                g.dead.attempts.push(c.attempt);
+                g.dead.errors.push(error_entry(c.attempt, "fatal", msg));
+                g.dead.reasons.push("fatal");
+            }
+        }
+    }
+    g
+}
+
 impl Queue {
     /// Retry policy for a job: per-job override, else the kind's.
     pub fn retry_policy(&self, c: &Completion) -> RetryPolicy {
-        let mut p = self.policies.get(&c.kind).retry;
-        if let Some(b) = c.backoff_base_ms.and_then(|b| u64::try_from(b).ok()) {
-            p.base = Duration::from_millis(b);
-        }
-        if let Some(cap) = c.backoff_cap_ms.and_then(|c| u64::try_from(c).ok()) {
-            p.cap = Duration::from_millis(cap);
-        }
-        p
+        retry_policy(&self.policies, c)
     }
 
     /// Records a batch of outcomes in one transaction. `retain` keeps successful jobs as
@@ -121,62 +198,28 @@ impl Queue {
         batch: &[Completion],
         retain: bool,
     ) -> Result<CompleteStats, QueueError> {
-        let mut done: (Vec<Uuid>, Vec<String>) = Default::default();
-        let mut retry = RetryColumns::default();
-        let mut dead: (Vec<Uuid>, Vec<String>, Vec<Value>, Vec<&str>) = Default::default();
-        let mut stats = CompleteStats::default();
-        for c in batch {
-            match &c.outcome {
-                Outcome::Done => {
-                    done.0.push(c.id);
-                    done.1.push(lease_token(c.id, c.attempt, owner));
-                }
-                Outcome::Failed(JobErrorKind::Snooze(d)) => {
-                    retry.0.push(c.id);
-                    retry.1.push(lease_token(c.id, c.attempt, owner));
-                    retry
-                        .2
-                        .push(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                    retry.3.push(1);
-                    retry.4.push(None);
-                    stats.snoozed += 1;
-                }
-                Outcome::Failed(JobErrorKind::Retry(msg)) if c.attempt < c.max_attempts => {
-                    let attempt = u32::try_from(c.attempt).unwrap_or(1);
-                    let delay = self.retry_policy(c).delay_random(attempt);
-                    retry.0.push(c.id);
-                    retry.1.push(lease_token(c.id, c.attempt, owner));
-                    retry
-                        .2
-                        .push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                    retry.3.push(0);
-                    retry.4.push(Some(error_entry(c.attempt, "retry", msg)));
-                }
-                Outcome::Failed(JobErrorKind::Retry(msg)) => {
-                    dead.0.push(c.id);
-                    dead.1.push(lease_token(c.id, c.attempt, owner));
-                    dead.2.push(error_entry(c.attempt, "retry", msg));
-                    dead.3.push("exhausted");
-                }
-                Outcome::Failed(JobErrorKind::Fatal(msg)) => {
-                    dead.0.push(c.id);
-                    dead.1.push(lease_token(c.id, c.attempt, owner));
-                    dead.2.push(error_entry(c.attempt, "fatal", msg));
-                    dead.3.push("fatal");
-                }
-            }
-        }
+        let Grouped {
+            done,
+            retry,
+            dead,
+            snoozed,
+        } = group(&self.policies, batch);
+        let mut stats = CompleteStats {
+            snoozed,
+            ..CompleteStats::default()
+        };
         let sql_done = if retain {
             COMPLETE_RETAIN
         } else {
             COMPLETE_DELETE
         };
-        if retry.0.is_empty() && dead.0.is_empty() {
+        if retry.ids.is_empty() && dead.ids.is_empty() {
             // The common case: only successes, one statement, no explicit transaction.
-            if !done.0.is_empty() {
+            if !done.ids.is_empty() {
                 stats.done = sqlx::query(sql_done)
-                    .bind(&done.0)
-                    .bind(&done.1)
+                    .bind(&done.ids)
+                    .bind(&done.attempts)
+                    .bind(owner)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
@@ -185,21 +228,23 @@ impl Queue {
             return Ok(stats);
         }
         let mut tx = self.pool.begin().await?;
-        if !done.0.is_empty() {
+        if !done.ids.is_empty() {
             stats.done = sqlx::query(sql_done)
-                .bind(&done.0)
-                .bind(&done.1)
+                .bind(&done.ids)
+                .bind(&done.attempts)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
         }
-        if !retry.0.is_empty() {
+        if !retry.ids.is_empty() {
             let n = sqlx::query(RETRY)
-                .bind(&retry.0)
-                .bind(&retry.1)
-                .bind(&retry.2)
-                .bind(&retry.3)
-                .bind(&retry.4)
+                .bind(&retry.ids)
+                .bind(&retry.attempts)
+                .bind(&retry.delays_ms)
+                .bind(&retry.refunds)
+                .bind(&retry.errors)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -207,12 +252,13 @@ impl Queue {
             stats.retried = n.saturating_sub(stats.snoozed.min(n));
             stats.snoozed = stats.snoozed.min(n);
         }
-        if !dead.0.is_empty() {
+        if !dead.ids.is_empty() {
             stats.dead = sqlx::query(DEAD_LETTER)
-                .bind(&dead.0)
-                .bind(&dead.1)
-                .bind(&dead.2)
-                .bind(&dead.3)
+                .bind(&dead.ids)
+                .bind(&dead.attempts)
+                .bind(&dead.errors)
+                .bind(&dead.reasons)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -221,5 +267,141 @@ impl Queue {
         let recorded = stats.done + stats.retried + stats.snoozed + stats.dead;
         stats.fenced = (batch.len() as u64).saturating_sub(recorded);
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(n: u128, attempt: i32, max_attempts: i32, outcome: Outcome) -> Completion {
+        Completion {
+            id: Uuid::from_u128(n),
+            kind: "k".into(),
+            attempt,
+            max_attempts,
+            backoff_base_ms: None,
+            backoff_cap_ms: None,
+            outcome,
+        }
+    }
+
+    fn retry(msg: &str) -> Outcome {
+        Outcome::from(JobError::Retry(msg.into()))
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn outcomes_go_to_their_statement_with_their_attempt() {
+        let batch = vec![
+            completion(1, 1, 3, Outcome::Done),
+            completion(2, 2, 3, retry("flaky")),
+            completion(3, 3, 3, retry("still flaky")),
+            completion(4, 1, 3, Outcome::from(JobError::Fatal("bad args".into()))),
+            completion(
+                5,
+                2,
+                3,
+                Outcome::from(JobError::Snooze(Duration::from_secs(7))),
+            ),
+            completion(6, 5, 9, Outcome::Done),
+        ];
+        let g = group(&Policies::default(), &batch);
+        assert_eq!(g.done.ids, vec![id(1), id(6)]);
+        assert_eq!(g.done.attempts, vec![1, 5]);
+        // Retries and snoozes share a statement; a snooze gives its attempt back, no error.
+        assert_eq!(g.retry.ids, vec![id(2), id(5)]);
+        assert_eq!(g.retry.attempts, vec![2, 2]);
+        assert_eq!(g.retry.refunds, vec![0, 1]);
+        assert_eq!(g.retry.delays_ms[1], 7000);
+        assert!(g.retry.errors[1].is_none());
+        assert_eq!(g.snoozed, 1);
+        // The last attempt's retry is exhausted; fatal is dead at any attempt.
+        assert_eq!(g.dead.ids, vec![id(3), id(4)]);
+        assert_eq!(g.dead.attempts, vec![3, 1]);
+        assert_eq!(g.dead.reasons, vec!["exhausted", "fatal"]);
+        // Every column of a statement has one entry per job.
+        assert_eq!(g.retry.delays_ms.len(), 2);
+        assert_eq!(g.retry.errors.len(), 2);
+        assert_eq!(g.dead.errors.len(), 2);
+    }
+
+    #[test]
+    fn error_entries_name_attempt_class_and_message() {
+        let batch = vec![
+            completion(1, 2, 5, retry("not ready")),
+            completion(2, 5, 5, retry("gave up")),
+            completion(3, 1, 5, Outcome::from(JobError::Fatal("broken".into()))),
+        ];
+        let g = group(&Policies::default(), &batch);
+        let Some(entry) = &g.retry.errors[0] else {
+            panic!("a retry without its error")
+        };
+        for (e, attempt, class, msg) in [
+            (entry, 2, "retry", "not ready"),
+            (&g.dead.errors[0], 5, "retry", "gave up"),
+            (&g.dead.errors[1], 1, "fatal", "broken"),
+        ] {
+            assert_eq!(e["attempt"], attempt, "{e}");
+            assert_eq!(e["class"], class, "{e}");
+            assert_eq!(e["error"], msg, "{e}");
+            let at = e["at"].as_str().unwrap_or_default();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+                "`at` is not a timestamp: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_delays_follow_the_policy_and_the_jobs_overrides() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..=12 {
+            let g = group(
+                &Policies::default(),
+                &[completion(1, attempt, 20, retry("x"))],
+            );
+            let nominal = policy.nominal_delay(u32::try_from(attempt).unwrap_or(1));
+            let delay = Duration::from_millis(u64::try_from(g.retry.delays_ms[0]).unwrap_or(0));
+            let (lo, hi) = (
+                nominal.mul_f64(1.0 - policy.jitter),
+                nominal.mul_f64(1.0 + policy.jitter),
+            );
+            assert!(
+                delay + Duration::from_millis(1) >= lo && delay <= hi + Duration::from_millis(1),
+                "attempt {attempt}: {delay:?} outside {lo:?}..{hi:?}"
+            );
+        }
+        // A job's own base and cap win over the kind's.
+        let mut c = completion(1, 6, 20, retry("x"));
+        c.backoff_base_ms = Some(100);
+        c.backoff_cap_ms = Some(1500);
+        let p = retry_policy(&Policies::default(), &c);
+        assert_eq!(
+            (p.base, p.cap),
+            (Duration::from_millis(100), Duration::from_millis(1500))
+        );
+        let g = group(&Policies::default(), &[c]);
+        // 100 ms · 2^5 = 3.2 s, capped at 1.5 s, ± 10 %.
+        assert!(
+            (1350..=1650).contains(&g.retry.delays_ms[0]),
+            "{:?}",
+            g.retry.delays_ms
+        );
+    }
+
+    #[test]
+    fn a_batch_of_successes_needs_no_other_statement() {
+        let batch: Vec<Completion> = (0..100)
+            .map(|n| completion(n, 1, 3, Outcome::Done))
+            .collect();
+        let g = group(&Policies::default(), &batch);
+        assert_eq!(g.done.ids.len(), 100);
+        assert_eq!(g.retry, RetryColumns::default());
+        assert_eq!(g.dead, DeadColumns::default());
+        assert_eq!(group(&Policies::default(), &[]), Grouped::default());
     }
 }

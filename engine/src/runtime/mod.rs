@@ -2,7 +2,9 @@
 //! jobs, batched completions, lease heartbeats, graceful shutdown.
 
 mod backend;
+mod completer;
 mod exec;
+mod fetcher;
 pub mod maintenance;
 
 use std::{sync::Arc, time::Duration};
@@ -16,11 +18,13 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::{
-    Registry,
-    queue::{Completion, Fetched, Queue},
+    Invalid, Registry,
+    queue::{Fetched, Queue},
 };
 pub use backend::LeasedJobs;
+use completer::{QueueWriter, ToCompleter};
 use exec::{Executor, Runner};
+use fetcher::{FetchLoop, QueueLease};
 
 /// Worker settings (`[worker]` in config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,36 +73,33 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.concurrency == 0 {
-            return Err("worker.concurrency: must be at least 1".into());
+            return Err(Invalid::at("worker.concurrency", "must be at least 1"));
         }
         if self.fetch_batch == 0 {
-            return Err("worker.fetch_batch: must be at least 1".into());
+            return Err(Invalid::at("worker.fetch_batch", "must be at least 1"));
         }
         if !(1..=16).contains(&self.fetchers) {
-            return Err("worker.fetchers: must be in 1..=16".into());
+            return Err(Invalid::at("worker.fetchers", "must be in 1..=16"));
         }
         if !(1..=16).contains(&self.writers) {
-            return Err("worker.writers: must be in 1..=16".into());
+            return Err(Invalid::at("worker.writers", "must be in 1..=16"));
         }
         if self.complete_batch == 0 {
-            return Err("worker.complete_batch: must be at least 1".into());
+            return Err(Invalid::at("worker.complete_batch", "must be at least 1"));
         }
         if self.poll_interval.is_zero() {
-            return Err("worker.poll_interval: must be positive".into());
+            return Err(Invalid::at("worker.poll_interval", "must be positive"));
         }
         if self.heartbeat.is_zero() || self.heartbeat >= self.lease {
-            return Err("worker.heartbeat: must be positive and shorter than worker.lease".into());
+            return Err(Invalid::at(
+                "worker.heartbeat",
+                "must be positive and shorter than worker.lease",
+            ));
         }
         Ok(())
     }
-}
-
-/// Messages to the completer task.
-enum ToCompleter {
-    Done(Completion),
-    Flush(oneshot::Sender<()>),
 }
 
 /// A running worker runtime. `stop()` shuts it down gracefully.
@@ -176,13 +177,16 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let (done_tx, done_rx) = mpsc::unbounded_channel::<ToCompleter>();
     let aux = CancellationToken::new();
 
-    let completer = tokio::spawn(completer(
-        queue.clone(),
+    let writer = QueueWriter {
+        queue: queue.clone(),
         owner,
+        retain: queue.retain_completed(),
+    };
+    let completer = tokio::spawn(completer::run(
+        writer,
         done_rx,
         settings.complete_batch,
         settings.writers,
-        queue.retain_completed(),
     ));
     let heartbeat = tokio::spawn(heartbeat(
         queue.clone(),
@@ -200,16 +204,22 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let fetchers: Vec<_> = loops
         .iter()
         .map(|(q, wake)| {
-            tokio::spawn(fetcher(
-                queue.clone(),
-                q.clone(),
+            let source = QueueLease {
+                queue: queue.clone(),
+                name: q.clone(),
                 owner,
-                settings.clone(),
-                permits.clone(),
-                wake.clone(),
-                job_tx.clone(),
-                cancel.clone(),
-            ))
+                lease: settings.lease,
+            };
+            let fetch = FetchLoop {
+                name: q.clone(),
+                batch: settings.fetch_batch,
+                poll_interval: settings.poll_interval,
+                permits: permits.clone(),
+                wake: wake.clone(),
+                jobs: job_tx.clone(),
+                cancel: cancel.clone(),
+            };
+            tokio::spawn(fetch.run(source))
         })
         .collect();
     drop(job_tx);
@@ -264,96 +274,6 @@ async fn run<S: Clone + Send + Sync + 'static>(
     info!(worker = %owner, "worker stopped");
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fetcher(
-    queue: Queue,
-    name: String,
-    owner: Uuid,
-    settings: WorkerSettings,
-    permits: Arc<Semaphore>,
-    wake: Arc<Notify>,
-    jobs: mpsc::Sender<Fetched>,
-    cancel: CancellationToken,
-) {
-    let mut failures = 0u32;
-    let mut backlog = false;
-    loop {
-        // Take at least one free slot, then as many more as are free, up to a batch.
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = permits.clone().acquire_owned() => p,
-        };
-        let Ok(first) = first else { return };
-        first.forget();
-        let mut want = 1 + take_free(&permits, settings.fetch_batch - 1);
-        // With a backlog, slots come back one job at a time; waiting a moment for half a batch
-        // turns many tiny fetches into a few full ones.
-        let half = settings.fetch_batch / 2;
-        if backlog && want < half {
-            let more = u32::try_from(half - want).unwrap_or(u32::MAX);
-            if let Ok(Ok(p)) =
-                tokio::time::timeout(Duration::from_millis(2), permits.acquire_many(more)).await
-            {
-                p.forget();
-                want = half;
-            }
-            want += take_free(&permits, settings.fetch_batch - want);
-        }
-        let fetched = queue.fetch(&name, want, owner, settings.lease).await;
-        let batch = match fetched {
-            Ok(b) => {
-                failures = 0;
-                b
-            }
-            Err(e) => {
-                permits.add_permits(want);
-                failures = failures.saturating_add(1);
-                let pause = Duration::from_millis(100u64 << failures.min(6));
-                warn!(queue = %name, error = %e, ?pause, "fetch failed");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => continue,
-                }
-            }
-        };
-        let got = batch.len();
-        backlog = got == want;
-        if got < want {
-            permits.add_permits(want - got);
-        }
-        for job in batch {
-            if let Err(lost) = jobs.send(job).await {
-                // The worker is gone: give the slot back; release() returns the job at shutdown.
-                permits.add_permits(1);
-                debug!(job = %lost.0.id, "worker stopped before the job could run");
-            }
-        }
-        if got < want {
-            // Drained for now: wait for a notification, the poll interval, or shutdown.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(settings.poll_interval) => {}
-            }
-        }
-    }
-}
-
-/// Takes up to `n` free slots without waiting; returns how many.
-fn take_free(permits: &Semaphore, n: usize) -> usize {
-    let mut taken = 0;
-    while taken < n {
-        match permits.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                taken += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    taken
-}
-
 async fn listen(queue: Queue, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
@@ -406,81 +326,4 @@ async fn heartbeat(queue: Queue, owner: Uuid, settings: WorkerSettings, stop: Ca
             warn!(error = %e, "lease heartbeat failed");
         }
     }
-}
-
-async fn completer(
-    queue: Queue,
-    owner: Uuid,
-    mut rx: mpsc::UnboundedReceiver<ToCompleter>,
-    max_batch: usize,
-    writers: usize,
-    retain: bool,
-) {
-    // Up to `writers` batches are written concurrently, so completion keeps pace with fetching.
-    let mut inflight = tokio::task::JoinSet::new();
-    let mut batch: Vec<Completion> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        // Wait for a free writer before gathering: outcomes that arrive meanwhile join this
-        // batch, so under load batches grow instead of queueing up small.
-        while inflight.len() >= writers.max(1) {
-            let _ = inflight.join_next().await;
-        }
-        let mut flush = None;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                ToCompleter::Done(c) => batch.push(c),
-                ToCompleter::Flush(tx) => {
-                    flush = Some(tx);
-                    break;
-                }
-            }
-            if batch.len() >= max_batch {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if !batch.is_empty() {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
-            let q = queue.clone();
-            inflight.spawn(async move { write_batch(&q, owner, &full, retain).await });
-        }
-        if let Some(tx) = flush {
-            while inflight.join_next().await.is_some() {}
-            let _ = tx.send(());
-        }
-    }
-    while inflight.join_next().await.is_some() {}
-}
-
-/// Writes outcomes, retrying while the database is away. If it stays away past the lease,
-/// the rescuer requeues the jobs and fencing refuses these stale outcomes.
-async fn write_batch(queue: &Queue, owner: Uuid, batch: &[Completion], retain: bool) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..12 {
-        match queue.complete(owner, batch, retain).await {
-            Ok(stats) => {
-                crate::metrics::record_completions(&stats);
-                if stats.fenced > 0 {
-                    warn!(
-                        fenced = stats.fenced,
-                        "outcomes refused: jobs no longer leased to this worker"
-                    );
-                }
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, jobs = batch.len(), ?delay, "writing outcomes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    warn!(
-        jobs = batch.len(),
-        "gave up writing outcomes; the jobs will be rescued when their leases expire"
-    );
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use alloy::transports::{RpcError, TransportError, TransportErrorKind};
 
-use super::fallback::EndpointError;
 use crate::JobError;
 
 /// Snooze used when the provider gives no hint.
@@ -213,6 +212,18 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// A transport-level error without the request URL (reqwest puts it in its messages).
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}: {message}")]
+pub struct EndpointError {
+    pub endpoint: String,
+    pub message: String,
+    /// The request timed out.
+    pub timeout: bool,
+    /// The connection could not be made.
+    pub connect: bool,
 }
 
 #[cfg(test)]

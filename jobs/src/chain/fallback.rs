@@ -23,7 +23,7 @@ use alloy::{
     },
 };
 
-use super::error::is_rate_limited;
+use super::error::{EndpointError, is_rate_limited};
 
 /// One endpoint and the label used for it in errors and logs (`rpc_urls[i]` + host).
 #[derive(Clone)]
@@ -123,18 +123,6 @@ impl tower::Service<RequestPacket> for FallbackTransport {
     fn call(&mut self, req: RequestPacket) -> Self::Future {
         Box::pin(self.clone().request(req))
     }
-}
-
-/// A transport-level error without the request URL (reqwest puts it in its messages).
-#[derive(Debug, thiserror::Error)]
-#[error("{endpoint}: {message}")]
-pub struct EndpointError {
-    pub endpoint: String,
-    pub message: String,
-    /// The request timed out.
-    pub timeout: bool,
-    /// The connection could not be made.
-    pub connect: bool,
 }
 
 fn scrub(e: TransportError, label: &str) -> TransportError {

@@ -30,20 +30,7 @@ use fallback::{Endpoint, FallbackTransport};
 /// How long a failed-over chain waits before trying its first URL again.
 const PROBE_PRIMARY_AFTER: Duration = Duration::from_secs(60);
 
-/// Parses an RPC URL (http or https). The error never repeats the URL: it may hold an API key.
-pub fn parse_rpc_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
-    match url.scheme() {
-        "http" | "https" => {}
-        other => {
-            return Err(format!("scheme {other:?} is not supported (http or https)"));
-        }
-    }
-    if url.host_str().is_none() {
-        return Err("the URL has no host".into());
-    }
-    Ok(url)
-}
+pub use crate::settings::parse_rpc_url;
 
 /// `scheme://host[:port]` only: what logs and errors may say about an endpoint.
 pub fn redact_url(url: &reqwest::Url) -> String {

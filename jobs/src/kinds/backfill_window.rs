@@ -4,12 +4,13 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::{Job, JobContext, JobError, NewJob, ids::TokenKey, points::backfill::Gap};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillWindow {
     pub chain_id: u64,
@@ -67,7 +68,7 @@ impl Job for BackfillWindow {
                         from,
                         to,
                     })
-                    .map_err(JobError::Fatal)
+                    .map_err(JobError::fatal)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             ctx.enqueue_many(children).await?;
@@ -87,7 +88,7 @@ impl Job for BackfillWindow {
 
 impl BackfillWindow {
     /// One job per gap.
-    pub fn jobs_for(gaps: &[Gap]) -> Result<Vec<NewJob>, String> {
+    pub fn jobs_for(gaps: &[Gap]) -> Result<Vec<NewJob>, chainsync_engine::Invalid> {
         gaps.iter()
             .map(|g| {
                 NewJob::typed(&Self {

@@ -7,12 +7,13 @@
 //! fixed args (`args = { chain_id = 1 }`, `every = "1m"`) covers tokens without ingestion.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::{Enqueuer, Job, JobContext, JobError, NewJob};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComputePoints {
     pub chain_id: u64,
@@ -48,7 +49,7 @@ impl Job for ComputePoints {
 /// not absorb it (the engine's unique keys deduplicate only jobs not started yet), so a change
 /// made while a pass runs is always seen by the next one.
 pub async fn enqueue(enqueuer: &dyn Enqueuer, chain_id: u64) -> Result<(), JobError> {
-    let job = NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::Fatal)?;
+    let job = NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::fatal)?;
     enqueuer.enqueue(job).await.map_err(JobError::retry)?;
     Ok(())
 }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::{Enqueuer, Job, JobContext, JobError, NewJob, ingest::IngestSink};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestEvents {
     pub chain_id: u64,
@@ -55,7 +56,7 @@ impl Job for IngestEvents {
             // no unique key: this pass holds the chain's key until it finishes.
             let next = NewJob {
                 unique_key: None,
-                ..NewJob::typed(self).map_err(JobError::Fatal)?
+                ..NewJob::typed(self).map_err(JobError::fatal)?
             };
             ctx.enqueuer.enqueue(next).await.map_err(JobError::retry)?;
         }

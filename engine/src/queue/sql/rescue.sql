@@ -24,16 +24,9 @@ moved AS (
     DELETE FROM chainsync.jobs j
     USING lost
     WHERE j.id = ANY(ARRAY(SELECT id FROM lost WHERE exhausted)) AND j.id = lost.id
-    RETURNING j.*, lost.error AS last_error
+    RETURNING j AS job, lost.error AS last_error
 ),
 dead AS (
-    INSERT INTO chainsync.dead_letters (id, kind, queue, args, priority, attempt, max_attempts,
-        backoff_base_ms, backoff_cap_ms, unique_key, errors, reason, created_at)
-    SELECT id, kind, queue, args, priority, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
-           unique_key, errors || jsonb_build_array(last_error), 'exhausted', created_at
-    FROM moved
-    ON CONFLICT (id) DO UPDATE SET errors = EXCLUDED.errors, attempt = EXCLUDED.attempt,
-        reason = EXCLUDED.reason, failed_at = now()
-    RETURNING id
+    SELECT chainsync.bury(job, last_error, 'exhausted') AS id FROM moved
 )
 SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM dead) AS dead
