@@ -569,7 +569,9 @@ async fn outage_of_hours_every_window_equals_the_logs(pool: PgPool) {
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn windows_appear_as_chain_hours_close(pool: PgPool) {
     let env = Env::new(&pool, false, 6).await;
+    // Two daemons' worth of workers and followers.
     let running = env.start().await;
+    let other = env.start().await;
     let mut seed = 9u64;
     env.mint_all().await;
     for hour in 1..5u64 {
@@ -606,6 +608,15 @@ async fn windows_appear_as_chain_hours_close(pool: PgPool) {
     let health = chainsync::health::report(&env.app).await;
     assert_eq!(health.points_lagging_addresses, Some(0), "{health:?}");
     running.stop().await;
+    other.stop().await;
+    // Each window was computed once, by one pass, for every holder.
+    let passes: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(DISTINCT job_id) FROM chainsync.points_history GROUP BY window_start",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(passes, vec![1; 5], "one pass per window");
     let timeline = times_only(&env.log_timeline().await);
     let windows: Vec<DateTime<Utc>> = (0..5).map(|h| env.time(h * HOUR)).collect();
     assert_eq!(
