@@ -4,13 +4,11 @@
 //! Replay button moves the job back to the queue. `scripts/install-deps.sh` installs both.
 
 mod common;
-use common::db_url;
+use common::{count, wait_count};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chainsync::{
-    app::App,
-    config::Config,
     http::{HttpState, metrics_handle, serve},
     runtime::Runtime,
 };
@@ -28,10 +26,6 @@ fn tools() -> PathBuf {
     )
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn replay_button_moves_a_dead_letter_back_to_the_queue(pool: PgPool) {
     let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -41,20 +35,19 @@ async fn replay_button_moves_a_dead_letter_back_to_the_queue(pool: PgPool) {
         "need {chromium} and {}: run scripts/install-deps.sh",
         playwright.display()
     );
-    let cfg = Config::from_toml(&format!(
-        r#"
-database_url = "{}"
+    let app = common::app(
+        &pool,
+        &format!(
+            r#"
 [worker]
 poll_interval = "50ms"
 [http]
 listen = "127.0.0.1:0"
 admin_token = "{TOKEN}"
-"#,
-        db_url(&pool)
-    ))
-    .unwrap();
-    let app = App::with_pool(cfg, pool.clone()).unwrap();
-    app.migrate().await.unwrap();
+"#
+        ),
+    )
+    .await;
     let services = app.services().await.unwrap();
 
     // One job dies (fatal), one stays queued so the depth table has something to show.
@@ -69,11 +62,13 @@ admin_token = "{TOKEN}"
         services.clone(),
         app.config.worker.clone(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await < 1 {
-        assert!(std::time::Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.dead_letters",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
     runtime.stop().await;
     app.queue
         .enqueue(NewJob::untyped("noop", json!({})))

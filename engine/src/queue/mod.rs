@@ -9,7 +9,7 @@
 //! could not truncate a drained table leaves it "0 rows in N pages", so every estimate is one row
 //! until the next ANALYZE. The daemon's pools therefore force custom plans
 //! (the application's connect options): statements stay prepared, and each run is planned against
-//! the table as it is. `tests/queue.rs` checks the plans in each of these states.
+//! the table as it is. `tests/planner.rs` checks the plans in each of these states.
 
 pub mod admin;
 pub mod complete;
