@@ -166,9 +166,12 @@ pub async fn check(pool: &PgPool, settings: &DomainConfig) -> Result<DomainHealt
     }
     r.deduction = chain_penalty + ingest_penalty;
     let lagging: i64 = sqlx::query_scalar(
+        // Windows close by chain time: on a chain with ingestion, "now" is the time of the
+        // ingestion checkpoint's block (a stalled ingestion is reported above).
         "SELECT count(*) FROM (SELECT chain_id, token, address, max(window_start) AS last
            FROM chainsync.points_history GROUP BY 1, 2, 3) p
-         WHERE p.last < now() - make_interval(secs => $1)",
+         LEFT JOIN chainsync.ingest_checkpoints c USING (chain_id)
+         WHERE p.last < coalesce(c.block_time, now()) - make_interval(secs => $1)",
     )
     .bind(th.points_max_age.as_secs_f64())
     .fetch_one(pool)

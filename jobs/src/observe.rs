@@ -222,7 +222,23 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
         .bind(cid)
         .fetch_all(&services.db)
         .await?;
-        let current_hour = now.timestamp().div_euclid(3600);
+        let ingests = settings.ingest.iter().any(|g| g.chain_id == c.chain_id);
+        let checkpoint: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT block_number, block_time FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
+        )
+        .bind(cid)
+        .fetch_optional(&services.db)
+        .await?;
+        let checkpoint_time = checkpoint.and_then(|c| c.1);
+        let checkpoint = checkpoint.and_then(|c| u64::try_from(c.0).ok());
+        // Points windows close by chain time: the ingestion checkpoint's block time when the
+        // chain is ingested, the clock otherwise.
+        let chain_now = if ingests {
+            checkpoint_time.unwrap_or(now)
+        } else {
+            now
+        };
+        let current_hour = chain_now.timestamp().div_euclid(3600);
         let mut tokens = Vec::new();
         for t in settings.tokens.iter().filter(|t| t.chain_id == c.chain_id) {
             let Ok(key) = t.key() else { continue };
@@ -245,14 +261,6 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
                     .map(|w| (current_hour - w.timestamp().div_euclid(3600) - 1).max(0)),
             });
         }
-        let ingests = settings.ingest.iter().any(|g| g.chain_id == c.chain_id);
-        let checkpoint: Option<i64> = sqlx::query_scalar(
-            "SELECT block_number FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
-        )
-        .bind(cid)
-        .fetch_optional(&services.db)
-        .await?;
-        let checkpoint = checkpoint.and_then(|b| u64::try_from(b).ok());
         let ingest_lag_blocks = match (head, checkpoint) {
             (Some(h), Some(cp)) => Some(h.saturating_sub(cp)),
             _ => None,
@@ -262,8 +270,11 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
             (Some(client), Some(h), Some(cp), Some(_)) => {
                 let times = tokio::time::timeout(HEAD_TIMEOUT, async {
                     let a = client.block_at(h).await.ok().flatten()?;
-                    let b = client.block_at(cp).await.ok().flatten()?;
-                    Some(a.timestamp.saturating_sub(b.timestamp))
+                    let b = match checkpoint_time {
+                        Some(t) => u64::try_from(t.timestamp()).ok()?,
+                        None => client.block_at(cp).await.ok().flatten()?.timestamp,
+                    };
+                    Some(a.timestamp.saturating_sub(b))
                 })
                 .await
                 .ok()

@@ -3,8 +3,9 @@
 //! 1. Throughput: N holders minted (one `Transfer` each) in small batches, one block each, so
 //!    that the events spread over at least `blocks` blocks; then ingestion passes from block 0 to
 //!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges, events stored
-//!    with their block hashes, touched holders handed on. Repeated after a reset; events/s of
-//!    each repetition and the median.
+//!    with their block hashes, each touched holder's balance read at the block that touched it
+//!    (one Multicall3 call per block) and recorded in the balance history. Repeated after a reset
+//!    (events, history and balances); events/s of each repetition and the median.
 //! 2. Live lag: anvil mining a block every second, the worker runtime and the live follower of
 //!    the daemon running. Transfers to fresh addresses; the lag of each is the time from its
 //!    receipt first being visible to the recipient's balance row holding a block at or after it.
@@ -109,7 +110,7 @@ async fn throughput(
     let mut requests = 0;
     for _ in 0..reps {
         chainsync_jobs::ingest::reset(app.pool(), 31337).await?;
-        sqlx::query("TRUNCATE chainsync.jobs")
+        sqlx::query("TRUNCATE chainsync.jobs, chainsync.balance_changes, chainsync.balances")
             .execute(app.pool())
             .await?;
         let t = Instant::now();
@@ -135,8 +136,13 @@ async fn throughput(
         }
         let secs = t.elapsed().as_secs_f64();
         let stored = count(app.pool(), "SELECT count(*) FROM chainsync.events").await?;
-        if stored != events as i64 {
-            bail!("stored {stored} events, expected {events}");
+        let history = count(
+            app.pool(),
+            "SELECT count(*) FROM chainsync.balance_changes WHERE source = 'log'",
+        )
+        .await?;
+        if stored != events as i64 || history != events as i64 {
+            bail!("stored {stored} events and {history} history rows, expected {events} of each");
         }
         rates.push(events as f64 / secs);
     }
