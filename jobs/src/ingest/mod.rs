@@ -311,7 +311,8 @@ pub async fn ingest_pass(
     Ok(report)
 }
 
-/// Contracts configured as ERC20 tokens of `chain_id`: their transfers trigger balance syncs.
+/// Contracts configured as tokens of `chain_id`: the holders their transfers touch get balance
+/// history.
 fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> BTreeSet<Address> {
     settings
         .tokens

@@ -508,7 +508,7 @@ mod tests {
     use super::*;
 
     fn t(h: i64, s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 3600 + h * 3600 + s, 0).unwrap()
+        DateTime::from_timestamp(1_800_000_000 + h * 3600 + s, 0).unwrap()
     }
 
     #[test]
