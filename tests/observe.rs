@@ -511,3 +511,84 @@ cool_down = "{cool}"
         ("health_score", "daemon", Some(10.0))
     );
 }
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn health_thresholds_come_from_config_and_the_report_shows_its_inputs(pool: PgPool) {
+    let url = db_url(&pool);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("health.toml");
+    std::fs::write(
+        &path,
+        r#"[[chains]]
+chain_id = 31337
+name = "dev"
+rpc_urls = ["http://127.0.0.1:9"]
+[health]
+balance_max_age = "2h"
+points_max_age = "24h"
+min_score = 85
+[[alerts.targets]]
+name = "ops"
+url = "https://hooks.example/T0KEN-s3cret"
+hmac_secret = "hmac-key-0123456789"
+"#,
+    )
+    .unwrap();
+    let app = App::with_pool(Config::load(Some(&path), Some(&url)).unwrap(), pool.clone()).unwrap();
+    app.migrate().await.unwrap();
+    // A chain with no stored balance: −20, so 80 < min_score 85: unhealthy.
+    let r = chainsync::health::report(&app).await;
+    assert_eq!(r.score, 80, "{r:?}");
+    assert!(!r.healthy);
+    assert_eq!(r.thresholds.balance_max_age, Duration::from_secs(7200));
+    assert_eq!(r.deductions.len(), 1, "{:?}", r.deductions);
+    assert_eq!(r.deductions[0].points, 20);
+    assert!(r.deductions[0].reason.contains("health.balance_max_age"));
+    assert!(
+        r.problems.iter().any(|p| p.contains("2h")),
+        "{:?}",
+        r.problems
+    );
+
+    // The CLI: exit code 1 below min_score, the inputs in its output, no secret anywhere.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chainsync"))
+        .arg("--database-url")
+        .arg(&url)
+        .arg("--config")
+        .arg(&path)
+        .arg("health")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("min_score 85"), "{text}");
+    assert!(text.contains("balance_max_age 2h"), "{text}");
+    assert!(
+        text.contains("-20 balances older than health.balance_max_age"),
+        "{text}"
+    );
+    assert!(text.contains("below 85"), "{text}");
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_chainsync"))
+        .arg("--database-url")
+        .arg(&url)
+        .arg("--config")
+        .arg(&path)
+        .arg("--json")
+        .arg("health")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["thresholds"]["points_max_age"], "1d", "{v}");
+    assert_eq!(v["thresholds"]["min_score"], 85);
+    assert_eq!(v["deductions"][0]["points"], 20);
+    for t in [text, String::from_utf8_lossy(&json.stdout).to_string()] {
+        assert!(
+            !t.contains("T0KEN-s3cret") && !t.contains("hmac-key"),
+            "{t}"
+        );
+    }
+}
