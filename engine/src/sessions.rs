@@ -119,9 +119,11 @@ pub async fn find(
 
 /// Ends the session of `secret` (sign out).
 pub async fn close(pool: &PgPool, secret: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM chainsync.console_sessions WHERE id_hash = sha256(convert_to($1, 'UTF8'))")
-        .bind(secret)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "DELETE FROM chainsync.console_sessions WHERE id_hash = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(secret)
+    .execute(pool)
+    .await?;
     Ok(())
 }

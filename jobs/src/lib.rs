@@ -10,6 +10,7 @@
 pub mod balance_sync;
 pub mod cache;
 pub mod chain;
+pub mod console;
 pub mod domain;
 pub mod follow;
 pub mod health;

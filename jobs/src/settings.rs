@@ -379,7 +379,8 @@ fn check_query(q: &str) -> Result<(), String> {
 
 /// Parses an RPC URL (http or https). The error never repeats the URL: it may hold an API key.
 pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, String> {
-    let url = alloy::transports::http::reqwest::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+    let url = alloy::transports::http::reqwest::Url::parse(s.trim())
+        .map_err(|e| format!("not a valid URL ({e})"))?;
     match url.scheme() {
         "http" | "https" => {}
         other => {

@@ -260,9 +260,9 @@ impl Queue {
                    AND (state = 'available' OR unique_key IS NULL
                         OR chainsync.unique_holder(unique_key) IS NULL)"
             ),
-            BulkJobAction::Delete => format!(
-                "DELETE FROM chainsync.jobs WHERE {JOB_FILTER} AND state::text = ANY($9)"
-            ),
+            BulkJobAction::Delete => {
+                format!("DELETE FROM chainsync.jobs WHERE {JOB_FILTER} AND state::text = ANY($9)")
+            }
         };
         let res = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&q.state)
@@ -305,11 +305,9 @@ impl Queue {
                     job.state
                 )))
             }
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(QueueError::Conflict(format!(
-                    "job {id} not retried: another queued job holds its unique key"
-                )))
-            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(QueueError::Conflict(
+                format!("job {id} not retried: another queued job holds its unique key"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -451,11 +449,13 @@ impl Queue {
 
     /// Jobs per state (one statement; the console's header counts).
     pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
-        Ok(sqlx::query_as(
-            "SELECT state::text, count(*) FROM chainsync.jobs GROUP BY 1 ORDER BY 1",
+        Ok(
+            sqlx::query_as(
+                "SELECT state::text, count(*) FROM chainsync.jobs GROUP BY 1 ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .fetch_all(&self.pool)
-        .await?)
     }
 }
 

@@ -226,7 +226,6 @@ pub struct EndpointError {
     pub connect: bool,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

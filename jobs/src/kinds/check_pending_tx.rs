@@ -19,6 +19,7 @@ use alloy::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -36,7 +37,7 @@ const MAX_PER_RUN: i64 = 5000;
 /// Receipts fetched concurrently.
 const CONCURRENCY: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckPendingTx {
     pub chain_id: u64,

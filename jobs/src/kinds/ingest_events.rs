@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use alloy::primitives::Address;
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -15,7 +16,7 @@ use crate::{
     kinds::sync_user_balance::SyncUserBalance,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestEvents {
     pub chain_id: u64,
