@@ -198,6 +198,7 @@ pub fn page(title: &str, nav: Nav, viewer: Option<&Viewer<'_>>, body: &str) -> S
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · chainsync</title>\
+         <link rel=\"icon\" href=\"/admin/assets/icon.svg\">\
          <link rel=\"stylesheet\" href=\"/admin/assets/console.css\">\
          <script src=\"/admin/assets/console.js\" defer></script></head>\
          <body><a class=\"skip\" href=\"#main\">Skip to content</a>\

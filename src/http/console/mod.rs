@@ -33,6 +33,9 @@ pub const COOKIE: &str = "chainsync_session";
 
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
+const ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+<rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#14213d\"/>\
+<path d=\"M4 8h8M8 4v8\" stroke=\"#fff\" stroke-width=\"2\"/></svg>";
 
 /// The session of the request, put there by [`require_session`].
 #[derive(Debug, Clone)]
@@ -74,6 +77,7 @@ pub fn router(state: HttpState) -> Router<HttpState> {
         .route("/admin/login", get(login_page).post(login))
         .route("/admin/assets/console.css", get(css))
         .route("/admin/assets/console.js", get(js))
+        .route("/admin/assets/icon.svg", get(icon))
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -94,6 +98,16 @@ async fn js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         JS,
+    )
+}
+
+async fn icon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        ICON,
     )
 }
 
