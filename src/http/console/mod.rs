@@ -239,24 +239,26 @@ async fn require_session(State(s): State<HttpState>, mut req: Request, next: Nex
         };
         return login_redirect(&safe_next(Some(&next)));
     };
-    if method != Method::GET && method != Method::HEAD && req.uri().path() != "/admin/logout" {
-        if session.role != Role::Admin {
-            return html(
-                StatusCode::FORBIDDEN,
-                page(
-                    "Forbidden",
-                    Nav::None,
-                    None,
-                    &format!(
-                        "{}<p><a href=\"/admin\">Back to the console</a></p>",
-                        message(
-                            "error",
-                            "this session is read-only: it cannot change anything"
-                        )
-                    ),
+    if method != Method::GET
+        && method != Method::HEAD
+        && req.uri().path() != "/admin/logout"
+        && session.role != Role::Admin
+    {
+        return html(
+            StatusCode::FORBIDDEN,
+            page(
+                "Forbidden",
+                Nav::None,
+                None,
+                &format!(
+                    "{}<p><a href=\"/admin\">Back to the console</a></p>",
+                    message(
+                        "error",
+                        "this session is read-only: it cannot change anything"
+                    )
                 ),
-            );
-        }
+            ),
+        );
     }
     req.extensions_mut().insert(Signed { session });
     next.run(req).await

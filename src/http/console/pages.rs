@@ -525,7 +525,6 @@ pub async fn jobs(
     let f = jobs_filter(&s, &p);
     let mut b = done_message(&p);
     b.push_str(&jobs_form(&s, &f.raw));
-    let mut status = StatusCode::OK;
     if !f.errors.is_empty() {
         for e in &f.errors {
             b.push_str(&message("error", e));
@@ -576,10 +575,10 @@ pub async fn jobs(
             hidden_filter(&f.raw, &JOB_KEYS[..6]),
         );
     }
-    if rows.is_empty() {
-        status = StatusCode::OK;
-    }
-    super::html(status, page("Jobs", Nav::Jobs, Some(&signed.viewer()), &b))
+    super::html(
+        StatusCode::OK,
+        page("Jobs", Nav::Jobs, Some(&signed.viewer()), &b),
+    )
 }
 
 fn jobs_table(rows: &[JobRow]) -> String {
