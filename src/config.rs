@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use chainsync_engine::Kinds;
+use chainsync_engine::{Invalid, Kinds};
 use chainsync_jobs::settings::DomainConfig;
 use figment::{
     Figment,
@@ -89,7 +89,17 @@ fn env_key_is_config(key: &str, known: &[String]) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 #[error("config: {0}")]
-pub struct ConfigError(pub String);
+pub struct ConfigError(#[from] pub Invalid);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(Invalid::new(message))
+    }
+
+    fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(Invalid::at(field, message))
+    }
+}
 
 impl Config {
     /// Loads from an optional file, the environment and the given overrides.
@@ -98,7 +108,10 @@ impl Config {
             Figment::new().merge(Serialized::default("database_url", DEFAULT_DATABASE_URL));
         if let Some(p) = path {
             if !p.exists() {
-                return Err(ConfigError(format!("file {} does not exist", p.display())));
+                return Err(ConfigError::new(format!(
+                    "file {} does not exist",
+                    p.display()
+                )));
             }
             fig = fig.merge(Toml::file(p));
         }
@@ -130,14 +143,17 @@ impl Config {
         // Unknown top-level keys are errors, like deny_unknown_fields (which serde cannot
         // combine with the flattened domain part).
         let known = known_keys();
-        let raw: BTreeMap<String, figment::value::Value> =
-            fig.extract().map_err(|e| ConfigError(flatten_err(e)))?;
+        let raw: BTreeMap<String, figment::value::Value> = fig
+            .extract()
+            .map_err(|e| ConfigError::new(flatten_err(e)))?;
         for key in raw.keys() {
             if !known.iter().any(|k| k == key) {
-                return Err(ConfigError(format!("unknown key {key:?}")));
+                return Err(ConfigError::new(format!("unknown key {key:?}")));
             }
         }
-        let cfg: Config = fig.extract().map_err(|e| ConfigError(flatten_err(e)))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::new(flatten_err(e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -147,25 +163,27 @@ impl Config {
         if !self.database_url.starts_with("postgres://")
             && !self.database_url.starts_with("postgresql://")
         {
-            return Err(ConfigError(
-                "database_url: must start with postgres://".into(),
+            return Err(ConfigError::at(
+                "database_url",
+                "must start with postgres://",
             ));
         }
         if self.pool_size < 2 {
-            return Err(ConfigError("pool_size: must be at least 2".into()));
+            return Err(ConfigError::at("pool_size", "must be at least 2"));
         }
-        self.worker.validate().map_err(ConfigError)?;
-        self.http.validate().map_err(ConfigError)?;
-        self.maintenance.validate().map_err(ConfigError)?;
+        self.worker.validate()?;
+        self.http.validate().map_err(ConfigError::new)?;
+        self.maintenance.validate()?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
         self.schedules(registry.kinds())?;
         if self.scheduler.poll_interval.is_zero() {
-            return Err(ConfigError(
-                "scheduler.poll_interval: must be positive".into(),
+            return Err(ConfigError::at(
+                "scheduler.poll_interval",
+                "must be positive",
             ));
         }
-        self.domain.validate().map_err(ConfigError)?;
+        self.domain.validate().map_err(ConfigError::new)?;
         Ok(())
     }
 
@@ -174,12 +192,12 @@ impl Config {
         &self,
         registry: &Kinds,
     ) -> Result<Vec<crate::scheduler::Schedule>, ConfigError> {
-        crate::scheduler::validate(&self.schedule, registry).map_err(ConfigError)
+        Ok(crate::scheduler::validate(&self.schedule, registry)?)
     }
 
     /// Effective per-kind policies.
     pub fn policies(&self, registry: &Kinds) -> Result<Policies, ConfigError> {
-        Policies::with_overrides(registry, &self.kinds).map_err(ConfigError)
+        Policies::with_overrides(registry, &self.kinds).map_err(ConfigError::new)
     }
 }
 

@@ -7,7 +7,7 @@
 //! `scripts/install-deps.sh` installs Chromium and playwright-core.
 
 mod common;
-use common::db_url;
+use common::{count, db_url};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -32,10 +32,6 @@ fn tools() -> PathBuf {
         || PathBuf::from(std::env::var("HOME").unwrap()).join(".local/chainsync-tools"),
         PathBuf::from,
     )
-}
-
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]

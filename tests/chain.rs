@@ -2,14 +2,13 @@
 //! Balance jobs on a real chain (anvil) and a real Postgres, run through the worker runtime.
 
 mod common;
-use common::db_url;
+use common::{TokenChain, track_holders, wait, wait_for};
 
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use chainsync::{
     app::App,
-    config::Config,
     runtime::{Runtime, WorkerSettings},
 };
 use chainsync_dev::devchain::{self, DevChain, DevChainError};
@@ -57,8 +56,11 @@ impl Env {
 
     async fn run_until_idle(&self, job: NewJob) -> uuid::Uuid {
         let id = self.app.queue.enqueue(job).await.unwrap().id;
-        let t = std::time::Instant::now();
-        loop {
+        wait(
+            format!("job {id} to complete or die"),
+            Duration::from_secs(120),
+        )
+        .until_ok(async || {
             let state: Option<String> =
                 sqlx::query_scalar("SELECT state::text FROM chainsync.jobs WHERE id = $1")
                     .bind(id)
@@ -73,50 +75,41 @@ impl Env {
             .await
             .unwrap();
             if state.as_deref() == Some("completed") || dead {
-                return id;
+                Ok(id)
+            } else {
+                Err(state)
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "job {id} stuck in {state:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
 async fn setup(pool: &PgPool, holders: usize) -> Env {
-    let chain = DevChain::start().await.unwrap();
-    chain.install_multicall3().await.unwrap();
-    let token = chain.deploy_token("Test", "TST", 18).await.unwrap();
-    let broken = chain.deploy_reverting_token().await.unwrap();
-    let holders = devchain::random_holders(42, holders, devchain::units(1000, 18));
-    chain.mint_many(token, &holders).await.unwrap();
+    let s = TokenChain::builder("TST")
+        .name("Test")
+        .holders(holders)
+        .start()
+        .await
+        .unwrap();
+    let broken = s.chain.deploy_reverting_token().await.unwrap();
     // Random transfers between holders so balances are not just the minted amounts.
-    let transfers: Vec<(Address, Address, U256)> = holders
+    let transfers: Vec<(Address, Address, U256)> = s
+        .holders
         .iter()
-        .zip(holders.iter().skip(1))
+        .zip(s.holders.iter().skip(1))
         .step_by(5)
         .map(|(a, b)| (a.0, b.0, a.1 / U256::from(7)))
         .collect();
-    chain.holder_transfers(token, &transfers).await.unwrap();
-    let config = Config::from_toml(&format!(
-        r#"
-database_url = "{}"
+    s.chain.holder_transfers(s.token, &transfers).await.unwrap();
+    let app = common::app(
+        pool,
+        &format!(
+            r#"
 [worker]
 concurrency = 10
-[[chains]]
-chain_id = 31337
-name = "anvil"
-rpc_urls = ["{}"]
-confirmations = 5
+{}confirmations = 5
 multicall_batch_size = 400
-[[tokens]]
-chain_id = 31337
-symbol = "TST"
-address = "{token:#x}"
-decimals = 18
-asset_class = "erc20"
-[[tokens]]
+{}[[tokens]]
 chain_id = 31337
 symbol = "BROKEN"
 address = "{broken:#x}"
@@ -128,24 +121,18 @@ symbol = "ETH"
 decimals = 18
 asset_class = "native"
 "#,
-        db_url(pool),
-        chain.url()
-    ))
-    .unwrap();
-    let app = App::with_pool(config, pool.clone()).unwrap();
-    app.migrate().await.unwrap();
-    let list: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
-    sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
-        .bind(&list)
-        .execute(pool)
-        .await
-        .unwrap();
+            s.chain_toml(),
+            s.token_toml()
+        ),
+    )
+    .await;
+    track_holders(pool, &s).await;
     Env {
-        chain,
+        token: s.token,
+        holders: s.holders,
+        chain: s.chain,
         app,
-        token,
         broken,
-        holders,
     }
 }
 
@@ -343,14 +330,12 @@ async fn pending_tx_confirms_after_n_blocks_or_fails_on_revert(pool: PgPool) {
     assert_eq!(state(ok_hash.clone()).await, "confirmed");
     assert_eq!(state(bad_hash.clone()).await, "failed");
     // The confirmed tx's addresses get a balance sync.
-    let t = std::time::Instant::now();
-    while env.stored(to).await.is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no follow-up balance sync"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the follow-up balance sync of the confirmed tx's address",
+        Duration::from_secs(30),
+        async || env.stored(to).await,
+    )
+    .await;
     rt.stop().await;
     assert_eq!(
         env.stored(to).await,
@@ -413,14 +398,14 @@ async fn rpc_down_retries_then_dead_letter_then_replay(pool: PgPool) {
     env.chain.restart().await.unwrap();
     env.app.queue.replay(id).await.unwrap();
     env.run_until_idle(NewJob::untyped("noop", json!({}))).await;
-    let t = std::time::Instant::now();
-    while env.app.queue.get_job(id).await.unwrap().state != "completed" {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "replayed job did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait("the replayed job to complete", Duration::from_secs(30))
+        .until_ok(
+            async || match env.app.queue.get_job(id).await.unwrap().state {
+                s if s == "completed" => Ok(()),
+                s => Err(s),
+            },
+        )
+        .await;
     rt.stop().await;
     assert_eq!(
         env.stored(env.holders[0].0).await,

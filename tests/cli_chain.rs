@@ -3,12 +3,11 @@
 //! `track`, `tx track|list`, `sync` and `ingest` (incremental, range, full), and their bad input.
 
 mod common;
-use common::db_url;
+use common::{TokenChain, count, db_url};
 
 use std::process::Command;
 
 use alloy::primitives::U256;
-use chainsync_dev::devchain::{self, DevChain};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -51,17 +50,17 @@ impl Cli {
     }
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn track_sync_tx_and_ingest_from_the_command_line(pool: PgPool) {
-    let chain = DevChain::start().await.unwrap();
-    chain.install_multicall3().await.unwrap();
-    let token = chain.deploy_token("Cli", "CLI", 18).await.unwrap();
-    let holders = devchain::random_holders(11, 300, devchain::units(50, 18));
-    chain.mint_many(token, &holders).await.unwrap();
+    let s = TokenChain::builder("CLI")
+        .name("Cli")
+        .holders(300)
+        .seed(11)
+        .max_units(50)
+        .start()
+        .await
+        .unwrap();
+    let (chain, token, holders) = (&s.chain, s.token, &s.holders);
     let transfers: Vec<_> = holders
         .windows(2)
         .step_by(10)
@@ -74,24 +73,15 @@ async fn track_sync_tx_and_ingest_from_the_command_line(pool: PgPool) {
         &mut config,
         format!(
             r#"
-[[chains]]
-chain_id = 31337
-name = "anvil"
-rpc_urls = ["{}"]
-confirmations = 0
+{}confirmations = 0
 multicall_batch_size = 64
-[[tokens]]
-chain_id = 31337
-symbol = "CLI"
-address = "{token:#x}"
-decimals = 18
-asset_class = "erc20"
-[[ingest]]
+{}[[ingest]]
 chain_id = 31337
 initial_range = 3
 contracts = [{{ address = "{token:#x}" }}]
 "#,
-            chain.url()
+            s.chain_toml(),
+            s.token_toml()
         )
         .as_bytes(),
     )

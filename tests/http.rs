@@ -2,7 +2,7 @@
 //! The HTTP API on a real Postgres and Redis, served on a loopback port.
 
 mod common;
-use common::db_url;
+use common::{count, db_url};
 
 use std::net::SocketAddr;
 
@@ -58,10 +58,7 @@ impl Server {
         (r.status(), r.json().await.unwrap_or(Value::Null))
     }
     async fn jobs(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM chainsync.jobs")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        count(&self.pool, "SELECT count(*) FROM chainsync.jobs").await
     }
 }
 

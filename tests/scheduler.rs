@@ -1,12 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! The scheduler against a real Postgres: ticks claimed once across instances, overlap, catch-up.
 
+mod common;
+use common::{count, own_pool};
+
 use chainsync::{
     config::Config,
     scheduler::{Scheduler, TickOutcome},
 };
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -28,11 +31,7 @@ overlap = "queue"
 
 async fn scheduler(pool: &PgPool, cfg: &Config) -> Scheduler {
     // Each instance has its own pool, as separate daemons would.
-    let own = PgPoolOptions::new()
-        .max_connections(3)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let own = own_pool(pool, 3).await;
     let q = chainsync::app::builtin_queue(own);
     q.sync_kinds().await.unwrap();
     Scheduler::new(
@@ -40,13 +39,6 @@ async fn scheduler(pool: &PgPool, cfg: &Config) -> Scheduler {
         cfg.schedules(q.kinds()).unwrap(),
         cfg.scheduler.clone(),
     )
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]

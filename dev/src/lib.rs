@@ -2,7 +2,9 @@
 //! benchmarks (the `chainsync` binary's `dev` feature) and the tests use it.
 //!
 //! - [`devchain`]: a real local EVM chain (anvil) with the test contracts and Multicall3;
+//! - [`scenario`]: a chain with Multicall3 and a token minted to N holders, and its config text;
 //! - [`scratch`]: throwaway databases.
 
 pub mod devchain;
+pub mod scenario;
 pub mod scratch;

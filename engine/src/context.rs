@@ -76,11 +76,13 @@ pub struct NewJob {
 
 impl NewJob {
     /// Wire form of a typed job, with the kind's unique key.
-    pub fn typed<J: Job>(job: &J) -> Result<Self, String> {
-        job.validate()?;
+    pub fn typed<J: Job>(job: &J) -> Result<Self, crate::Invalid> {
+        job.validate()
+            .map_err(|e| crate::Invalid::at("args", format!("{}: {e}", J::KIND)))?;
         Ok(Self {
             kind: J::KIND.to_string(),
-            args: serde_json::to_value(job).map_err(|e| e.to_string())?,
+            args: serde_json::to_value(job)
+                .map_err(|e| crate::Invalid::at("args", format!("{}: {e}", J::KIND)))?,
             queue: None,
             priority: None,
             run_at: None,

@@ -2,14 +2,23 @@
 
 use std::time::Duration;
 
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseDurationError {
+    #[error("invalid duration {0:?} (e.g. 500ms, 30s, 5m, 2h, 1d)")]
+    Number(String),
+    #[error("invalid duration unit {unit:?} in {input:?} (ms, s, m, h, d)")]
+    Unit { unit: String, input: String },
+}
+
 /// Parses "500ms", "30s", "5m", "2h", "1d" (or a plain number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ParseDurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 30s, 5m, 2h, 1d)"))?;
+        .map_err(|_| ParseDurationError::Number(s.to_string()))?;
     let ms = match unit.trim() {
         "ms" => n,
         "" | "s" => n.saturating_mul(1000),
@@ -17,9 +26,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n.saturating_mul(3_600_000),
         "d" => n.saturating_mul(86_400_000),
         other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?} (ms, s, m, h, d)"
-            ));
+            return Err(ParseDurationError::Unit {
+                unit: other.to_string(),
+                input: s.to_string(),
+            });
         }
     };
     Ok(Duration::from_millis(ms))

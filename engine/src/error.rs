@@ -1,4 +1,5 @@
-//! The result protocol of a job run: ok, retry with backoff, snooze, or fatal.
+//! The result protocol of a job run (ok, retry with backoff, snooze, or fatal) and the error of
+//! input refused before anything is written ([`Invalid`]).
 
 use std::time::Duration;
 
@@ -46,5 +47,51 @@ impl From<sqlx::Error> for JobError {
 impl From<serde_json::Error> for JobError {
     fn from(e: serde_json::Error) -> Self {
         Self::Fatal(format!("arguments: {e}"))
+    }
+}
+
+/// Input refused before anything was written (settings, schedules, a job's arguments): which
+/// field, as a dotted path such as `worker.lease` or `schedule[2].cron`, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct Invalid {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error about `field`.
+    pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// The same error seen from a parent: `prefix` goes in front of the field path.
+    pub fn within(self, prefix: &str) -> Self {
+        let field = match self.field {
+            Some(f) if f.starts_with('[') => format!("{prefix}{f}"),
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_string(),
+        };
+        Self {
+            field: Some(field),
+            message: self.message,
+        }
+    }
+
+    fn render(&self) -> String {
+        match &self.field {
+            Some(f) => format!("{f}: {}", self.message),
+            None => self.message.clone(),
+        }
     }
 }

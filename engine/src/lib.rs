@@ -87,7 +87,7 @@ pub mod scheduler;
 pub mod sessions;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
-pub use error::JobError;
+pub use error::{Invalid, JobError};
 pub use job::Job;
-pub use registry::{KindSpec, Kinds, Registry};
+pub use registry::{KindSpec, Kinds, Registry, args_schema};
 pub use retry::RetryPolicy;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, generate::SchemaSettings};
 use serde_json::Value;
 
 use std::sync::Arc;
@@ -57,13 +57,15 @@ impl KindSpec {
     }
 }
 
-/// The schema of `J`'s arguments as serde decodes them (`deny_unknown_fields` becomes
-/// `additionalProperties: false`, fields with a default are not required).
-pub fn args_schema<J: Job>() -> Value {
-    let generator = SchemaSettings::draft2020_12()
+/// The JSON Schema (draft 2020-12) of arguments of type `T` as serde decodes them:
+/// `deny_unknown_fields` becomes `additionalProperties: false`, a field with a default or of
+/// type `Option` is not required. What `chainsync.kinds.args_schema` holds for a kind.
+pub fn args_schema<T: JsonSchema>() -> Value {
+    SchemaSettings::draft2020_12()
         .for_deserialize()
-        .into_generator();
-    generator.into_root_schema_for::<J>().to_value()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
 }
 
 fn decode<J: Job>(args: &Value) -> Result<J, String> {

@@ -50,18 +50,20 @@ impl RetryPolicy {
         self.delay(attempt, rand::random::<f64>())
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
         if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1".into());
+            return Err(crate::Invalid::new("max_attempts must be at least 1"));
         }
         if self.base.is_zero() {
-            return Err("backoff base must be positive".into());
+            return Err(crate::Invalid::new("backoff base must be positive"));
         }
         if self.cap < self.base {
-            return Err("backoff cap must not be below the base".into());
+            return Err(crate::Invalid::new(
+                "backoff cap must not be below the base",
+            ));
         }
         if !(0.0..1.0).contains(&self.jitter) {
-            return Err("jitter must be in [0, 1)".into());
+            return Err(crate::Invalid::new("jitter must be in [0, 1)"));
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ impl Domain {
 
     /// The jobs that compute the points windows of `gaps`.
     pub fn backfill_jobs(gaps: &[Gap]) -> Result<Vec<NewJob>, JobError> {
-        BackfillWindow::jobs_for(gaps).map_err(JobError::Fatal)
+        BackfillWindow::jobs_for(gaps).map_err(JobError::fatal)
     }
 
     /// Follows the heads of chains with live ingestion until `stop`, enqueuing passes.

@@ -195,12 +195,15 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         holders: usize,
     },
-    /// Event ingestion on anvil: events/s for N minted holders (median of --reps), then the lag
-    /// from a Transfer mined (1 s blocks) to the holder's balance row updated by the live mode.
-    /// Prints `RESULT {json}`. Uses databases bench_ingest and bench_ingest_live.
+    /// Event ingestion on anvil: events/s for N Transfer events spread over at least --blocks
+    /// blocks (median of --reps), then the lag from a Transfer mined (1 s blocks) to the holder's
+    /// balance row updated by the live mode. Prints `RESULT {json}`. Uses databases bench_ingest
+    /// and bench_ingest_live.
     Ingest {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        blocks: usize,
         #[arg(long, default_value_t = 90)]
         transfers: usize,
         #[arg(long, default_value_t = 3)]

@@ -41,7 +41,7 @@ fn latencies() -> &'static Mutex<Vec<f64>> {
 }
 
 /// The peers' payload; the handler only counts it (and timestamps latency probes).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 struct BenchNoop {
     user: String,
     chain_id: u64,

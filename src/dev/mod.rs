@@ -57,11 +57,12 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Ingest {
             events,
+            blocks,
             transfers,
             reps,
         }) => {
             crate::telemetry::init(false, "warn");
-            let r = bench_ingest::run(&admin_url, *events, *transfers, *reps).await?;
+            let r = bench_ingest::run(&admin_url, *events, *blocks, *transfers, *reps).await?;
             println!("RESULT {r}");
         }
         Command::Bench(BenchCmd::Http {

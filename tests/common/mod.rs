@@ -1,15 +1,20 @@
-//! Helpers shared by the integration tests.
+//! The test kit: one module tree shared by every integration test file (`mod common;`).
+//!
+//! - scratch databases: each test gets its own, migrated, from
+//!   `#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]`; [`db`] adds its URL (for child
+//!   processes and configs), a pool of one's own on it, an [`App`](chainsync::app::App) over it,
+//!   and `count(pool, sql)`;
+//! - [`wait`]: waiting for a condition with a deadline that fails with what was awaited and what
+//!   was last seen (tests have no unbounded loops);
+//! - [`chain`]: anvil with Multicall3 and a token minted to N holders, and its config text.
+//!
+//! Each test file uses a part of the kit; the rest is dead code there.
+#![allow(dead_code, unused_imports)]
 
-use sqlx::PgPool;
+pub mod chain;
+pub mod db;
+pub mod wait;
 
-/// URL of the per-test database behind `pool` (for child processes and configs).
-pub fn db_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("test")
-    )
-}
+pub use chain::{TokenChain, track_holders};
+pub use db::{app, count, db_url, own_pool, try_count};
+pub use wait::{wait, wait_count, wait_for};

@@ -110,6 +110,43 @@ impl DevChain {
         self.mint_many_chunked(token, holders, chunk).await
     }
 
+    /// Mints to `holders` in one transaction per block, `per_block` holders each: `Transfer`
+    /// events spread over many blocks, as a token's history is (the block count grows with the
+    /// state, so this is slower than [`Self::mint_many`]). Needs automine (the default).
+    pub async fn mint_across_blocks(
+        &self,
+        token: Address,
+        holders: &[(Address, U256)],
+        per_block: usize,
+    ) -> Result<u64, DevChainError> {
+        if per_block == 0 {
+            return Err(DevChainError::Invalid(
+                "holders per block must be positive".into(),
+            ));
+        }
+        let from = self.signer(0)?.address();
+        let gas_price = self.batch_gas_price().await?;
+        let mut nonces = Nonces::default();
+        let mut blocks = 0;
+        for part in holders.chunks(per_block) {
+            let call = TestToken::mintManyCall {
+                to: part.iter().map(|(a, _)| *a).collect(),
+                amounts: part.iter().map(|(_, v)| *v).collect(),
+            };
+            let tx = TransactionRequest::default()
+                .with_from(from)
+                .with_to(token)
+                .with_input(call.abi_encode())
+                .with_gas_limit(GAS_BASE + GAS_PER_HOLDER * part.len() as u64)
+                .with_gas_price(gas_price)
+                .with_nonce(nonces.next(self, from).await?)
+                .with_chain_id(self.chain_id());
+            self.send(tx).await?;
+            blocks += 1;
+        }
+        Ok(blocks)
+    }
+
     /// Mints with `chunk` holders per transaction. Transactions carry explicit nonces and gas so
     /// they can be sent back to back without waiting for each receipt; every receipt is checked.
     pub async fn mint_many_chunked(

@@ -64,7 +64,7 @@ impl Queue {
 
     /// Enqueues a typed job.
     pub async fn enqueue_typed<J: Job>(&self, job: &J) -> Result<Enqueued, QueueError> {
-        self.enqueue(NewJob::typed(job).map_err(QueueError::Invalid)?)
+        self.enqueue(NewJob::typed(job).map_err(|e| QueueError::Invalid(e.to_string()))?)
             .await
     }
 

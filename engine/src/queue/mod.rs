@@ -9,7 +9,7 @@
 //! could not truncate a drained table leaves it "0 rows in N pages", so every estimate is one row
 //! until the next ANALYZE. The daemon's pools therefore force custom plans
 //! (the application's connect options): statements stay prepared, and each run is planned against
-//! the table as it is. `tests/queue.rs` checks the plans in each of these states.
+//! the table as it is. `tests/planner.rs` checks the plans in each of these states.
 
 pub mod admin;
 pub mod browse;
@@ -92,7 +92,8 @@ impl Queue {
         self.sync_kinds().await
     }
 
-    /// Upserts `chainsync.kinds` from the kinds and config overrides.
+    /// Upserts `chainsync.kinds` from the kinds and config overrides, with each kind's argument
+    /// schema, which `chainsync.enqueue()` checks args against.
     pub async fn sync_kinds(&self) -> Result<(), QueueError> {
         let mut kinds = Vec::new();
         let mut queues = Vec::new();
@@ -100,6 +101,7 @@ impl Queue {
         let mut bases = Vec::new();
         let mut caps = Vec::new();
         let mut while_running = Vec::new();
+        let mut schemas = Vec::new();
         for spec in self.kinds.specs() {
             let p = self.policies.get(spec.kind);
             kinds.push(spec.kind.to_string());
@@ -108,16 +110,18 @@ impl Queue {
             bases.push(i64::try_from(p.retry.base.as_millis()).unwrap_or(i64::MAX));
             caps.push(i64::try_from(p.retry.cap.as_millis()).unwrap_or(i64::MAX));
             while_running.push(spec.unique_while_running);
+            schemas.push(spec.args_schema.clone());
         }
         sqlx::query(
             "INSERT INTO chainsync.kinds (kind, queue, max_attempts, backoff_base_ms, backoff_cap_ms,
-                                         unique_while_running)
+                                         unique_while_running, args_schema)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[],
-                                  $6::bool[])
+                                  $6::bool[], $7::jsonb[])
              ON CONFLICT (kind) DO UPDATE SET queue = EXCLUDED.queue,
                 max_attempts = EXCLUDED.max_attempts, backoff_base_ms = EXCLUDED.backoff_base_ms,
                 backoff_cap_ms = EXCLUDED.backoff_cap_ms,
-                unique_while_running = EXCLUDED.unique_while_running, updated_at = now()",
+                unique_while_running = EXCLUDED.unique_while_running,
+                args_schema = EXCLUDED.args_schema, updated_at = now()",
         )
         .bind(&kinds)
         .bind(&queues)
@@ -125,6 +129,7 @@ impl Queue {
         .bind(&bases)
         .bind(&caps)
         .bind(&while_running)
+        .bind(&schemas)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -37,15 +37,24 @@ impl Default for MaintenanceSettings {
 }
 
 impl MaintenanceSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
         if self.rescue_interval.is_zero() {
-            return Err("maintenance.rescue_interval: must be positive".into());
+            return Err(crate::Invalid::at(
+                "maintenance.rescue_interval",
+                "must be positive",
+            ));
         }
         if self.prune_interval.is_zero() {
-            return Err("maintenance.prune_interval: must be positive".into());
+            return Err(crate::Invalid::at(
+                "maintenance.prune_interval",
+                "must be positive",
+            ));
         }
         if !(1..=100_000).contains(&self.prune_batch) {
-            return Err("maintenance.prune_batch: must be in 1..=100000".into());
+            return Err(crate::Invalid::at(
+                "maintenance.prune_batch",
+                "must be in 1..=100000",
+            ));
         }
         Ok(())
     }

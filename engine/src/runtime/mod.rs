@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::{
-    Registry,
+    Invalid, Registry,
     queue::{Fetched, Queue},
 };
 pub use backend::LeasedJobs;
@@ -73,27 +73,30 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.concurrency == 0 {
-            return Err("worker.concurrency: must be at least 1".into());
+            return Err(Invalid::at("worker.concurrency", "must be at least 1"));
         }
         if self.fetch_batch == 0 {
-            return Err("worker.fetch_batch: must be at least 1".into());
+            return Err(Invalid::at("worker.fetch_batch", "must be at least 1"));
         }
         if !(1..=16).contains(&self.fetchers) {
-            return Err("worker.fetchers: must be in 1..=16".into());
+            return Err(Invalid::at("worker.fetchers", "must be in 1..=16"));
         }
         if !(1..=16).contains(&self.writers) {
-            return Err("worker.writers: must be in 1..=16".into());
+            return Err(Invalid::at("worker.writers", "must be in 1..=16"));
         }
         if self.complete_batch == 0 {
-            return Err("worker.complete_batch: must be at least 1".into());
+            return Err(Invalid::at("worker.complete_batch", "must be at least 1"));
         }
         if self.poll_interval.is_zero() {
-            return Err("worker.poll_interval: must be positive".into());
+            return Err(Invalid::at("worker.poll_interval", "must be positive"));
         }
         if self.heartbeat.is_zero() || self.heartbeat >= self.lease {
-            return Err("worker.heartbeat: must be positive and shorter than worker.lease".into());
+            return Err(Invalid::at(
+                "worker.heartbeat",
+                "must be positive and shorter than worker.lease",
+            ));
         }
         Ok(())
     }

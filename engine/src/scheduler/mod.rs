@@ -6,7 +6,7 @@ mod spec;
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{Kinds, NewJob};
+use crate::{Invalid, Kinds, NewJob};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -120,28 +120,37 @@ pub struct Schedule {
 }
 
 /// Validates `[[schedule]]` entries; errors name the key (`schedule[2].cron: ...`).
-pub fn validate(configs: &[ScheduleConfig], registry: &Kinds) -> Result<Vec<Schedule>, String> {
+pub fn validate(configs: &[ScheduleConfig], registry: &Kinds) -> Result<Vec<Schedule>, Invalid> {
     let mut out: Vec<Schedule> = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let key = format!("schedule[{i}]");
         if c.name.trim().is_empty() {
-            return Err(format!("{key}.name: must not be empty"));
+            return Err(Invalid::at(format!("{key}.name"), "must not be empty"));
         }
         if out.iter().any(|s| s.name == c.name) {
-            return Err(format!("{key}.name: {:?} is used twice", c.name));
+            return Err(Invalid::at(
+                format!("{key}.name"),
+                format!("{:?} is used twice", c.name),
+            ));
         }
-        let tz: chrono_tz::Tz = c
-            .timezone
-            .parse()
-            .map_err(|_| format!("{key}.timezone: unknown time zone {:?}", c.timezone))?;
+        let tz: chrono_tz::Tz = c.timezone.parse().map_err(|_| {
+            Invalid::at(
+                format!("{key}.timezone"),
+                format!("unknown time zone {:?}", c.timezone),
+            )
+        })?;
         let spec = match (&c.cron, &c.every) {
-            (Some(cron), None) => Spec::cron(cron, tz).map_err(|e| format!("{key}.cron: {e}"))?,
+            (Some(cron), None) => {
+                Spec::cron(cron, tz).map_err(|e| e.within(&format!("{key}.cron")))?
+            }
             (None, Some(every)) => {
                 let d = crate::duration::parse_duration(every)
-                    .map_err(|e| format!("{key}.every: {e}"))?;
-                Spec::every(d).map_err(|e| format!("{key}.{e}"))?
+                    .map_err(|e| Invalid::at(format!("{key}.every"), e.to_string()))?;
+                Spec::every(d).map_err(|e| e.within(&key))?
             }
-            _ => return Err(format!("{key}: give exactly one of cron and every")),
+            _ => {
+                return Err(Invalid::at(key, "give exactly one of cron and every"));
+            }
         };
         let mut probe = NewJob {
             priority: c.priority,
@@ -150,7 +159,7 @@ pub fn validate(configs: &[ScheduleConfig], registry: &Kinds) -> Result<Vec<Sche
         };
         registry
             .check(&mut probe)
-            .map_err(|e| format!("{key}.kind/args: {e}"))?;
+            .map_err(|e| Invalid::at(format!("{key}.kind/args"), e.to_string()))?;
         out.push(Schedule {
             name: c.name.clone(),
             kind: c.kind.clone(),

@@ -18,11 +18,11 @@ pub enum Spec {
 }
 
 impl Spec {
-    pub fn cron(text: &str, tz: Tz) -> Result<Self, String> {
+    pub fn cron(text: &str, tz: Tz) -> Result<Self, crate::Invalid> {
         let cron = Cron::new(text)
             .with_seconds_optional()
             .parse()
-            .map_err(|e| format!("invalid cron expression {text:?}: {e}"))?;
+            .map_err(|e| crate::Invalid::new(format!("invalid cron expression {text:?}: {e}")))?;
         Ok(Self::Cron {
             cron: Box::new(cron),
             tz,
@@ -30,9 +30,9 @@ impl Spec {
         })
     }
 
-    pub fn every(d: Duration) -> Result<Self, String> {
+    pub fn every(d: Duration) -> Result<Self, crate::Invalid> {
         if d < Duration::from_secs(1) {
-            return Err("every: must be at least 1s".into());
+            return Err(crate::Invalid::at("every", "must be at least 1s"));
         }
         Ok(Self::Every(d))
     }

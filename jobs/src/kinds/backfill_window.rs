@@ -68,7 +68,7 @@ impl Job for BackfillWindow {
                         from,
                         to,
                     })
-                    .map_err(JobError::Fatal)
+                    .map_err(JobError::fatal)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             ctx.enqueue_many(children).await?;
@@ -88,7 +88,7 @@ impl Job for BackfillWindow {
 
 impl BackfillWindow {
     /// One job per gap.
-    pub fn jobs_for(gaps: &[Gap]) -> Result<Vec<NewJob>, String> {
+    pub fn jobs_for(gaps: &[Gap]) -> Result<Vec<NewJob>, chainsync_engine::Invalid> {
         gaps.iter()
             .map(|g| {
                 NewJob::typed(&Self {

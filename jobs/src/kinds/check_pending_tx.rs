@@ -115,7 +115,7 @@ impl Job for CheckPendingTx {
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(JobError::Fatal)?;
+                    .map_err(JobError::fatal)?;
                 if !jobs.is_empty() {
                     ctx.enqueue_many(jobs).await?;
                 }

@@ -60,7 +60,7 @@ impl Job for IngestEvents {
             // no unique key: this pass holds the chain's key until it finishes.
             let next = NewJob {
                 unique_key: None,
-                ..NewJob::typed(self).map_err(JobError::Fatal)?
+                ..NewJob::typed(self).map_err(JobError::fatal)?
             };
             ctx.enqueuer.enqueue(next).await.map_err(JobError::retry)?;
         }
@@ -104,7 +104,7 @@ pub fn balance_syncs(
                 Some(TokenKey::Contract(*token)),
             )
             .for_change_at(*block)
-            .map_err(JobError::Fatal)
+            .map_err(JobError::fatal)
         })
         .collect()
 }

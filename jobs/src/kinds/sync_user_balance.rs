@@ -39,7 +39,7 @@ impl SyncUserBalance {
     /// collapse it into a job that is already running and may have read an older block; with the
     /// block in the key a later change always gets its own read, while the same change seen
     /// twice (a replayed range) is still enqueued once.
-    pub fn for_change_at(&self, block: u64) -> Result<crate::NewJob, String> {
+    pub fn for_change_at(&self, block: u64) -> Result<crate::NewJob, chainsync_engine::Invalid> {
         let mut job = crate::NewJob::typed(self)?;
         job.unique_key = job.unique_key.map(|k| format!("{k}@{block}"));
         Ok(job)
