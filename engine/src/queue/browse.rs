@@ -165,6 +165,22 @@ fn id_bounds(q: &JobQuery) -> (Option<Uuid>, Option<Uuid>) {
     )
 }
 
+/// Listings and counts of the console give up after this long, with a message asking for a
+/// narrower filter, instead of holding a connection for a scan of the whole table (a text search
+/// without any other filter reads every row's args and errors).
+const LISTING_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+
+fn timed_out(e: sqlx::Error) -> QueueError {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("57014") => QueueError::Invalid(
+            "this filter took longer than 5 s to answer; narrow it with a state, kind, queue or \
+             time range"
+                .into(),
+        ),
+        _ => e.into(),
+    }
+}
+
 const JOB_FILTER: &str = "($1::text IS NULL OR state::text = $1)
       AND ($2::text IS NULL OR kind = $2)
       AND ($3::text IS NULL OR queue = $3)
@@ -202,7 +218,9 @@ impl Queue {
              ORDER BY id DESC LIMIT $10",
             super::admin::JOB_COLUMNS
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&q.state)
             .bind(&q.kind)
             .bind(&q.queue)
@@ -213,8 +231,11 @@ impl Queue {
             .bind(hi)
             .bind(before)
             .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// How many jobs `q` selects that `action` would change.
@@ -229,7 +250,9 @@ impl Queue {
             "SELECT count(*) FROM chainsync.jobs WHERE {JOB_FILTER}
                AND state::text = ANY($9)"
         );
-        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(&q.state)
             .bind(&q.kind)
             .bind(&q.queue)
@@ -239,8 +262,11 @@ impl Queue {
             .bind(lo)
             .bind(hi)
             .bind(action.states())
-            .fetch_one(&self.pool)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Applies `action` to every job `q` selects (in the states the action applies to); returns
@@ -326,7 +352,9 @@ impl Queue {
                AND ($6::timestamptz IS NULL OR (failed_at, id) < ($6, $7))
              ORDER BY failed_at DESC, id DESC LIMIT $8"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&q.kind)
             .bind(&q.queue)
             .bind(&q.text)
@@ -335,8 +363,11 @@ impl Queue {
             .bind(before.map(|c| c.failed_at))
             .bind(before.map(|c| c.id))
             .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     pub async fn count_dead_matching(&self, q: &DeadQuery) -> Result<i64, QueueError> {
