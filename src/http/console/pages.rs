@@ -220,9 +220,10 @@ fn state_badge(state: &str) -> String {
     format!("<span class=\"badge st-{0}\">{0}</span>", esc(state))
 }
 
+/// The end of an id: v7 ids made close together share their first, time-ordered digits.
 fn short(id: &Uuid) -> String {
     let s = id.to_string();
-    format!("<code title=\"{s}\">{}</code>", &s[..8])
+    format!("<code title=\"{s}\">…{}</code>", &s[s.len() - 8..])
 }
 
 // ------------------------------------------------------------------------------------------
