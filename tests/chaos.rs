@@ -4,7 +4,7 @@
 //! load instead of the default 50,000.
 
 mod common;
-use common::db_url;
+use common::{TokenChain, db_url, track_holders, try_count, wait};
 
 mod chaos {
     pub mod rpc_faults;
@@ -14,7 +14,6 @@ mod chaos {
 use std::time::{Duration, Instant};
 
 use chainsync::{app::App, config::Config};
-use chainsync_dev::devchain::{self, DevChain};
 use chainsync_jobs::NewJob;
 use chaos::support::{Daemon, PrivatePg, PrivateRedis, free_port};
 use chrono::{DateTime, Utc};
@@ -34,28 +33,26 @@ shutdown_timeout = "5s"
 rescue_interval = "1s"
 "#;
 
+/// `sql`'s count, waiting (up to a minute) while the database is away.
 async fn count(pool: &PgPool, sql: &str) -> i64 {
-    loop {
-        match sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(pool)
-            .await
-        {
-            Ok(n) => return n,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    wait(
+        format!("the database to answer `{sql}`"),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(200))
+    .until_ok(async || try_count(pool, sql).await)
+    .await
 }
 
+/// Waits until `sql` returns at least `want`; panics after `limit` with the last value.
 async fn wait_until(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
-    let t = Instant::now();
-    loop {
-        let n = count(pool, sql).await;
-        if n >= want {
-            return;
-        }
-        assert!(t.elapsed() < limit, "timeout: `{sql}` = {n}, want {want}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait(format!("`{sql}` >= {want}"), limit)
+        .every(Duration::from_millis(100))
+        .until_ok(async || match count(pool, sql).await {
+            n if n >= want => Ok(()),
+            n => Err(n),
+        })
+        .await
 }
 
 async fn enqueue_noops(url: &str, n: usize) {
@@ -106,16 +103,13 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
     // The database goes away for a few seconds; the API says 503 meanwhile, not a crash.
     pg.down();
     let health = format!("http://127.0.0.1:{}/health", a.http_port);
-    let t = Instant::now();
-    let status = loop {
-        match reqwest::get(&health).await {
-            Ok(r) => break r.status().as_u16(),
-            Err(_) if t.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("HTTP API gone while the database is down: {e}"),
-        }
-    };
+    let status = wait(
+        "an answer of the HTTP API while the database is down",
+        Duration::from_secs(10),
+    )
+    .every(Duration::from_millis(100))
+    .until_ok(async || reqwest::get(&health).await.map(|r| r.status().as_u16()))
+    .await;
     assert_eq!(status, 503);
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.up();
@@ -146,38 +140,28 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn sigkill_mid_full_sync_then_every_balance_is_exact(pool: PgPool) {
-    let chain = DevChain::start().await.unwrap();
-    chain.install_multicall3().await.unwrap();
-    let token = chain.deploy_token("T", "TST", 18).await.unwrap();
-    let holders = devchain::random_holders(11, 3000, devchain::units(500, 18));
-    chain.mint_many(token, &holders).await.unwrap();
-    let list: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
+    let s = TokenChain::builder("TST")
+        .name("T")
+        .holders(3000)
+        .seed(11)
+        .max_units(500)
+        .start()
+        .await
+        .unwrap();
+    let (chain, token, holders) = (&s.chain, s.token, &s.holders);
     let cfg = format!(
         r#"database_url = "{}"
 {FAST}
-[[chains]]
-chain_id = 31337
-name = "anvil"
-rpc_urls = ["{}"]
-multicall_batch_size = 50
+{}multicall_batch_size = 50
 batches_in_flight = 1
-[[tokens]]
-chain_id = 31337
-symbol = "TST"
-address = "{token:#x}"
-decimals = 18
-asset_class = "erc20"
-"#,
+{}"#,
         db_url(&pool),
-        chain.url()
+        s.chain_toml(),
+        s.token_toml()
     );
     let app = App::with_pool(Config::from_toml(&cfg).unwrap(), pool.clone()).unwrap();
     app.migrate().await.unwrap();
-    sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
-        .bind(&list)
-        .execute(&pool)
-        .await
-        .unwrap();
+    track_holders(&pool, &s).await;
     let dir = tempfile::tempdir().unwrap();
     let mut first = Daemon::start(dir.path(), "first", &cfg);
     let job = app
@@ -208,7 +192,7 @@ asset_class = "erc20"
         Duration::from_secs(120),
     )
     .await;
-    for (h, _) in &holders {
+    for (h, _) in holders {
         let stored: String =
             sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
                 .bind(format!("{h:#x}"))
@@ -247,24 +231,18 @@ async fn redis_killed_balances_served_from_postgres_then_cached_again(pool: PgPo
         d.http_port
     );
     let get = || async {
-        let t = Instant::now();
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                let v: serde_json::Value = r.json().await.unwrap();
-                if v.get("error").is_some() {
-                    eprintln!("balance error: {v}");
-                }
-                return (
-                    v["source"].as_str().unwrap_or("").to_string(),
-                    v["amount"].as_str().unwrap_or("").to_string(),
-                );
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "daemon HTTP never came up"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = wait("the daemon's HTTP API", Duration::from_secs(30))
+            .every(Duration::from_millis(100))
+            .until_ok(async || reqwest::get(&url).await)
+            .await;
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v.get("error").is_some() {
+            eprintln!("balance error: {v}");
         }
+        (
+            v["source"].as_str().unwrap_or("").to_string(),
+            v["amount"].as_str().unwrap_or("").to_string(),
+        )
     };
     assert_eq!(get().await, ("database".into(), "42".into()));
     assert_eq!(get().await, ("cache".into(), "42".into()));
@@ -275,18 +253,19 @@ async fn redis_killed_balances_served_from_postgres_then_cached_again(pool: PgPo
         "Redis down: served from Postgres"
     );
     let _redis = PrivateRedis::start(port);
-    let t = Instant::now();
-    loop {
+    wait(
+        "the cache to be used again after Redis returned",
+        Duration::from_secs(30),
+    )
+    .every(Duration::from_millis(500))
+    .until_ok(async || {
         let _ = get().await;
-        if get().await.0 == "cache" {
-            break;
+        match get().await {
+            (source, _) if source == "cache" => Ok(()),
+            seen => Err(seen),
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "cache never repopulated after Redis returned"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
 }
 
 /// Sum of one counter over every label set in a daemon's /metrics.
@@ -328,9 +307,13 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         let t0 = Instant::now();
         enqueue_noops(&url, n).await;
         let enqueued = t0.elapsed();
-        let t1 = Instant::now();
         let mut peak = 0i64;
-        loop {
+        wait(
+            format!("round {round}: every job done"),
+            Duration::from_secs(1800),
+        )
+        .every(Duration::from_millis(200))
+        .until_ok(async || {
             let open = count(
                 &pool,
                 "SELECT count(*) FROM chainsync.jobs WHERE state IN ('available', 'running')",
@@ -338,17 +321,14 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
             .await;
             peak = peak.max(count(&pool, size_sql).await);
             if open == 0 {
-                break;
+                return Ok(());
             }
             for d in &mut daemons {
                 d.assert_running();
             }
-            assert!(
-                t1.elapsed() < Duration::from_secs(1800),
-                "{open} jobs still open"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Err(format!("{open} jobs still open"))
+        })
+        .await;
         let total = t0.elapsed();
         // The pruner deletes completed jobs past the retention: the table ends empty.
         wait_until(
@@ -509,14 +489,15 @@ async fn sigkill_mid_backfill_then_every_window_is_exact(pool: PgPool) {
         history.push((address, changes));
     }
     for (address, changes) in &history {
-        for (t, amount) in changes {
+        for (block, (t, amount)) in changes.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO chainsync.balance_changes (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time)
-                 VALUES (31337, 'native', $1, NULL, $2::numeric, 1, '0x0', $3)",
+                 VALUES (31337, 'native', $1, NULL, $2::numeric, $4, '0x0', $3)",
             )
             .bind(address)
             .bind(amount.to_string())
             .bind(t)
+            .bind(block as i64 + 1)
             .execute(&pool)
             .await
             .unwrap();

@@ -124,6 +124,7 @@ async fn stored_logs(pool: &PgPool, token: Address) -> Vec<(String, i64)> {
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
     let referral = chain.deploy_referral().await.unwrap();
     let holders = devchain::random_holders(3, 2000, devchain::units(100, 18));
@@ -141,28 +142,43 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     let want = chain_logs(&chain, token).await;
     assert_eq!(want.len(), 2500);
     assert_eq!(stored_logs(&pool, token).await, want);
-    // Every touched holder gets a balance sync, keyed by the newest block that touched it in a
-    // range, so the no-op run above enqueued nothing more.
-    let holders_synced = count(
-        &pool,
-        "SELECT count(DISTINCT args->>'address') FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
-    )
-    .await;
-    assert_eq!(holders_synced, 2000);
-    let jobs = count(
-        &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
-    )
-    .await;
-    ingest(&app).await;
+    // Every touched holder's balance is read at its touched blocks: balances exact, one history
+    // row per change (the mint, then each transfer in or out), and no follow-up jobs.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.balances").await,
+        2000
+    );
+    for (h, _) in holders.iter().step_by(40) {
+        let stored: String =
+            sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
+                .bind(format!("{h:#x}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            chain.balance_of(token, *h).await.unwrap().to_string()
+        );
+    }
+    let history = count(&pool, "SELECT count(*) FROM chainsync.balance_changes").await;
+    assert!(history >= 2000, "{history}");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.balance_changes WHERE source <> 'log'"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(
             &pool,
             "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
         )
         .await,
-        jobs
+        0
     );
+    ingest(&app).await;
     // Replaying from scratch stores nothing twice.
     sqlx::query("DELETE FROM chainsync.ingest_checkpoints")
         .execute(&pool)
@@ -173,11 +189,17 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM chainsync.events").await,
         2500
     );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.balance_changes").await,
+        history,
+        "a replayed range writes no history twice"
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn a_reorg_is_rolled_back_to_the_common_ancestor(pool: PgPool) {
     let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
     let referral = chain.deploy_referral().await.unwrap();
     let holders = devchain::random_holders(5, 50, devchain::units(100, 18));
@@ -214,16 +236,36 @@ async fn a_reorg_is_rolled_back_to_the_common_ancestor(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM chainsync.events").await,
         55
     );
-    // The holders of the orphaned transfers are re-synced.
-    let resync = count(
+    // History and balances of the holders of the orphaned transfers follow the canonical chain:
+    // no row from an orphaned block is left, every stored balance equals balanceOf.
+    let orphaned_rows = count(
         &pool,
-        &format!(
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance' AND args->>'address' = '{:#x}'",
-            holders[0].0
-        ),
+        "SELECT count(*) FROM chainsync.balance_changes c WHERE NOT EXISTS (
+             SELECT 1 FROM chainsync.events e WHERE e.block_number = c.block_number)",
     )
     .await;
-    assert!(resync >= 1);
+    assert_eq!(orphaned_rows, 0);
+    for (h, _) in holders.iter().take(17) {
+        let stored: String =
+            sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
+                .bind(format!("{h:#x}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            chain.balance_of(token, *h).await.unwrap().to_string()
+        );
+        let last: String = sqlx::query_scalar(
+            "SELECT new_amount::text FROM chainsync.balance_changes WHERE address = $1
+             ORDER BY block_number DESC LIMIT 1",
+        )
+        .bind(format!("{h:#x}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(last, stored);
+    }
 }
 
 /// A JSON-RPC proxy in front of anvil that refuses eth_getLogs over `max` blocks like a provider.
@@ -384,4 +426,62 @@ async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
     stop.cancel();
     follower.await.unwrap();
     runtime.stop().await;
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn tracked_only_records_history_of_tracked_holders_only(pool: PgPool) {
+    let chain = DevChain::start().await.unwrap();
+    chain.install_multicall3().await.unwrap();
+    let token = chain.deploy_token("T", "TST", 18).await.unwrap();
+    let holders = devchain::random_holders(4, 10, devchain::units(100, 18));
+    chain.mint_many(token, &holders).await.unwrap();
+    let tracked: Vec<String> = holders[..3]
+        .iter()
+        .map(|(h, _)| format!("\"{h:#x}\""))
+        .collect();
+    let cfg = Config::from_toml(&format!(
+        r#"
+database_url = "{}"
+[tracking]
+addresses = [{}]
+[[chains]]
+chain_id = 31337
+name = "anvil"
+rpc_urls = ["{}"]
+confirmations = 0
+[[tokens]]
+chain_id = 31337
+symbol = "TST"
+address = "{token:#x}"
+decimals = 18
+asset_class = "erc20"
+[[ingest]]
+chain_id = 31337
+tracked_only = true
+contracts = [{{ address = "{token:#x}" }}]
+"#,
+        db_url(&pool),
+        tracked.join(", "),
+        chain.url()
+    ))
+    .unwrap();
+    let app = App::with_pool(cfg, pool.clone()).unwrap();
+    app.migrate().await.unwrap();
+    ingest(&app).await;
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT address FROM chainsync.balance_changes ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut want: Vec<String> = holders[..3]
+        .iter()
+        .map(|(h, _)| format!("{h:#x}"))
+        .collect();
+    want.sort();
+    assert_eq!(recorded, want);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.events").await,
+        10,
+        "every event is still stored"
+    );
 }

@@ -49,6 +49,10 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
     let owner = uuid::Uuid::now_v7();
     let ids: Vec<uuid::Uuid> = (0..500).map(|_| uuid::Uuid::now_v7()).collect();
     let ints = vec![1i32; 500];
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|id| chainsync::queue::complete::lease_token(*id, 1, owner))
+        .collect();
     let check_all = async |conn: &mut sqlx::PgConnection, state: &str| {
         let stmts: [(&str, &str); 9] = [
             ("fetch", include_str!("../engine/src/queue/sql/fetch.sql")),
@@ -83,20 +87,18 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
             .persistent(false);
             let q = match name {
                 "fetch" => q.bind("default").bind(500i64).bind(owner).bind(60_000i64),
-                "complete_retain" | "complete_delete" => q.bind(&ids).bind(&ints).bind(owner),
+                "complete_retain" | "complete_delete" => q.bind(&ids).bind(&tokens),
                 "retry" => q
                     .bind(&ids)
-                    .bind(&ints)
+                    .bind(&tokens)
                     .bind(vec![1000i64; 500])
                     .bind(&ints)
-                    .bind(vec![serde_json::json!({}); 500])
-                    .bind(owner),
+                    .bind(vec![serde_json::json!({}); 500]),
                 "dead_letter" => q
                     .bind(&ids)
-                    .bind(&ints)
+                    .bind(&tokens)
                     .bind(vec![serde_json::json!({}); 500])
-                    .bind(vec!["fatal"; 500])
-                    .bind(owner),
+                    .bind(vec!["fatal"; 500]),
                 "prune" => q.bind(2.0f64).bind(20_000i64),
                 "rescue" => q.bind(1000i64),
                 "heartbeat" => q.bind(owner).bind(60_000i64),

@@ -17,6 +17,7 @@ use chainsync_engine::{Kinds, NewJob, args_schema};
 use chainsync_jobs::kinds::{
     backfill_window::BackfillWindow,
     check_pending_tx::CheckPendingTx,
+    compute_points::ComputePoints,
     ingest_events::IngestEvents,
     noop::{Noop, NoopFailure},
     reconcile_chain::ReconcileChain,
@@ -233,6 +234,7 @@ fn valid_args() -> Vec<(&'static str, Value)> {
             "check-pending-tx",
             v(&CheckPendingTx { chain_id: u64::MAX }),
         ),
+        ("compute-points", v(&ComputePoints { chain_id: 1 })),
         (
             "ingest-events",
             v(&IngestEvents {
@@ -527,6 +529,7 @@ fn decode(kind: &str, args: &Value) -> Result<(), String> {
     match kind {
         "backfill-window" => decode_as::<BackfillWindow>(args),
         "check-pending-tx" => decode_as::<CheckPendingTx>(args),
+        "compute-points" => decode_as::<ComputePoints>(args),
         "ingest-events" => decode_as::<IngestEvents>(args),
         "noop" => decode_as::<Noop>(args),
         "reconcile-chain" => decode_as::<ReconcileChain>(args),

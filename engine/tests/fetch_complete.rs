@@ -477,3 +477,25 @@ async fn the_runtime_runs_retries_and_dead_letters_then_stops_at_once(pool: PgPo
     let broken = q.get_dead(e[3]).await.unwrap();
     assert_eq!((broken.reason.as_str(), broken.attempt), ("fatal", 1));
 }
+
+/// The lease tokens workers send are exactly what `chainsync.lease_token` makes of the row.
+#[sqlx::test(migrations = "../migrations/engine")]
+async fn lease_token_matches_sql(pool: PgPool) {
+    for (id, attempt, owner) in [
+        (Uuid::now_v7(), 1, Uuid::now_v7()),
+        (Uuid::nil(), 0, Uuid::max()),
+        (Uuid::now_v7(), i32::MAX, Uuid::now_v7()),
+    ] {
+        let sql: String = sqlx::query_scalar("SELECT chainsync.lease_token($1, $2, $3)")
+            .bind(id)
+            .bind(attempt)
+            .bind(owner)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            chainsync_engine::queue::complete::lease_token(id, attempt, owner),
+            sql
+        );
+    }
+}

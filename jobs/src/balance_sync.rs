@@ -139,6 +139,8 @@ pub struct SyncReport {
     pub written: usize,
     pub changed: usize,
     pub stale: usize,
+    /// Holders whose points windows the recorded history marked for a recompute.
+    pub points_dirty: usize,
     /// Calls that failed (reverted, undecodable); their balances were left as they were.
     pub failed: usize,
     pub elapsed: Duration,
@@ -386,6 +388,7 @@ pub async fn sync_full(
         written: outcome.written,
         changed: outcome.changed,
         stale: outcome.stale,
+        points_dirty: outcome.points_dirty,
         failed: prog.failed,
         elapsed: started.elapsed(),
     };
@@ -416,6 +419,7 @@ fn empty_report(run_id: Uuid, chain_id: u64, started: Instant) -> SyncReport {
         written: 0,
         changed: 0,
         stale: 0,
+        points_dirty: 0,
         failed: 0,
         elapsed: started.elapsed(),
     }

@@ -11,8 +11,10 @@ use crate::{
     Enqueuer, JobError, NewJob, Services,
     health::DomainHealth,
     ingest::IngestSink,
-    kinds::{backfill_window::BackfillWindow, ingest_events::FollowUps},
-    points::backfill::{Gap, stale_ranges},
+    kinds::{
+        backfill_window::BackfillWindow, compute_points::ComputePoints, ingest_events::FollowUps,
+    },
+    points::backfill::{Gap, stale_chains},
 };
 
 /// The domain behind one set of [`Services`].
@@ -29,15 +31,18 @@ impl Domain {
         Self { services }
     }
 
-    /// Work found stale at start-up: a backfill job per (chain, token) whose points windows
-    /// lag (windows already computed are skipped, so exactly the missing ones are computed).
+    /// Work found stale at start-up: the `compute-points` pass of every chain whose points
+    /// windows lag or wait for a recompute (it computes exactly what is missing, by chain time).
     pub async fn startup_jobs(
         &self,
         chain: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Vec<NewJob>, JobError> {
-        let gaps = stale_ranges(&self.services, chain, now).await?;
-        Self::backfill_jobs(&gaps)
+        stale_chains(&self.services, chain, now)
+            .await?
+            .into_iter()
+            .map(|chain_id| NewJob::typed(&ComputePoints { chain_id }).map_err(JobError::fatal))
+            .collect()
     }
 
     /// The jobs that compute the points windows of `gaps`.
@@ -55,8 +60,8 @@ impl Domain {
         crate::health::check(&self.services.db, &self.services.settings).await
     }
 
-    /// Where an ingestion pass run outside the queue (the CLI) sends touched holders: the same
-    /// balance-sync jobs a queued pass enqueues.
+    /// Where an ingestion pass run outside the queue (the CLI) sends what is left to do: the
+    /// same `compute-points` jobs a queued pass enqueues.
     pub fn ingest_sink(enqueuer: Arc<dyn Enqueuer>) -> impl IngestSink {
         FollowUps(enqueuer)
     }

@@ -83,9 +83,12 @@ pub async fn check(pool: &PgPool, settings: &DomainConfig) -> Result<DomainHealt
     }
     r.deduction = i64::min(chain_penalty, 40) + i64::min(ingest_penalty, 20);
     let lagging: i64 = sqlx::query_scalar(
+        // Windows close by chain time: on a chain with ingestion, "now" is the time of the
+        // ingestion checkpoint's block (a stalled ingestion is reported above).
         "SELECT count(*) FROM (SELECT chain_id, token, address, max(window_start) AS last
            FROM chainsync.points_history GROUP BY 1, 2, 3) p
-         WHERE p.last < now() - interval '2 hours'",
+         LEFT JOIN chainsync.ingest_checkpoints c USING (chain_id)
+         WHERE p.last < coalesce(c.block_time, now()) - interval '2 hours'",
     )
     .fetch_one(pool)
     .await?;

@@ -39,6 +39,7 @@ pub fn registry() -> chainsync_engine::Registry<Services> {
         .register::<kinds::check_pending_tx::CheckPendingTx>()
         .register::<kinds::ingest_events::IngestEvents>()
         .register::<kinds::backfill_window::BackfillWindow>()
+        .register::<kinds::compute_points::ComputePoints>()
 }
 
 /// Every migration chainsync needs, the engine's (`migrations/engine`) and the domain's

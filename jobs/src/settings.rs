@@ -422,6 +422,10 @@ pub struct IngestConfig {
     pub live: bool,
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// Balance history only for tracked addresses (see `[tracking]`) instead of every holder a
+    /// transfer log of a configured token touches.
+    #[serde(default)]
+    pub tracked_only: bool,
 }
 
 /// One contract: the standard transfer events are always decoded; `events` adds more by

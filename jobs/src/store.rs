@@ -28,6 +28,9 @@ pub struct WriteOutcome {
     pub changed: usize,
     /// Rows skipped because a newer block was already stored.
     pub stale: usize,
+    /// Holders whose points windows were marked for a recompute by the history this write
+    /// recorded (the kind then enqueues `compute-points`).
+    pub points_dirty: usize,
 }
 
 impl WriteOutcome {
@@ -35,6 +38,7 @@ impl WriteOutcome {
         self.written += o.written;
         self.changed += o.changed;
         self.stale += o.stale;
+        self.points_dirty += o.points_dirty;
     }
 }
 
@@ -72,8 +76,9 @@ impl From<(String, String, String, i64, DateTime<Utc>)> for WrittenRow {
 /// Upsert of many balances read at `block`, in one statement.
 ///
 /// - A stored row of a newer block is never overwritten (the stale result is dropped).
-/// - `balance_changes` gets a row only when the amount differs from the stored one (the first
-///   observation of an address has `old_amount` NULL).
+/// - `changed` counts the rows whose amount differs from the stored one; the history itself is
+///   written by [`record_history`], which compares with the history at the block, not with this
+///   table.
 /// - Duplicated (token, address) pairs in `rows` are collapsed (the last wins).
 const UPSERT: &str = r#"
 WITH input AS (
@@ -93,9 +98,7 @@ old AS (
 up AS (
     INSERT INTO chainsync.balances AS b
         (chain_id, token, address, amount, block_number, block_hash, updated_at)
-    -- Joining `old` here makes Postgres read (and lock) the old rows before the upsert; read
-    -- after it, rows this statement already updated would be skipped by FOR UPDATE and their
-    -- change recorded as a first observation.
+    -- Joining `old` here makes Postgres read (and lock) the old rows before the upsert.
     SELECT $4, i.token, i.address, i.amount, $5, $6, now()
     FROM input i LEFT JOIN old o ON o.token = i.token AND o.address = i.address
     ON CONFLICT (chain_id, token, address) DO UPDATE
@@ -105,17 +108,10 @@ up AS (
             updated_at = EXCLUDED.updated_at
         WHERE b.block_number <= EXCLUDED.block_number
     RETURNING b.token, b.address, b.amount, b.block_number, b.updated_at
-),
-changes AS (
-    INSERT INTO chainsync.balance_changes
-        (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time)
-    SELECT $4, up.token, up.address, old.amount, up.amount, $5, $6, $7
-    FROM up LEFT JOIN old ON old.token = up.token AND old.address = up.address
-    WHERE old.amount IS DISTINCT FROM up.amount
-    RETURNING 1
 )
 SELECT up.token, up.address, up.amount::text, up.block_number, up.updated_at,
-       (SELECT count(*) FROM changes) AS changed
+       (SELECT count(*) FROM up LEFT JOIN old ON old.token = up.token AND old.address = up.address
+        WHERE old.amount IS DISTINCT FROM up.amount) AS changed
 FROM up
 "#;
 
@@ -129,6 +125,7 @@ pub async fn store_balances(
     if rows.is_empty() {
         return Ok(WriteOutcome::default());
     }
+    let rows_in = rows;
     let mut tokens = Vec::with_capacity(rows.len());
     let mut addresses = Vec::with_capacity(rows.len());
     let mut amounts = Vec::with_capacity(rows.len());
@@ -150,14 +147,14 @@ pub async fn store_balances(
         .bind(db_chain_id(chain_id)?)
         .bind(db_block(block.number)?)
         .bind(hash_text(&block.hash))
-        .bind(block.time())
         .fetch_all(&services.db)
         .await?;
     let changed = written.first().map_or(0, |r| r.5);
-    let outcome = WriteOutcome {
+    let mut outcome = WriteOutcome {
         written: written.len(),
         changed: usize::try_from(changed).unwrap_or(0),
         stale: distinct.saturating_sub(written.len()),
+        points_dirty: 0,
     };
     let rows: Vec<WrittenRow> = written
         .into_iter()
@@ -166,6 +163,18 @@ pub async fn store_balances(
         })
         .collect();
     cache_write_through(services, chain_id, &rows).await;
+    let observed: Vec<Observation> = rows_in
+        .iter()
+        .map(|r| Observation {
+            token: r.token,
+            address: r.address,
+            block: *block,
+            amount: r.amount,
+        })
+        .collect();
+    outcome.points_dirty = record_history(services, chain_id, Source::Read, &observed)
+        .await?
+        .dirty;
     Ok(outcome)
 }
 
@@ -302,4 +311,382 @@ pub fn db_chain_id(chain_id: u64) -> Result<i64, JobError> {
 /// Block numbers are `bigint` in the database.
 pub fn db_block(n: u64) -> Result<i64, JobError> {
     i64::try_from(n).map_err(|_| JobError::Retry(format!("block number {n} out of range")))
+}
+
+/// How a history row was found (the `source` column of `balance_changes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A read pinned to a block where a transfer log of the token touched the holder.
+    Log,
+    /// A read at a pinned block by a sync.
+    Read,
+    /// A read by reconcile-chain at the block it compared.
+    Reconcile,
+}
+
+impl Source {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Read => "read",
+            Self::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// A balance seen on chain at a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub token: TokenKey,
+    pub address: Address,
+    pub block: PinnedBlock,
+    pub amount: U256,
+}
+
+/// What [`record_history`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryOutcome {
+    /// History rows inserted or corrected.
+    pub written: usize,
+    /// Rows removed because they no longer record a change (a later row of the same amount).
+    pub removed: usize,
+    /// (token, address) keys whose points windows were marked for a recompute.
+    pub dirty: usize,
+}
+
+/// Inserts an observation as a history row when it differs from the history just before its
+/// block, or corrects the row already at that block. `log` rows are never downgraded to another
+/// source.
+const HISTORY_INSERT: &str = r#"
+WITH o AS (
+    SELECT DISTINCT ON (token, address, block_number)
+           token, address, block_number, block_hash, block_time, amount::numeric AS amount
+    FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::text[])
+         WITH ORDINALITY AS t(token, address, block_number, block_hash, block_time, amount, n)
+    ORDER BY token, address, block_number, n DESC
+),
+p AS (
+    -- The history just before each observation: the row before it, or an earlier observation
+    -- of the same batch when that is later.
+    SELECT o.*, d.block_number AS db, d.new_amount AS da,
+           lag(o.block_number) OVER w AS ob, lag(o.amount) OVER w AS oa,
+           EXISTS (SELECT 1 FROM chainsync.balance_changes c
+                    WHERE c.chain_id = $1 AND c.token = o.token AND c.address = o.address
+                      AND c.block_number = o.block_number) AS present
+    FROM o
+    LEFT JOIN LATERAL (
+        SELECT c.block_number, c.new_amount FROM chainsync.balance_changes c
+         WHERE c.chain_id = $1 AND c.token = o.token AND c.address = o.address
+           AND c.block_number < o.block_number
+         ORDER BY c.block_number DESC LIMIT 1
+    ) d ON true
+    WINDOW w AS (PARTITION BY o.token, o.address ORDER BY o.block_number)
+),
+q AS (
+    SELECT p.*, CASE WHEN ob IS NOT NULL AND (db IS NULL OR ob > db) THEN oa ELSE da END AS before
+    FROM p
+)
+INSERT INTO chainsync.balance_changes AS c
+    (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time, source)
+SELECT $1, token, address, before, amount, block_number, block_hash, block_time, $8 FROM q
+WHERE present OR before IS DISTINCT FROM amount
+ORDER BY token, address, block_number
+ON CONFLICT (chain_id, token, address, block_number) DO UPDATE
+    SET new_amount = EXCLUDED.new_amount,
+        block_hash = EXCLUDED.block_hash,
+        block_time = EXCLUDED.block_time,
+        source = CASE WHEN c.source = 'log' THEN 'log' ELSE EXCLUDED.source END,
+        observed_at = now()
+    WHERE (c.new_amount, c.block_hash, c.block_time)
+              IS DISTINCT FROM (EXCLUDED.new_amount, EXCLUDED.block_hash, EXCLUDED.block_time)
+       OR (EXCLUDED.source = 'log' AND c.source <> 'log')
+RETURNING c.token, c.address, c.block_time
+"#;
+
+/// After inserts into the middle of a history: rows that repeat the amount before them are no
+/// change and go; `old_amount` is set to the amount before each row. Only rows from the last row
+/// before the first touched block on are looked at.
+const HISTORY_NORMALIZE: &str = r#"
+WITH k AS (
+    SELECT token, address, min(block_number) AS from_block
+    FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(token, address, block_number)
+    GROUP BY 1, 2
+),
+s AS (
+    SELECT k.token, k.address,
+           coalesce((SELECT max(c.block_number) FROM chainsync.balance_changes c
+                      WHERE c.chain_id = $1 AND c.token = k.token AND c.address = k.address
+                        AND c.block_number < k.from_block), -1) AS start
+    FROM k
+),
+h AS (
+    SELECT c.id, c.block_number, s.start, c.new_amount, c.old_amount,
+           lag(c.new_amount) OVER (PARTITION BY c.token, c.address ORDER BY c.block_number) AS prev
+    FROM chainsync.balance_changes c
+    JOIN s ON c.chain_id = $1 AND c.token = s.token AND c.address = s.address
+    WHERE c.block_number >= s.start
+),
+del AS (
+    DELETE FROM chainsync.balance_changes c USING h
+    WHERE c.id = h.id AND h.block_number > h.start AND h.prev = h.new_amount
+    RETURNING c.token, c.address, c.block_time
+),
+fix AS (
+    UPDATE chainsync.balance_changes c SET old_amount = h.prev
+    FROM h
+    WHERE c.id = h.id AND h.block_number > h.start AND h.prev IS NOT NULL
+      AND h.prev <> h.new_amount AND c.old_amount IS DISTINCT FROM h.prev
+    RETURNING 1
+)
+SELECT token, address, block_time, (SELECT count(*) FROM fix) FROM del
+"#;
+
+/// Marks points windows of (token, address) from `since` on for a recompute, for tokens with a
+/// rate, when something was computed from that history already (a window at or after `since`, or
+/// the token's forward pass is past it).
+const MARK_DIRTY: &str = r#"
+INSERT INTO chainsync.points_dirty AS d (chain_id, token, address, since, reason)
+SELECT $1, t.token, t.address, t.since, $5
+FROM UNNEST($2::text[], $3::text[], $4::timestamptz[]) AS t(token, address, since)
+WHERE EXISTS (SELECT 1 FROM chainsync.points_history p
+               WHERE p.chain_id = $1 AND p.token = t.token AND p.address = t.address
+                 AND p.window_start > t.since - interval '1 hour')
+   OR t.since < (SELECT pp.computed_through FROM chainsync.points_progress pp
+                  WHERE pp.chain_id = $1 AND pp.token = t.token)
+ORDER BY t.token, t.address
+ON CONFLICT (chain_id, token, address) DO UPDATE
+    SET since = least(d.since, EXCLUDED.since),
+        reason = CASE WHEN EXCLUDED.since < d.since THEN EXCLUDED.reason ELSE d.reason END,
+        marked_at = clock_timestamp()
+RETURNING 1
+"#;
+
+/// Tokens of `chain_id` that earn points.
+pub fn rated_tokens(settings: &crate::settings::DomainConfig, chain_id: u64) -> Vec<String> {
+    let mut v: Vec<String> = settings
+        .points
+        .rates
+        .iter()
+        .filter(|r| r.chain_id == chain_id)
+        .filter_map(|r| TokenKey::parse(&r.token).ok().map(|k| k.text()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Marks windows of changed history for a recompute (see [`MARK_DIRTY`]), inside `tx`, after
+/// taking a share lock on the tokens' progress rows: a points pass computing from the old history
+/// at the same time commits first, and its windows are then seen here.
+pub async fn mark_dirty(
+    tx: &mut sqlx::PgConnection,
+    settings: &crate::settings::DomainConfig,
+    chain_id: u64,
+    changed: &std::collections::BTreeMap<(String, String), DateTime<Utc>>,
+    reason: &str,
+) -> Result<usize, JobError> {
+    let rated = rated_tokens(settings, chain_id);
+    let keys: Vec<(&(String, String), &DateTime<Utc>)> = changed
+        .iter()
+        .filter(|((t, _), _)| rated.contains(t))
+        .collect();
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let cid = db_chain_id(chain_id)?;
+    let mut tokens: Vec<String> = keys.iter().map(|((t, _), _)| t.clone()).collect();
+    tokens.sort();
+    tokens.dedup();
+    sqlx::query(
+        "INSERT INTO chainsync.points_progress (chain_id, token, computed_through)
+         SELECT $1, t, '-infinity' FROM UNNEST($2::text[]) AS t ORDER BY t
+         ON CONFLICT (chain_id, token) DO NOTHING",
+    )
+    .bind(cid)
+    .bind(&tokens)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "SELECT 1 FROM chainsync.points_progress WHERE chain_id = $1 AND token = ANY($2)
+         ORDER BY token FOR SHARE",
+    )
+    .bind(cid)
+    .bind(&tokens)
+    .execute(&mut *tx)
+    .await?;
+    let marked = sqlx::query(MARK_DIRTY)
+        .bind(cid)
+        .bind(keys.iter().map(|((t, _), _)| t.clone()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|((_, a), _)| a.clone()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, s)| **s).collect::<Vec<_>>())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok(usize::try_from(marked).unwrap_or(usize::MAX))
+}
+
+/// Takes transaction-scoped advisory locks on (chain, token, address) keys, in key order, so that
+/// two writers of the same history (ingestion and a sync) never interleave their inserts and
+/// normalization.
+pub async fn lock_keys(
+    tx: &mut sqlx::PgConnection,
+    chain_id: u64,
+    keys: &[String],
+) -> Result<(), JobError> {
+    let mut keys: Vec<String> = keys.iter().map(|k| format!("{chain_id}:{k}")).collect();
+    keys.sort();
+    keys.dedup();
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7)))
+         FROM (SELECT k FROM UNNEST($1::text[]) AS k ORDER BY k) s",
+    )
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Records balances seen on chain in `balance_changes` on the chain's timeline: a row at an
+/// observation's block when its amount differs from the history just before that block (one row
+/// per (chain, token, address, block): replaying writes nothing twice), later rows that no longer
+/// record a change removed, and the points windows of changed history marked for a recompute
+/// (then a `compute-points` job is enqueued).
+pub async fn record_history(
+    services: &Services,
+    chain_id: u64,
+    source: Source,
+    obs: &[Observation],
+) -> Result<HistoryOutcome, JobError> {
+    if obs.is_empty() {
+        return Ok(HistoryOutcome::default());
+    }
+    let cid = db_chain_id(chain_id)?;
+    let mut tokens = Vec::with_capacity(obs.len());
+    let mut addresses = Vec::with_capacity(obs.len());
+    let mut numbers = Vec::with_capacity(obs.len());
+    let mut hashes = Vec::with_capacity(obs.len());
+    let mut times = Vec::with_capacity(obs.len());
+    let mut amounts = Vec::with_capacity(obs.len());
+    for o in obs {
+        tokens.push(o.token.text());
+        addresses.push(address_text(&o.address));
+        numbers.push(db_block(o.block.number)?);
+        hashes.push(hash_text(&o.block.hash));
+        times.push(o.block.time());
+        amounts.push(o.amount.to_string());
+    }
+    let keys: Vec<String> = tokens
+        .iter()
+        .zip(&addresses)
+        .map(|(t, a)| format!("{t}:{a}"))
+        .collect();
+    let mut tx = services.db.begin().await?;
+    lock_keys(&mut tx, chain_id, &keys).await?;
+    let written: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(HISTORY_INSERT)
+        .bind(cid)
+        .bind(&tokens)
+        .bind(&addresses)
+        .bind(&numbers)
+        .bind(&hashes)
+        .bind(&times)
+        .bind(&amounts)
+        .bind(source.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut removed = Vec::new();
+    if !written.is_empty() {
+        removed =
+            sqlx::query_as::<_, (String, String, Option<DateTime<Utc>>, i64)>(HISTORY_NORMALIZE)
+                .bind(cid)
+                .bind(&tokens)
+                .bind(&addresses)
+                .bind(&numbers)
+                .fetch_all(&mut *tx)
+                .await?;
+    }
+    let mut changed: std::collections::BTreeMap<(String, String), DateTime<Utc>> =
+        std::collections::BTreeMap::new();
+    for (t, a, at) in written
+        .iter()
+        .cloned()
+        .chain(removed.iter().map(|r| (r.0.clone(), r.1.clone(), r.2)))
+    {
+        let at = at.unwrap_or_else(Utc::now);
+        let e = changed.entry((t, a)).or_insert(at);
+        *e = (*e).min(at);
+    }
+    let dirty = mark_dirty(
+        &mut tx,
+        &services.settings,
+        chain_id,
+        &changed,
+        &format!("balance history changed ({})", source.as_str()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(HistoryOutcome {
+        written: written.len(),
+        removed: removed.len(),
+        dirty,
+    })
+}
+
+/// Upsert of balances each read at its own block (ingestion: the newest touched block of each
+/// holder). A stored row of a newer block is never overwritten. History is written separately.
+const UPSERT_AT: &str = r#"
+WITH input AS (
+    SELECT DISTINCT ON (token, address) token, address, amount::numeric AS amount,
+           block_number, block_hash
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+         AS t(token, address, amount, block_number, block_hash)
+    ORDER BY token, address, block_number DESC
+)
+INSERT INTO chainsync.balances AS b
+    (chain_id, token, address, amount, block_number, block_hash, updated_at)
+SELECT $6, token, address, amount, block_number, block_hash, now() FROM input
+ORDER BY token, address
+ON CONFLICT (chain_id, token, address) DO UPDATE
+    SET amount = EXCLUDED.amount,
+        block_number = EXCLUDED.block_number,
+        block_hash = EXCLUDED.block_hash,
+        updated_at = EXCLUDED.updated_at
+    WHERE b.block_number <= EXCLUDED.block_number
+RETURNING b.token, b.address, b.amount::text, b.block_number, b.updated_at
+"#;
+
+/// Stores the newest of `obs` per (token, address) in `balances` (never over a newer block) and
+/// writes the cache through. Returns the rows written.
+pub async fn store_observed(
+    services: &Services,
+    chain_id: u64,
+    obs: &[Observation],
+) -> Result<usize, JobError> {
+    if obs.is_empty() {
+        return Ok(0);
+    }
+    let mut tokens = Vec::with_capacity(obs.len());
+    let mut addresses = Vec::with_capacity(obs.len());
+    let mut amounts = Vec::with_capacity(obs.len());
+    let mut numbers = Vec::with_capacity(obs.len());
+    let mut hashes = Vec::with_capacity(obs.len());
+    for o in obs {
+        tokens.push(o.token.text());
+        addresses.push(address_text(&o.address));
+        amounts.push(o.amount.to_string());
+        numbers.push(db_block(o.block.number)?);
+        hashes.push(hash_text(&o.block.hash));
+    }
+    let written: Vec<(String, String, String, i64, DateTime<Utc>)> = sqlx::query_as(UPSERT_AT)
+        .bind(&tokens)
+        .bind(&addresses)
+        .bind(&amounts)
+        .bind(&numbers)
+        .bind(&hashes)
+        .bind(db_chain_id(chain_id)?)
+        .fetch_all(&services.db)
+        .await?;
+    let rows: Vec<WrittenRow> = written.into_iter().map(WrittenRow::from).collect();
+    cache_write_through(services, chain_id, &rows).await;
+    Ok(rows.len())
 }

@@ -3,8 +3,9 @@
 //! 1. Throughput: N holders minted (one `Transfer` each) in small batches, one block each, so
 //!    that the events spread over at least `blocks` blocks; then ingestion passes from block 0 to
 //!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges, events stored
-//!    with their block hashes, touched holders handed on. Repeated after a reset; events/s of
-//!    each repetition and the median.
+//!    with their block hashes, each touched holder's balance read at the block that touched it
+//!    (one Multicall3 call per block) and recorded in the balance history. Repeated after a reset
+//!    (events, history and balances); events/s of each repetition and the median.
 //! 2. Live lag: anvil mining a block every second, the worker runtime and the live follower of
 //!    the daemon running. Transfers to fresh addresses; the lag of each is the time from its
 //!    receipt first being visible to the recipient's balance row holding a block at or after it.
@@ -22,13 +23,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config, runtime::Runtime};
+use crate::runtime::Runtime;
 use chainsync_dev::devchain::{self, DevChain, DevChainOptions, contracts::TestToken};
 
-fn config(url: &str, rpc: &str, token: &str, live: bool) -> anyhow::Result<Config> {
-    Ok(Config::from_toml(&format!(
+/// The config of both parts, but `database_url`.
+fn config(rpc: &str, token: &str, live: bool) -> String {
+    format!(
         r#"
-database_url = "{url}"
 [worker]
 concurrency = 20
 [[chains]]
@@ -49,7 +50,7 @@ max_range = 5000
 live = {live}
 contracts = [{{ address = "{token}" }}]
 "#
-    ))?)
+    )
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -99,9 +100,13 @@ async fn throughput(
     let mint_started = Instant::now();
     chain.mint_across_blocks(token, &holders, per_block).await?;
     let mint_secs = mint_started.elapsed().as_secs_f64();
-    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest").await?;
-    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), false)?).await?;
-    app.migrate().await?;
+    let rpc = chain.url();
+    let app = super::scratch_app(
+        admin_url,
+        "bench_ingest",
+        &config(&rpc, &format!("{token:#x}"), false),
+    )
+    .await?;
     let services = app.services().await?;
     let sink = chainsync_jobs::domain::Domain::ingest_sink(std::sync::Arc::new(app.queue.clone()));
     let head = chain.block_number().await?;
@@ -109,7 +114,7 @@ async fn throughput(
     let mut requests = 0;
     for _ in 0..reps {
         chainsync_jobs::ingest::reset(app.pool(), 31337).await?;
-        sqlx::query("TRUNCATE chainsync.jobs")
+        sqlx::query("TRUNCATE chainsync.jobs, chainsync.balance_changes, chainsync.balances")
             .execute(app.pool())
             .await?;
         let t = Instant::now();
@@ -135,8 +140,13 @@ async fn throughput(
         }
         let secs = t.elapsed().as_secs_f64();
         let stored = count(app.pool(), "SELECT count(*) FROM chainsync.events").await?;
-        if stored != events as i64 {
-            bail!("stored {stored} events, expected {events}");
+        let history = count(
+            app.pool(),
+            "SELECT count(*) FROM chainsync.balance_changes WHERE source = 'log'",
+        )
+        .await?;
+        if stored != events as i64 || history != events as i64 {
+            bail!("stored {stored} events and {history} history rows, expected {events} of each");
         }
         rates.push(events as f64 / secs);
     }
@@ -176,9 +186,13 @@ async fn live_lag(admin_url: &str, transfers: usize) -> anyhow::Result<serde_jso
             )
             .await?;
     }
-    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest_live").await?;
-    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), true)?).await?;
-    app.migrate().await?;
+    let rpc = chain.url();
+    let app = super::scratch_app(
+        admin_url,
+        "bench_ingest_live",
+        &config(&rpc, &format!("{token:#x}"), true),
+    )
+    .await?;
     let pool = app.pool().clone();
     let poll_ms = app
         .config

@@ -18,12 +18,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use chainsync::{app::App, config::Config, runtime::Runtime};
+use chainsync::runtime::Runtime;
 use chainsync_jobs::NewJob;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::common::db_url;
+use crate::common::{TokenChain, wait};
 
 /// What the proxy does with each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,40 +205,33 @@ async fn wait_for(pool: &PgPool, id: uuid::Uuid, want: &str, limit: Duration) {
 /// garbage and hanging answers are retried with backoff, then dead-lettered with every attempt's
 /// error; with the node back, replays complete and every balance is the chain's.
 pub async fn faults_retry_snooze_dead_letter_and_replay(pool: PgPool) {
-    let chain = chainsync_dev::devchain::DevChain::start().await.unwrap();
-    chain.install_multicall3().await.unwrap();
-    let token = chain.deploy_token("Faults", "FLT", 18).await.unwrap();
-    let holders =
-        chainsync_dev::devchain::random_holders(17, 4, chainsync_dev::devchain::units(10, 18));
-    chain.mint_many(token, &holders).await.unwrap();
+    let s = TokenChain::builder("FLT")
+        .name("Faults")
+        .holders(4)
+        .seed(17)
+        .max_units(10)
+        .start()
+        .await
+        .unwrap();
+    let (chain, token, holders) = (&s.chain, s.token, &s.holders);
     let proxy = FaultProxy::start(chain.url()).await;
-    let config = Config::from_toml(&format!(
-        r#"
-database_url = "{}"
+    let app = crate::common::app(
+        &pool,
+        &format!(
+            r#"
 [worker]
 concurrency = 4
 poll_interval = "100ms"
-[[chains]]
-chain_id = 31337
-name = "anvil"
-rpc_urls = ["{}"]
-confirmations = 0
+{}confirmations = 0
 request_timeout_secs = 1
 rate_limit_retries = 1
 rate_limit_backoff_ms = 50
-[[tokens]]
-chain_id = 31337
-symbol = "FLT"
-address = "{token:#x}"
-decimals = 18
-asset_class = "erc20"
-"#,
-        db_url(&pool),
-        proxy.url()
-    ))
-    .unwrap();
-    let app = App::with_pool(config, pool.clone()).unwrap();
-    app.migrate().await.unwrap();
+{}"#,
+            s.chain_toml_at(&proxy.url()),
+            s.token_toml()
+        ),
+    )
+    .await;
     let services = app.services().await.unwrap();
     let rt = Runtime::start(
         app.queue.clone(),
@@ -280,15 +273,20 @@ asset_class = "erc20"
         proxy.set(fault);
         let id = app.queue.enqueue(job(i)).await.unwrap().id;
         // Wait until the job was refused a few times and sits snoozed between two runs.
-        let t = Instant::now();
-        let (state, attempt, dead) = loop {
+        let (state, attempt, dead) = wait(
+            format!("{fault:?}: the job refused 3 times, snoozed between runs"),
+            Duration::from_secs(30),
+        )
+        .every(Duration::from_millis(20))
+        .until_ok(async || {
             let now = state_of(&pool, id).await;
             if proxy.hits() >= 3 && (now.0.as_deref() == Some("available") || now.2) {
-                break now;
+                Ok(now)
+            } else {
+                Err(now)
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "{fault:?}: {now:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        })
+        .await;
         if dead {
             let dl = app.queue.get_dead(id).await.unwrap();
             panic!(
@@ -320,7 +318,7 @@ asset_class = "erc20"
         wait_for(&pool, *id, "completed", Duration::from_secs(30)).await;
     }
     rt.stop().await;
-    for (holder, _) in &holders {
+    for (holder, _) in holders {
         let stored: String =
             sqlx::query_scalar("SELECT amount::text FROM chainsync.balances WHERE address = $1")
                 .bind(format!("{holder:#x}"))

@@ -117,6 +117,22 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The fencing token of a lease as `chainsync.lease_token(id, attempt, owner)` writes it (the one
+/// definition, in the migrations; `lease_token_matches_sql` checks that the two agree). Outcome
+/// statements take the tokens as a parameter: Postgres then looks each row up in a hashed array,
+/// where an array computed inside the statement would be searched linearly for every row.
+pub fn lease_token(id: Uuid, attempt: i32, owner: Uuid) -> String {
+    format!("{id}/{attempt}/{owner}")
+}
+
+/// The lease tokens of `ids` at `attempts` for `owner`.
+fn lease_tokens(ids: &[Uuid], attempts: &[i32], owner: Uuid) -> Vec<String> {
+    ids.iter()
+        .zip(attempts)
+        .map(|(id, attempt)| lease_token(*id, *attempt, owner))
+        .collect()
+}
+
 fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
     json!({
         "attempt": attempt,
@@ -218,8 +234,7 @@ impl Queue {
             if !done.ids.is_empty() {
                 stats.done = sqlx::query(sql_done)
                     .bind(&done.ids)
-                    .bind(&done.attempts)
-                    .bind(owner)
+                    .bind(lease_tokens(&done.ids, &done.attempts, owner))
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
@@ -231,8 +246,7 @@ impl Queue {
         if !done.ids.is_empty() {
             stats.done = sqlx::query(sql_done)
                 .bind(&done.ids)
-                .bind(&done.attempts)
-                .bind(owner)
+                .bind(lease_tokens(&done.ids, &done.attempts, owner))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -240,11 +254,10 @@ impl Queue {
         if !retry.ids.is_empty() {
             let n = sqlx::query(RETRY)
                 .bind(&retry.ids)
-                .bind(&retry.attempts)
+                .bind(lease_tokens(&retry.ids, &retry.attempts, owner))
                 .bind(&retry.delays_ms)
                 .bind(&retry.refunds)
                 .bind(&retry.errors)
-                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -255,10 +268,9 @@ impl Queue {
         if !dead.ids.is_empty() {
             stats.dead = sqlx::query(DEAD_LETTER)
                 .bind(&dead.ids)
-                .bind(&dead.attempts)
+                .bind(lease_tokens(&dead.ids, &dead.attempts, owner))
                 .bind(&dead.errors)
                 .bind(&dead.reasons)
-                .bind(owner)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

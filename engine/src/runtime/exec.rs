@@ -39,6 +39,8 @@ impl<S> Clone for Executor<S> {
 
 struct Inner<S> {
     queue: Queue,
+    /// The queue as every run's enqueuer of follow-up jobs (one allocation, shared).
+    enqueuer: Arc<dyn crate::Enqueuer>,
     runner: Runner<S>,
     permits: Arc<Semaphore>,
     done: mpsc::UnboundedSender<ToCompleter>,
@@ -53,6 +55,7 @@ impl<S> Executor<S> {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                enqueuer: Arc::new(queue.clone()),
                 queue,
                 runner,
                 permits,
@@ -118,7 +121,7 @@ impl<S: Clone + Send + Sync + 'static> Inner<S> {
                 max_attempts: job.max_attempts,
             },
             db: self.queue.pool().clone(),
-            enqueuer: Arc::new(self.queue.clone()),
+            enqueuer: self.enqueuer.clone(),
             services: self.runner.services.clone(),
         };
         let Some(run) = self.runner.registry.run(&job.kind, job.args.clone(), ctx) else {

@@ -34,6 +34,7 @@ sol! {
         }
         function aggregate3(Call3[] calldata calls) external payable returns (Result3[] memory returnData);
         function getEthBalance(address addr) external view returns (uint256 balance);
+        function getCurrentBlockTimestamp() external view returns (uint256 timestamp);
     }
 
     interface IERC20 {
@@ -181,6 +182,91 @@ pub fn read_balances<'a>(
         }
         Ok(results.iter().map(decode_one).collect())
     })
+}
+
+/// Like [`read_balances`] for at most one batch, with the block's timestamp read in the same
+/// `aggregate3` call (Multicall3's `getCurrentBlockTimestamp`): one `eth_call` where a node whose
+/// logs carry no `blockTimestamp` would otherwise need a block request too. `block.timestamp` is
+/// ignored; the returned block carries the one read. Falls back to a block request and
+/// [`read_balances`] when the node refuses the call as too big.
+pub async fn read_balances_timed(
+    chain: &ChainClient,
+    queries: &[BalanceQuery],
+    block: &PinnedBlock,
+) -> Result<(PinnedBlock, Vec<BalanceRead>), JobError> {
+    let mut calls = Vec::with_capacity(queries.len() + 1);
+    calls.push(IMulticall3::Call3 {
+        target: chain.multicall,
+        allowFailure: false,
+        callData: IMulticall3::getCurrentBlockTimestampCall {}
+            .abi_encode()
+            .into(),
+    });
+    calls.extend(queries.iter().map(|q| encode(chain.multicall, q)));
+    let input = IMulticall3::aggregate3Call { calls }.abi_encode();
+    let tx = TransactionRequest::default()
+        .to(chain.multicall)
+        .input(TransactionInput::new(input.into()));
+    let out = match chain
+        .provider
+        .call(tx)
+        .block(BlockId::from(block.hash))
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if batch_too_big(&e) => {
+            let Some(b) = chain.block_at(block.number).await? else {
+                return Err(JobError::Retry(format!(
+                    "chain {}: block {} not available from the node",
+                    chain.chain_id(),
+                    block.number
+                )));
+            };
+            if b.hash != block.hash {
+                return Err(JobError::Retry(format!(
+                    "chain {}: block {} changed while it was read (reorg)",
+                    chain.chain_id(),
+                    block.number
+                )));
+            }
+            let reads = read_balances(chain, queries, &b).await?;
+            return Ok((b, reads));
+        }
+        Err(e) => return Err(chain.rpc_error("eth_call aggregate3", &e)),
+    };
+    if out.is_empty() {
+        return Err(JobError::Fatal(format!(
+            "chain {}: no Multicall3 contract at {:#x} (block {}); deploy it or set multicall_address",
+            chain.chain_id(),
+            chain.multicall,
+            block.number
+        )));
+    }
+    let results = IMulticall3::aggregate3Call::abi_decode_returns(&out).map_err(|e| {
+        JobError::Retry(format!(
+            "chain {}: undecodable aggregate3 response ({} bytes): {e}",
+            chain.chain_id(),
+            out.len()
+        ))
+    })?;
+    let (Some(first), true) = (results.first(), results.len() == queries.len() + 1) else {
+        return Err(JobError::Retry(format!(
+            "chain {}: aggregate3 returned {} results for {} calls",
+            chain.chain_id(),
+            results.len(),
+            queries.len() + 1
+        )));
+    };
+    let timestamp = decode_one(first)
+        .map_err(|e| JobError::Retry(format!("block timestamp: {e}")))
+        .and_then(|t| {
+            u64::try_from(t).map_err(|_| JobError::Retry("block timestamp out of range".into()))
+        })?;
+    let pinned = PinnedBlock {
+        timestamp,
+        ..*block
+    };
+    Ok((pinned, results[1..].iter().map(decode_one).collect()))
 }
 
 #[cfg(test)]

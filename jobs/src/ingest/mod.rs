@@ -1,7 +1,12 @@
 //! Event ingestion: from a stored checkpoint to head − confirmations, `eth_getLogs` in adaptive
 //! ranges, decoded events stored idempotently with their block hashes, reorgs rolled back to the
-//! common ancestor. The holders each stored range touched are handed to an [`IngestSink`] (the
-//! job kind turns them into balance syncs), so the domain never decides what work follows.
+//! common ancestor (events, balance history and the points computed from it).
+//!
+//! Balance history on the chain's timeline: for every configured token, each holder a transfer
+//! log touches is read with `balanceOf` pinned to every block where a log touched it (one
+//! Multicall3 `aggregate3` per touched block, holders of a block batched together), and the
+//! result recorded in `balance_changes` at that block with its hash and time (`source = 'log'`),
+//! whether the pass runs live or days later. The newest read of each holder goes to `balances`.
 
 pub mod decode;
 pub mod range;
@@ -9,10 +14,11 @@ pub mod range;
 use std::collections::{BTreeMap, BTreeSet};
 
 use alloy::{
-    primitives::Address,
+    primitives::{Address, B256},
     providers::Provider,
     rpc::types::{Filter, Log},
 };
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
@@ -20,8 +26,14 @@ use tracing::{info, warn};
 pub use crate::settings::{ContractConfig, IngestConfig};
 use crate::{
     JobError, Services,
-    chain::ChainClient,
+    balance_sync::read_many,
+    chain::{
+        ChainClient, PinnedBlock,
+        multicall::{BalanceQuery, read_balances_timed},
+    },
     ids::{TokenKey, address_text, hash_text, parse_address},
+    points::window_of,
+    store::{Observation, Source, db_block, mark_dirty, record_history, store_observed},
 };
 use decode::{CustomEvent, Decoded};
 
@@ -35,6 +47,10 @@ pub struct IngestReport {
     pub undecodable: u64,
     pub reorged_blocks: u64,
     pub requests: u64,
+    /// Block-pinned balance reads of touched holders (one per holder and touched block).
+    pub history_reads: u64,
+    /// History rows written (new changes or corrections).
+    pub history_rows: u64,
     pub caught_up: bool,
 }
 
@@ -48,18 +64,6 @@ struct Stored {
     args: Value,
 }
 
-/// Receives the (token, holder) pairs whose balance a stored range (or a reorg) changed, each
-/// with the first block that touched it, before the pass moves on: a pass that dies later has
-/// reported every range it stored.
-#[async_trait::async_trait]
-pub trait IngestSink: Send + Sync {
-    async fn touched(
-        &self,
-        chain_id: u64,
-        touched: &BTreeMap<(Address, Address), u64>,
-    ) -> Result<(), JobError>;
-}
-
 /// Called after every stored range with the counts so far (the CLI draws a progress bar).
 pub type IngestProgressFn<'a> = &'a (dyn Fn(&IngestReport) + Send + Sync);
 
@@ -70,6 +74,14 @@ pub struct PassOptions<'a> {
     /// events are not duplicated and the checkpoint never moves backwards).
     pub from_block: Option<u64>,
     pub progress: Option<IngestProgressFn<'a>>,
+}
+
+/// Receives what a pass leaves to do, before the pass moves on (the job kind turns it into jobs):
+/// points windows are due when the checkpoint crossed into a new hour of chain time, a reorg
+/// orphaned history, or marks of changed history are waiting.
+#[async_trait::async_trait]
+pub trait IngestSink: Send + Sync {
+    async fn points_due(&self, chain_id: u64) -> Result<(), JobError>;
 }
 
 /// Runs one ingestion pass for `chain_id` (see the module docs). `to_block` caps the range; a
@@ -127,6 +139,7 @@ pub async fn ingest_pass(
     let mut report = IngestReport::default();
 
     let mut checkpoint = load_checkpoint(db, cid).await?;
+    let start_time = checkpoint_time(db, cid).await?;
     if let Some((n, _)) = checkpoint {
         let ancestor = find_ancestor(db, &chain, cid, n).await?;
         if ancestor < n {
@@ -160,6 +173,16 @@ pub async fn ingest_pass(
         .filter_map(|e| CustomEvent::parse(e).ok())
         .collect();
     let tokens = token_contracts(&services.settings, chain_id);
+    let tracked: Option<BTreeSet<Address>> = if cfg.tracked_only {
+        Some(
+            crate::tracking::tracked_addresses(db, &services.settings)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    } else {
+        None
+    };
     let mut size = cfg.initial_range;
     while from <= stop_at {
         let to = stop_at.min(from.saturating_add(size - 1));
@@ -185,8 +208,9 @@ pub async fn ingest_pass(
         };
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
-        // (token, holder) → the newest block of the range that touched it.
-        let mut touched: BTreeMap<(Address, Address), u64> = BTreeMap::new();
+        // (token, holder) → every block of the range that touched it; block → hash.
+        let mut touched: BTreeMap<(Address, Address), BTreeSet<u64>> = BTreeMap::new();
+        let mut touched_blocks: BTreeMap<u64, B256> = BTreeMap::new();
         let mut hashes: Vec<(i64, String)> =
             vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
         for log in &logs {
@@ -210,8 +234,11 @@ pub async fn ingest_pass(
                     let contract = log.address();
                     if tokens.contains(&contract) {
                         for h in &holders {
-                            let at = touched.entry((contract, *h)).or_insert(bn);
-                            *at = (*at).max(bn);
+                            if tracked.as_ref().is_some_and(|t| !t.contains(h)) {
+                                continue;
+                            }
+                            touched.entry((contract, *h)).or_default().insert(bn);
+                            touched_blocks.insert(bn, bh);
                         }
                     }
                     if let Some((u, r)) = referral {
@@ -241,17 +268,21 @@ pub async fn ingest_pass(
                 }
             }
         }
+        // History first: a pass that dies after it and before the checkpoint replays the range,
+        // and the replay writes nothing twice.
+        let (reads, written) = record_touched(services, &chain, &touched, &touched_blocks).await?;
+        report.history_reads += reads;
+        report.history_rows += written;
         report.stored += store(
             db,
             cid,
             &rows,
             &referrals,
             &hashes,
-            (to, &hash_text(&end.hash)),
+            &end,
             cfg.keep_block_hashes,
         )
         .await?;
-        follow_up(services, sink, chain_id, &touched).await?;
         report.to_block = to;
         from = to + 1;
         size = range::grow(size, cfg.max_range);
@@ -260,10 +291,26 @@ pub async fn ingest_pass(
         }
     }
     report.caught_up = from > target;
+    // Points windows close by chain time: when this pass moved the checkpoint into a new hour,
+    // the windows before it can be computed.
+    // Marks of changed history still waiting (e.g. for ingestion to be back past a reorg) are
+    // picked up by the same job.
+    let end_time = checkpoint_time(db, cid).await?;
+    let crossed = end_time.is_some() && end_time.map(window_of) != start_time.map(window_of);
+    let waiting: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chainsync.points_dirty WHERE chain_id = $1)",
+    )
+    .bind(cid)
+    .fetch_one(db)
+    .await?;
+    if crossed || waiting {
+        sink.points_due(chain_id).await?;
+    }
     Ok(report)
 }
 
-/// Contracts configured as ERC20 tokens of `chain_id`: their transfers trigger balance syncs.
+/// Contracts configured as tokens of `chain_id`: the holders their transfers touch get balance
+/// history.
 fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> BTreeSet<Address> {
     settings
         .tokens
@@ -290,6 +337,19 @@ async fn load_checkpoint(db: &sqlx::PgPool, cid: i64) -> Result<Option<(u64, Str
     .fetch_optional(db)
     .await?;
     Ok(row.map(|(n, h)| (u64::try_from(n).unwrap_or(0), h)))
+}
+
+async fn checkpoint_time(
+    db: &sqlx::PgPool,
+    cid: i64,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, JobError> {
+    let t: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+        "SELECT block_time FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
+    )
+    .bind(cid)
+    .fetch_optional(db)
+    .await?;
+    Ok(t.flatten())
 }
 
 /// Newest stored block whose hash the chain still has: the checkpoint itself when there was no
@@ -321,7 +381,10 @@ async fn find_ancestor(
     }))
 }
 
-/// Deletes everything above `ancestor`, rewinds the checkpoint and re-syncs affected holders.
+/// Deletes everything above `ancestor`: events, referrals, kept hashes, balance history (the
+/// points windows computed from it are marked for a recompute); rewinds the checkpoint; resets
+/// balances stored at orphaned blocks to their value at the ancestor. The pass then re-ingests
+/// the canonical blocks above the ancestor.
 async fn rollback(
     services: &Services,
     sink: &dyn IngestSink,
@@ -330,24 +393,51 @@ async fn rollback(
     ancestor: u64,
 ) -> Result<(), JobError> {
     let a = i64::try_from(ancestor).unwrap_or(i64::MAX);
+    let ancestor_time = services
+        .chains
+        .get(chain_id)?
+        .block_at(ancestor)
+        .await?
+        .and_then(|b| b.time());
     let mut tx = services.db.begin().await?;
-    let orphaned: Vec<(String, Value)> = sqlx::query_as(
-        "DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2 RETURNING contract, args",
+    let orphaned =
+        sqlx::query("DELETE FROM chainsync.events WHERE chain_id = $1 AND block_number > $2")
+            .bind(cid)
+            .bind(a)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    for table in ["referrals", "block_hashes"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM chainsync.{table} WHERE chain_id = $1 AND block_number > $2"
+        )))
+        .bind(cid)
+        .bind(a)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let history: Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "DELETE FROM chainsync.balance_changes WHERE chain_id = $1 AND block_number > $2
+         RETURNING token, address, block_time",
     )
     .bind(cid)
     .bind(a)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM chainsync.referrals WHERE chain_id = $1 AND block_number > $2")
-        .bind(cid)
-        .bind(a)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number > $2")
-        .bind(cid)
-        .bind(a)
-        .execute(&mut *tx)
-        .await?;
+    let mut changed: BTreeMap<(String, String), chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    for (t, addr, at) in &history {
+        let at = at.unwrap_or_else(chrono::Utc::now);
+        let e = changed.entry((t.clone(), addr.clone())).or_insert(at);
+        *e = (*e).min(at);
+    }
+    let dirty = mark_dirty(
+        &mut tx,
+        &services.settings,
+        chain_id,
+        &changed,
+        &format!("reorg: history above block {ancestor} orphaned"),
+    )
+    .await?;
     let hash: Option<String> = sqlx::query_scalar(
         "SELECT block_hash FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number = $2",
     )
@@ -356,44 +446,175 @@ async fn rollback(
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE chainsync.ingest_checkpoints SET block_number = $2, block_hash = $3, updated_at = now()
+        "UPDATE chainsync.ingest_checkpoints SET block_number = $2, block_hash = $3,
+             block_time = $4, updated_at = now()
          WHERE chain_id = $1",
     )
     .bind(cid)
     .bind(a)
     .bind(hash.unwrap_or_default())
+    .bind(ancestor_time)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     warn!(
         chain_id,
         ancestor,
-        orphaned = orphaned.len(),
+        orphaned,
+        history_rows = history.len(),
         "reorg: rolled back to the common ancestor"
     );
-    let mut touched = BTreeSet::new();
-    for (contract, args) in orphaned {
-        let Ok(c) = parse_address(&contract) else {
-            continue;
-        };
-        for k in ["from", "to"] {
-            if let Some(a) = args
-                .get(k)
-                .and_then(Value::as_str)
-                .and_then(|s| parse_address(s).ok())
-                && !a.is_zero()
-            {
-                touched.insert((c, a));
+    reset_orphaned_balances(services, cid, chain_id, ancestor).await?;
+    if dirty > 0 {
+        sink.points_due(chain_id).await?;
+    }
+    Ok(())
+}
+
+/// Balances stored at blocks above `ancestor` were read on the orphaned branch (or after it):
+/// they are read again at the ancestor and stored there; the pass then brings forward the holders
+/// the canonical blocks touch.
+async fn reset_orphaned_balances(
+    services: &Services,
+    cid: i64,
+    chain_id: u64,
+    ancestor: u64,
+) -> Result<(), JobError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT token, address FROM chainsync.balances WHERE chain_id = $1 AND block_number > $2
+         ORDER BY 1, 2",
+    )
+    .bind(cid)
+    .bind(db_block(ancestor)?)
+    .fetch_all(&services.db)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let chain = services.chains.get(chain_id)?;
+    let Some(block) = chain.block_at(ancestor).await? else {
+        return Err(JobError::Retry(format!(
+            "block {ancestor} not available from the node"
+        )));
+    };
+    let queries: Vec<BalanceQuery> = rows
+        .iter()
+        .filter_map(|(t, a)| {
+            Some(BalanceQuery {
+                token: TokenKey::parse(t).ok()?,
+                holder: parse_address(a).ok()?,
+            })
+        })
+        .collect();
+    let reads = read_many(&chain, &queries, &block).await?;
+    let mut obs = Vec::with_capacity(queries.len());
+    for (q, r) in queries.iter().zip(reads) {
+        if let Ok(amount) = r {
+            obs.push(Observation {
+                token: q.token,
+                address: q.holder,
+                block,
+                amount,
+            });
+        }
+    }
+    sqlx::query(
+        "UPDATE chainsync.balances b SET amount = t.amount::numeric, block_number = $2,
+             block_hash = $3, updated_at = now()
+         FROM UNNEST($4::text[], $5::text[], $6::text[]) AS t(token, address, amount)
+         WHERE b.chain_id = $1 AND b.token = t.token AND b.address = t.address
+           AND b.block_number > $2",
+    )
+    .bind(cid)
+    .bind(db_block(ancestor)?)
+    .bind(hash_text(&block.hash))
+    .bind(obs.iter().map(|o| o.token.text()).collect::<Vec<_>>())
+    .bind(
+        obs.iter()
+            .map(|o| address_text(&o.address))
+            .collect::<Vec<_>>(),
+    )
+    .bind(obs.iter().map(|o| o.amount.to_string()).collect::<Vec<_>>())
+    .execute(&services.db)
+    .await?;
+    record_history(services, chain_id, Source::Read, &obs).await?;
+    Ok(())
+}
+
+/// Reads every touched (token, holder) at every block that touched it, records the history and
+/// stores the newest reads. Returns (reads, history rows written).
+async fn record_touched(
+    services: &Services,
+    chain: &ChainClient,
+    touched: &BTreeMap<(Address, Address), BTreeSet<u64>>,
+    blocks: &BTreeMap<u64, B256>,
+) -> Result<(u64, u64), JobError> {
+    if touched.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut per_block: BTreeMap<u64, Vec<BalanceQuery>> = BTreeMap::new();
+    for ((token, holder), bs) in touched {
+        for b in bs {
+            per_block.entry(*b).or_default().push(BalanceQuery {
+                token: TokenKey::Contract(*token),
+                holder: *holder,
+            });
+        }
+    }
+    let reads: u64 = per_block.values().map(|q| q.len() as u64).sum();
+    // Futures built eagerly so the job future stays Send.
+    let futs: Vec<_> = per_block
+        .into_iter()
+        .map(|(n, queries)| {
+            let hash = blocks.get(&n).copied().unwrap_or(B256::ZERO);
+            async move {
+                let block = PinnedBlock {
+                    number: n,
+                    hash,
+                    timestamp: 0,
+                };
+                // The block's time comes with the first batch's call (Multicall3
+                // `getCurrentBlockTimestamp`): one `eth_call` per touched block.
+                let cut = chain.config.multicall_batch_size.max(1).min(queries.len());
+                let (block, mut r) = read_balances_timed(chain, &queries[..cut], &block).await?;
+                r.extend(read_many(chain, &queries[cut..], &block).await?);
+                Ok::<_, JobError>((block, queries, r))
+            }
+        })
+        .collect();
+    let results: Vec<_> = futures::stream::iter(futs)
+        .buffered(chain.config.batches_in_flight.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut obs = Vec::new();
+    let mut failed: BTreeMap<Address, (usize, String)> = BTreeMap::new();
+    for (block, queries, r) in results {
+        for (q, read) in queries.iter().zip(r) {
+            match read {
+                Ok(amount) => obs.push(Observation {
+                    token: q.token,
+                    address: q.holder,
+                    block,
+                    amount,
+                }),
+                Err(e) => {
+                    if let TokenKey::Contract(t) = q.token {
+                        let f = failed.entry(t).or_insert((0, e));
+                        f.0 += 1;
+                    }
+                }
             }
         }
     }
-    let tokens = token_contracts(&services.settings, chain_id);
-    let touched = touched
-        .into_iter()
-        .filter(|(c, _)| tokens.contains(c))
-        .map(|k| (k, ancestor))
-        .collect();
-    follow_up(services, sink, chain_id, &touched).await
+    for (token, (n, e)) in &failed {
+        warn!(token = %address_text(token), failed = n, first_error = %e,
+            "balanceOf failed at touched blocks; no history for those reads");
+    }
+    let out = record_history(services, chain.chain_id(), Source::Log, &obs).await?;
+    store_observed(services, chain.chain_id(), &obs).await?;
+    Ok((reads, out.written as u64))
 }
 
 /// Writes one range in one transaction: events, referrals, block hashes and the checkpoint.
@@ -403,7 +624,7 @@ async fn store(
     rows: &[Stored],
     referrals: &[(String, String, u64, String, u64)],
     hashes: &[(i64, String)],
-    checkpoint: (u64, &str),
+    checkpoint: &PinnedBlock,
     keep: u64,
 ) -> Result<u64, JobError> {
     let mut tx = db.begin().await?;
@@ -448,16 +669,18 @@ async fn store(
     .bind(hashes.iter().map(|h| h.1.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    let cp = i64::try_from(checkpoint.0).unwrap_or(i64::MAX);
+    let cp = i64::try_from(checkpoint.number).unwrap_or(i64::MAX);
     sqlx::query(
-        "INSERT INTO chainsync.ingest_checkpoints (chain_id, block_number, block_hash) VALUES ($1, $2, $3)
+        "INSERT INTO chainsync.ingest_checkpoints (chain_id, block_number, block_hash, block_time)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
-             block_hash = EXCLUDED.block_hash, updated_at = now()
+             block_hash = EXCLUDED.block_hash, block_time = EXCLUDED.block_time, updated_at = now()
          WHERE chainsync.ingest_checkpoints.block_number <= EXCLUDED.block_number",
     )
     .bind(cid)
     .bind(cp)
-    .bind(checkpoint.1)
+    .bind(hash_text(&checkpoint.hash))
+    .bind(checkpoint.time())
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM chainsync.block_hashes WHERE chain_id = $1 AND block_number < $2")
@@ -467,33 +690,4 @@ async fn store(
         .await?;
     tx.commit().await?;
     Ok(stored)
-}
-
-/// Hands each touched (token, holder) with its block to the sink and drops their cached balances.
-async fn follow_up(
-    services: &Services,
-    sink: &dyn IngestSink,
-    chain_id: u64,
-    touched: &BTreeMap<(Address, Address), u64>,
-) -> Result<(), JobError> {
-    if touched.is_empty() {
-        return Ok(());
-    }
-    sink.touched(chain_id, touched).await?;
-    if let Some(mut conn) = services.cache_conn() {
-        let keys: Vec<String> = touched
-            .keys()
-            .map(|(t, h)| crate::store::cache_key(chain_id, &address_text(t), &address_text(h)))
-            .collect();
-        let r = tokio::time::timeout(
-            crate::CACHE_TIMEOUT,
-            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn),
-        )
-        .await;
-        services.cache_outcome(matches!(r, Ok(Ok(()))));
-        if !matches!(r, Ok(Ok(()))) {
-            warn!("cache invalidation failed; entries expire by TTL");
-        }
-    }
-    Ok(())
 }

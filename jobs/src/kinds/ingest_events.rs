@@ -1,20 +1,14 @@
 //! `ingest-events {chain_id, to_block?}`: one ingestion pass for a chain (see `crate::ingest`).
 //! Scheduled every few seconds it is the live mode; `chainsync ingest` runs it by hand.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
-use alloy::primitives::Address;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::{
-    Enqueuer, Job, JobContext, JobError, NewJob,
-    ids::{TokenKey, address_text},
-    ingest::IngestSink,
-    kinds::sync_user_balance::SyncUserBalance,
-};
+use crate::{Enqueuer, Job, JobContext, JobError, NewJob, ingest::IngestSink};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +45,8 @@ impl Job for IngestEvents {
             to = r.to_block,
             logs = r.logs,
             stored = r.stored,
+            history_reads = r.history_reads,
+            history_rows = r.history_rows,
             reorged = r.reorged_blocks,
             caught_up = r.caught_up,
             "events ingested"
@@ -68,43 +64,12 @@ impl Job for IngestEvents {
     }
 }
 
-/// Turns the holders a pass touched into `sync-user-balance` jobs, one per (token, holder) keyed
-/// by the block that touched it (see [`SyncUserBalance::for_change_at`]).
+/// Turns what a pass leaves to do into jobs: `compute-points` for the chain when windows are due.
 pub struct FollowUps(pub Arc<dyn Enqueuer>);
 
 #[async_trait]
 impl IngestSink for FollowUps {
-    async fn touched(
-        &self,
-        chain_id: u64,
-        touched: &BTreeMap<(Address, Address), u64>,
-    ) -> Result<(), JobError> {
-        let jobs = balance_syncs(chain_id, touched)?;
-        for chunk in jobs.chunks(1000) {
-            self.0
-                .enqueue_many(chunk.to_vec())
-                .await
-                .map_err(JobError::retry)?;
-        }
-        Ok(())
+    async fn points_due(&self, chain_id: u64) -> Result<(), JobError> {
+        crate::kinds::compute_points::enqueue(&*self.0, chain_id).await
     }
-}
-
-/// The `sync-user-balance` jobs for touched (token, holder) pairs.
-pub fn balance_syncs(
-    chain_id: u64,
-    touched: &BTreeMap<(Address, Address), u64>,
-) -> Result<Vec<NewJob>, JobError> {
-    touched
-        .iter()
-        .map(|((token, holder), block)| {
-            SyncUserBalance::new(
-                chain_id,
-                address_text(holder),
-                Some(TokenKey::Contract(*token)),
-            )
-            .for_change_at(*block)
-            .map_err(JobError::fatal)
-        })
-        .collect()
 }

@@ -6,6 +6,12 @@
 //! raises a warning and the `chainsync_reconcile_alerts_total` metric. With `reconcile.auto_repair`
 //! (or `repair: true` in the args) the stored value is corrected, unless a sync changed it
 //! meanwhile, and a `balance_repairs` audit row written in the same transaction.
+//!
+//! Every read is also an observation for the balance history: where the chain's amount differs
+//! from the history at the compared block (a rebasing token, an admin `setBalance`, a
+//! fee-on-transfer quirk: changes no log revealed), a `balance_changes` row is recorded at that
+//! block with `source = 'reconcile'`, and the points computed from the old history are marked for
+//! a recompute.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +28,10 @@ use crate::{
     ids::{TokenKey, address_text, hash_text},
     kinds::sync_balances::check_selector,
     settings::AssetClass,
-    store::{WrittenRow, cache_write_through, db_block, db_chain_id, load_balances},
+    store::{
+        Observation, Source, WrittenRow, cache_write_through, db_block, db_chain_id, load_balances,
+        record_history,
+    },
     tracking::tracked_addresses,
 };
 
@@ -128,17 +137,11 @@ done AS (
            ins.updated_at
     FROM ins JOIN m ON m.token = ins.token AND m.address = ins.address
 ),
-changes AS (
-    INSERT INTO chainsync.balance_changes
-        (chain_id, token, address, old_amount, new_amount, block_number, block_hash, block_time)
-    SELECT $6, token, address, old_amount, amount, $7, $8, $9 FROM done
-    RETURNING 1
-),
 repairs AS (
     INSERT INTO chainsync.balance_repairs
         (mismatch_id, chain_id, token, address, old_amount, new_amount, block_number, block_hash,
          reason, job_id)
-    SELECT mismatch_id, $6, token, address, old_amount, amount, $7, $8, $10, $11 FROM done
+    SELECT mismatch_id, $6, token, address, old_amount, amount, $7, $8, $9, $10 FROM done
     ON CONFLICT (mismatch_id) DO NOTHING
     RETURNING 1
 )
@@ -207,6 +210,22 @@ impl Job for ReconcileChain {
         let items: Vec<(BalanceQuery, Option<(U256, u64)>)> = items.into_iter().collect();
         let queries: Vec<BalanceQuery> = items.iter().map(|(q, _)| *q).collect();
         let reads = read_many(&chain, &queries, &block).await?;
+        let observed: Vec<Observation> = queries
+            .iter()
+            .zip(&reads)
+            .filter_map(|(q, r)| {
+                r.as_ref().ok().map(|amount| Observation {
+                    token: q.token,
+                    address: q.holder,
+                    block,
+                    amount: *amount,
+                })
+            })
+            .collect();
+        let history = record_history(services, self.chain_id, Source::Reconcile, &observed).await?;
+        if history.dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         let (mismatches, failed) = compare(&tokens, &items, reads);
 
         let chain_label = self.chain_id.to_string();
@@ -249,6 +268,7 @@ impl Job for ReconcileChain {
             compared = items.len(),
             mismatches = mismatches.len(),
             repaired,
+            history_rows = history.written,
             failed_reads = failed,
             skipped_newer = newer,
             "reconcile finished"
@@ -338,7 +358,6 @@ async fn repair_all(
         .bind(db_chain_id(chain_id)?)
         .bind(db_block(block.number)?)
         .bind(hash_text(&block.hash))
-        .bind(block.time())
         .bind(&reason)
         .bind(ctx.meta.id)
         .fetch_all(&mut *tx)

@@ -70,7 +70,7 @@ impl Job for SyncBalances {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        sync_full(
+        let r = sync_full(
             &ctx.services,
             ctx.meta.id,
             self.chain_id,
@@ -78,6 +78,9 @@ impl Job for SyncBalances {
             None,
         )
         .await?;
+        if r.points_dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         Ok(())
     }
 }

@@ -92,6 +92,9 @@ impl Job for SyncUserBalance {
             stale = o.stale,
             "holder synced"
         );
+        if o.points_dirty > 0 {
+            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+        }
         Ok(())
     }
 }

@@ -74,7 +74,11 @@ pub async fn backfill(
     to: DateTime<Utc>,
 ) -> Result<BackfillReport, JobError> {
     let rate = rate_of(&services.settings, chain_id, token)?;
-    let all = windows(from, to, Utc::now());
+    // Windows close by chain time (see `super::compute::closed_until`).
+    let Some(closed) = super::compute::closed_until(services, chain_id, token).await? else {
+        return Ok(BackfillReport::default());
+    };
+    let all = windows(from, to, closed);
     let mut report = BackfillReport::default();
     let max = usize::try_from(services.settings.points.max_windows_per_job)
         .unwrap_or(usize::MAX)
@@ -121,7 +125,7 @@ pub async fn backfill(
         let rows: Vec<(Option<String>, String, DateTime<Utc>)> = sqlx::query_as(
             "SELECT old_amount::text, new_amount::text, coalesce(block_time, observed_at) AS at
              FROM chainsync.balance_changes WHERE chain_id = $1 AND token = $2 AND address = $3
-             ORDER BY at, id",
+             ORDER BY at, block_number",
         )
         .bind(cid)
         .bind(&tok)
@@ -198,7 +202,6 @@ pub async fn lag(
 ) -> Result<Vec<Lag>, JobError> {
     let mut out = Vec::new();
     let stale = Duration::seconds(WINDOW_SECS * i64::from(services.settings.points.stale_factor));
-    let current = window_of(now);
     for r in services
         .settings
         .points
@@ -209,6 +212,13 @@ pub async fn lag(
         let key = TokenKey::parse(&r.token).map_err(JobError::Fatal)?;
         let cid =
             i64::try_from(r.chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+        // Chain time when it is known (windows are by block timestamps), else `now`.
+        let closed = super::compute::closed_until(services, r.chain_id, &key)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(now);
+        let current = window_of(closed);
         // Per address: the first window still to compute (after its last computed one, or its first
         // change's window), if that is older than the stale threshold.
         let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
@@ -242,6 +252,39 @@ pub async fn lag(
         });
     }
     Ok(out)
+}
+
+/// Chains with a lagging rated token (missing windows) or windows marked for a recompute: the
+/// `compute-points` pass of each computes exactly what is missing.
+pub async fn stale_chains(
+    services: &Services,
+    chain: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<u64>, JobError> {
+    let mut chains = BTreeSet::new();
+    for l in lag(services, chain, now).await? {
+        if l.oldest_gap_start.is_some() {
+            chains.insert(l.chain_id);
+        }
+    }
+    let dirty: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT chain_id FROM chainsync.points_dirty")
+            .fetch_all(&services.db)
+            .await?;
+    for c in dirty {
+        let c = u64::try_from(c).unwrap_or(0);
+        if chain.is_none_or(|x| x == c)
+            && services
+                .settings
+                .points
+                .rates
+                .iter()
+                .any(|r| r.chain_id == c)
+        {
+            chains.insert(c);
+        }
+    }
+    Ok(chains.into_iter().collect())
 }
 
 /// The range to backfill for every lagging (chain, token): from the oldest gap to the current

@@ -8,6 +8,7 @@
 //! - `points = floor(twab × rate)`, rate a decimal string ("0.001", "2").
 
 pub mod backfill;
+pub mod compute;
 
 use alloy::primitives::{U256, U512};
 use chrono::{DateTime, Duration, DurationRound, Utc};

@@ -3,5 +3,4 @@
 UPDATE chainsync.jobs j
 SET state = 'completed', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
 WHERE j.id = ANY($1::uuid[])
-  AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY(ARRAY(
-      SELECT chainsync.lease_token(t.id, t.attempt, $3::uuid) FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt)))
+  AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY($2::text[])

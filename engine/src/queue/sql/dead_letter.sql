@@ -4,8 +4,7 @@ WITH moved AS (
     DELETE FROM chainsync.jobs j
     USING unnest($1::uuid[], $3::jsonb[], $4::text[]) AS d(id, error, reason)
     WHERE j.id = ANY($1::uuid[]) AND j.id = d.id
-      AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY(ARRAY(
-      SELECT chainsync.lease_token(t.id, t.attempt, $5::uuid) FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt)))
+      AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY($2::text[])
     RETURNING j AS job, d.error AS last_error, d.reason
 )
 SELECT chainsync.bury(job, last_error, reason) FROM moved

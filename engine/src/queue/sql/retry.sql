@@ -12,5 +12,4 @@ SET state = 'available',
     lease_expires_at = NULL
 FROM unnest($1::uuid[], $3::bigint[], $4::int[], $5::jsonb[]) AS d(id, delay_ms, refund, error)
 WHERE j.id = ANY($1::uuid[]) AND j.id = d.id
-  AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY(ARRAY(
-      SELECT chainsync.lease_token(t.id, t.attempt, $6::uuid) FROM unnest($1::uuid[], $2::int[]) AS t(id, attempt)))
+  AND chainsync.lease_token(j.id, j.attempt, j.lease_owner) = ANY($2::text[])
