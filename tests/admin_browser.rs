@@ -95,7 +95,10 @@ timezone = "Europe/Berlin"
     runtime.stop().await;
     for i in 0..3 {
         app.queue
-            .enqueue(NewJob::untyped("noop", json!({"payload": format!("batch {i}")})))
+            .enqueue(NewJob::untyped(
+                "noop",
+                json!({"payload": format!("batch {i}")}),
+            ))
             .await
             .unwrap();
     }

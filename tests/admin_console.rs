@@ -365,7 +365,10 @@ async fn sign_in_sessions_csrf_and_the_read_only_role(pool: PgPool) {
     for i in 0..3 {
         c.app
             .queue
-            .enqueue(NewJob::untyped("noop", json!({"payload": format!("bulk {i}")})))
+            .enqueue(NewJob::untyped(
+                "noop",
+                json!({"payload": format!("bulk {i}")}),
+            ))
             .await
             .unwrap();
     }

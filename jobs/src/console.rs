@@ -25,6 +25,9 @@ pub struct AddressChange {
     pub block_number: i64,
     pub block_time: Option<DateTime<Utc>>,
     pub observed_at: DateTime<Utc>,
+    /// `log` (a transfer log at its block), `read` (a balance read) or `reconcile` (found by a
+    /// reconcile where no log showed it).
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -101,7 +104,8 @@ pub async fn address_report(
     .await?;
     let changes = sqlx::query_as(
         "SELECT c.chain_id, c.token, c.old_amount::text AS old_amount,
-                c.new_amount::text AS new_amount, c.block_number, c.block_time, c.observed_at
+                c.new_amount::text AS new_amount, c.block_number, c.block_time, c.observed_at,
+                c.source
          FROM (SELECT DISTINCT chain_id, token FROM chainsync.balances
                WHERE chain_id = ANY($1) AND address = $2) b
          CROSS JOIN LATERAL (

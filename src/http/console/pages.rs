@@ -1545,14 +1545,14 @@ pub async fn chain(
         );
     }
     b.push_str("</tbody></table></div>");
-    b.push_str("<h2>Balance history</h2><div class=\"scroll\"><table id=\"changes\"><thead><tr><th scope=\"col\">chain</th><th scope=\"col\">token</th><th scope=\"col\">block</th><th scope=\"col\">block time</th><th scope=\"col\">from</th><th scope=\"col\">to</th></tr></thead><tbody>");
+    b.push_str("<h2>Balance history</h2><div class=\"scroll\"><table id=\"changes\"><thead><tr><th scope=\"col\">chain</th><th scope=\"col\">token</th><th scope=\"col\">block</th><th scope=\"col\">block time</th><th scope=\"col\">from</th><th scope=\"col\">to</th><th scope=\"col\">seen by</th></tr></thead><tbody>");
     if r.changes.is_empty() {
-        b.push_str("<tr><td colspan=\"6\">No recorded change.</td></tr>");
+        b.push_str("<tr><td colspan=\"7\">No recorded change.</td></tr>");
     }
     for c in &r.changes {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&chain_name(c.chain_id)),
             tok(c.chain_id, &c.token),
             c.block_number,
@@ -1562,6 +1562,7 @@ pub async fn chain(
                 .as_deref()
                 .map_or("first seen".into(), |a| amt(c.chain_id, &c.token, a)),
             amt(c.chain_id, &c.token, &c.new_amount),
+            esc(&c.source),
         );
     }
     b.push_str("</tbody></table></div>");
