@@ -228,6 +228,14 @@ pub struct HttpSettings {
     pub listen: String,
     /// Bearer token of the enqueue and admin endpoints; without one they answer 403.
     pub admin_token: Option<String>,
+    /// A token that reads everything (console and GET endpoints) and changes nothing.
+    pub readonly_token: Option<String>,
+    /// How long a console sign-in lasts.
+    #[serde(with = "chainsync_engine::duration::text")]
+    pub session_ttl: std::time::Duration,
+    /// `Secure` on the console's session cookie: `true`/`false`, or unset to follow the
+    /// `X-Forwarded-Proto: https` of a TLS-terminating proxy.
+    pub secure_cookies: Option<bool>,
     /// Serve balances and health without the token.
     pub public_balances: bool,
     pub public_health: bool,
@@ -241,6 +249,9 @@ impl Default for HttpSettings {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
             admin_token: None,
+            readonly_token: None,
+            session_ttl: std::time::Duration::from_secs(12 * 3600),
+            secure_cookies: None,
             public_balances: true,
             public_health: true,
             body_limit: 64 * 1024,
@@ -255,6 +266,15 @@ impl HttpSettings {
             .map_err(|e| format!("http.listen: {e} (e.g. 127.0.0.1:8080)"))?;
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err("http.admin_token: use at least 16 characters".into());
+        }
+        if self.readonly_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err("http.readonly_token: use at least 16 characters".into());
+        }
+        if self.readonly_token.is_some() && self.readonly_token == self.admin_token {
+            return Err("http.readonly_token: must differ from http.admin_token".into());
+        }
+        if !(60..=30 * 86_400).contains(&self.session_ttl.as_secs()) {
+            return Err("http.session_ttl: must be between 1m and 30d".into());
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
             return Err("http.body_limit: must be in 1024..=67108864".into());

@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod balance_sync;
 pub mod cache;
 pub mod chain;
+pub mod console;
 pub mod domain;
 pub mod follow;
 pub mod health;

@@ -1,9 +1,11 @@
-//! HTTP API (axum): jobs, dead letters, balances, health, metrics, an admin page, OpenAPI.
-//! Enqueue and admin endpoints need `Authorization: Bearer <http.admin_token>`.
+//! HTTP API (axum): jobs, dead letters, balances, health, metrics, the admin console, OpenAPI.
+//! Enqueue and admin endpoints need `Authorization: Bearer <http.admin_token>`; the read-only
+//! token (`http.readonly_token`) is accepted for GET and answered 403 elsewhere. The console
+//! (`/admin`, [`console`]) signs in once and keeps a session cookie.
 
-mod admin;
 mod api;
 mod balances;
+pub mod console;
 
 use std::{net::SocketAddr, sync::OnceLock};
 
@@ -148,17 +150,31 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 async fn require_admin(State(s): State<HttpState>, req: Request, next: Next) -> Response {
-    match s.settings.admin_token.as_deref() {
-        None => ApiError::new(
+    let admin = s.settings.admin_token.as_deref();
+    let readonly = s.settings.readonly_token.as_deref();
+    if admin.is_none() && readonly.is_none() {
+        return ApiError::new(
             StatusCode::FORBIDDEN,
             "admin endpoints are disabled: set http.admin_token",
         )
-        .into_response(),
-        Some(t) if bearer_ok(req.headers(), t) => next.run(req).await,
-        Some(_) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
-        }
+        .into_response();
     }
+    if admin.is_some_and(|t| bearer_ok(req.headers(), t)) {
+        return next.run(req).await;
+    }
+    if readonly.is_some_and(|t| bearer_ok(req.headers(), t)) {
+        let reads =
+            req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD;
+        if reads {
+            return next.run(req).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the read-only token cannot change anything",
+        )
+        .into_response();
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
 }
 
 async fn require_token_unless_public(
@@ -185,7 +201,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/dlq/replay", post(api::replay_filter))
         .route("/v1/dlq/{id}", get(api::get_dead).delete(api::purge_dead))
         .route("/v1/dlq/{id}/replay", post(api::replay_one))
-        .route("/admin/data", get(admin::data))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let maybe_public = Router::new()
         .route("/v1/balances/{chain}/{address}", get(balances::get_balance))
@@ -197,8 +212,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(admin)
         .merge(maybe_public)
+        .merge(console::router(state.clone()))
         .route("/metrics", get(api::metrics))
-        .route("/admin", get(admin::page))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .with_state(state)

@@ -12,6 +12,7 @@
 //! the table as it is. `tests/planner.rs` checks the plans in each of these states.
 
 pub mod admin;
+pub mod browse;
 pub mod complete;
 pub mod enqueue;
 pub mod fetch;
@@ -25,6 +26,7 @@ use crate::Kinds;
 use sqlx::PgPool;
 
 pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
+pub use browse::{BulkJobAction, DeadCursor, DeadQuery, JobQuery};
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
 pub use fetch::Fetched;
 pub use policy::{KindOverride, Policies};
