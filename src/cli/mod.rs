@@ -209,6 +209,22 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// History rebuild after an outage on anvil: N holders minted and ingested live, the daemon's
+    /// parts stopped while --hours of chain time pass with --transfers holder-to-holder transfers
+    /// (a block every --block-seconds), then restarted: seconds until ingestion is at the head
+    /// and every closed points window is computed, checked against balanceOf and an integration
+    /// of the token's Transfer logs (fails on any difference). Prints `RESULT {json}`. Uses
+    /// database bench_rebuild.
+    Rebuild {
+        #[arg(long, default_value_t = 10_000)]
+        holders: usize,
+        #[arg(long, default_value_t = 50_000)]
+        transfers: usize,
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        #[arg(long, default_value_t = 300)]
+        block_seconds: u64,
+    },
     /// `GET /v1/balances` on loopback: requests/s and latency with a warm Redis cache, then with
     /// Redis stopped (a private redis-server). Prints `RESULT {json}`. Uses database bench_http.
     Http {
@@ -361,6 +377,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                 ]);
             }
+            let t = &r.thresholds;
+            rows.push(vec![
+                "thresholds".into(),
+                format!(
+                    "balance_max_age {}, ingest_max_age {}, points_max_age {}, min_score {}",
+                    chainsync_engine::duration::format_duration(t.balance_max_age),
+                    chainsync_engine::duration::format_duration(t.ingest_max_age),
+                    chainsync_engine::duration::format_duration(t.points_max_age),
+                    t.min_score
+                ),
+            ]);
+            for d in &r.deductions {
+                rows.push(vec![
+                    "deduction".into(),
+                    format!("-{} {}", d.points, d.reason),
+                ]);
+            }
             for p in &r.problems {
                 rows.push(vec!["problem".into(), p.clone()]);
             }
@@ -369,7 +402,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "health score {} is below {}",
                     r.score,
-                    crate::health::MIN_SCORE
+                    r.thresholds.min_score
                 );
             }
             Ok(())

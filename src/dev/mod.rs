@@ -4,6 +4,7 @@
 pub mod bench_http;
 pub mod bench_ingest;
 pub mod bench_queue;
+pub mod bench_rebuild;
 pub mod bench_sync;
 pub mod demo;
 
@@ -79,6 +80,23 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         }) => {
             crate::telemetry::init(false, "warn");
             let r = bench_ingest::run(&admin_url, *events, *blocks, *transfers, *reps).await?;
+            println!("RESULT {r}");
+        }
+        Command::Bench(BenchCmd::Rebuild {
+            holders,
+            transfers,
+            hours,
+            block_seconds,
+        }) => {
+            crate::telemetry::init(false, "warn");
+            let r = bench_rebuild::run(&bench_rebuild::RebuildOptions {
+                admin_url,
+                holders: *holders,
+                transfers: *transfers,
+                hours: *hours,
+                block_seconds: *block_seconds,
+            })
+            .await?;
             println!("RESULT {r}");
         }
         Command::Bench(BenchCmd::Http {

@@ -111,14 +111,32 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
+/// Buckets of the `_seconds` histograms (job run time): 5 ms to 10 min.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// The exporter: histograms with buckets (aggregatable across daemons), not summaries.
+fn builder() -> PrometheusBuilder {
+    let b = PrometheusBuilder::new();
+    match b.set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+        SECONDS_BUCKETS,
+    ) {
+        Ok(b) => b,
+        // Only an empty bucket list is refused.
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match builder().install_recorder() {
             Ok(h) => h,
             // Another recorder is installed (tests): render from a private one.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            Err(_) => builder().build_recorder().handle(),
         })
         .clone()
 }

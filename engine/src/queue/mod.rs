@@ -18,6 +18,7 @@ pub mod enqueue;
 pub mod fetch;
 pub mod maintenance;
 pub mod policy;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub use browse::{BulkJobAction, DeadCursor, DeadQuery, JobQuery};
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
 pub use fetch::Fetched;
 pub use policy::{KindOverride, Policies};
+pub use stats::{DeadLetterCount, QueueBacklog};
 
 /// Errors of the engine's public operations.
 #[derive(Debug, thiserror::Error)]

@@ -273,7 +273,7 @@ pub async fn ingest_pass(
         let (reads, written) = record_touched(services, &chain, &touched, &touched_blocks).await?;
         report.history_reads += reads;
         report.history_rows += written;
-        report.stored += store(
+        let stored = store(
             db,
             cid,
             &rows,
@@ -283,6 +283,8 @@ pub async fn ingest_pass(
             cfg.keep_block_hashes,
         )
         .await?;
+        crate::observe::record_events_ingested(&services.settings, chain_id, stored);
+        report.stored += stored;
         report.to_block = to;
         from = to + 1;
         size = range::grow(size, cfg.max_range);
