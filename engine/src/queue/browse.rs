@@ -103,6 +103,19 @@ pub struct QueueDepth {
     pub oldest_ready_secs: Option<f64>,
 }
 
+/// Jobs of one (queue, kind, state), with how many of them are ready to run.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GroupCount {
+    pub queue: String,
+    pub kind: String,
+    pub state: String,
+    pub jobs: i64,
+    /// Available and due.
+    pub ready: i64,
+    /// Seconds the oldest ready job has waited past its run_at.
+    pub oldest_ready_secs: Option<f64>,
+}
+
 /// Time from run_at to start of the jobs started in a window.
 #[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
 pub struct Latency {
@@ -440,6 +453,20 @@ impl Queue {
              FROM f FULL JOIN d ON d.minute = f.minute ORDER BY 1",
         )
         .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Jobs per (queue, kind, state) with the ready ones, in one pass over the table: the
+    /// overview's counts and per-queue depths both come from it.
+    pub async fn group_counts(&self) -> Result<Vec<GroupCount>, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT queue, kind, state::text AS state, count(*) AS jobs,
+                    count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS ready,
+                    extract(epoch FROM now() - min(run_at) FILTER (
+                        WHERE state = 'available' AND run_at <= now()))::float8 AS oldest_ready_secs
+             FROM chainsync.jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
         .fetch_all(&self.pool)
         .await?)
     }

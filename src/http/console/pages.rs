@@ -236,17 +236,37 @@ pub async fn overview(
     let now = Utc::now();
     let since = now - chrono::Duration::hours(1);
     let q = &s.app.queue;
-    let (counts, depths, activity, latency, health) = tokio::join!(
-        q.counts(),
-        q.queue_depths(),
+    let (groups, activity, latency, health) = tokio::join!(
+        q.group_counts(),
         q.activity(since),
         q.start_latency(since),
         crate::health::report(&s.app),
     );
-    let (Ok(counts), Ok(depths), Ok(activity), Ok(latency)) = (counts, depths, activity, latency)
-    else {
+    let (Ok(groups), Ok(activity), Ok(latency)) = (groups, activity, latency) else {
         return unavailable();
     };
+    let counts: Vec<(String, String, String, i64)> = groups
+        .iter()
+        .map(|g| (g.queue.clone(), g.kind.clone(), g.state.clone(), g.jobs))
+        .collect();
+    // Per queue: ready, scheduled (available, not due), running, oldest ready wait.
+    let mut depths: BTreeMap<&str, (i64, i64, i64, Option<f64>)> = BTreeMap::new();
+    for g in &groups {
+        let d = depths.entry(g.queue.as_str()).or_default();
+        match g.state.as_str() {
+            "available" => {
+                d.0 += g.ready;
+                d.1 += g.jobs - g.ready;
+                d.3 = match (d.3, g.oldest_ready_secs) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            "running" => d.2 += g.jobs,
+            _ => {}
+        }
+    }
+    depths.retain(|_, d| d.0 + d.1 + d.2 > 0);
     let mut b = String::from("<div id=\"live\" data-refresh=\"5000\">");
     // Totals per state.
     let mut per_state: BTreeMap<&str, i64> = BTreeMap::new();
@@ -353,16 +373,16 @@ pub async fn overview(
     if depths.is_empty() {
         b.push_str("<tr><td colspan=\"5\">No queued or running jobs.</td></tr>");
     }
-    for d in &depths {
+    for (queue, (ready, scheduled, running, oldest)) in &depths {
         let _ = write!(
             b,
             "<tr><td><a href=\"/admin/jobs?queue={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html::enc(&d.queue),
-            esc(&d.queue),
-            html::group(&d.ready.to_string()),
-            html::group(&d.scheduled.to_string()),
-            html::group(&d.running.to_string()),
-            d.oldest_ready_secs.map_or("—".into(), html::secs),
+            html::enc(queue),
+            esc(queue),
+            html::group(&ready.to_string()),
+            html::group(&scheduled.to_string()),
+            html::group(&running.to_string()),
+            oldest.map_or("—".into(), html::secs),
         );
     }
     b.push_str("</tbody></table></div><p class=\"muted\">Pausing a queue is not available yet.</p></section>");
