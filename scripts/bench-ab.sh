@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Interleaved A/B of two chainsync binaries on the queue benchmark units (`chainsync bench queue`):
-# each repetition runs every unit with A, then with B, so machine noise falls on both alike.
+# each repetition runs every unit with both binaries, A first on odd repetitions and B first on
+# even ones (the second of a pair starts right after the first one's scratch database was
+# dropped), so machine noise and ordering fall on both alike.
 # Prints the median of each figure per binary and the ratio B/A.
 # Usage: scripts/bench-ab.sh BIN_A BIN_B   (env: REPS=5 UNITS="misc c500-b500 c1000-b500-f2-w3")
 # Build a binary of another commit with e.g.:
@@ -11,7 +13,8 @@ B="${2:?usage: bench-ab.sh BIN_A BIN_B}"
 REPS="${REPS:-5}"
 UNITS="${UNITS:-misc c500-b500 c1000-b500-f2-w3}"
 export DATABASE_URL="${DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
-OUT="$(mktemp -d)/ab.jsonl"
+OUT="${OUT:-$(mktemp -d)/ab.jsonl}"
+echo "raw results: $OUT" >&2
 
 run() { # bin label unit rep
   local args
@@ -29,8 +32,13 @@ run() { # bin label unit rep
 for rep in $(seq 1 "$REPS"); do
   echo "== rep $rep" >&2
   for unit in $UNITS; do
-    run "$A" A "$unit" "$rep"
-    run "$B" B "$unit" "$rep"
+    if [ $((rep % 2)) -eq 1 ]; then
+      run "$A" A "$unit" "$rep"
+      run "$B" B "$unit" "$rep"
+    else
+      run "$B" B "$unit" "$rep"
+      run "$A" A "$unit" "$rep"
+    fi
   done
 done
 

@@ -7,6 +7,7 @@
 #   - the contracts' npm dependencies (solc) for scripts/build-contracts.sh
 #   - Chromium (Debian's package) and playwright-core (npm, into $CHAINSYNC_TOOLS) for the test of
 #     the admin page in a real browser
+#   - promtool (Debian's prometheus package) for `promtool check rules deploy/prometheus/alerts.yml`
 # Idempotent: a second run changes nothing and prints what it found.
 set -euo pipefail
 
@@ -47,6 +48,7 @@ command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 if [ "${#packages[@]}" -gt 0 ]; then
     apt_install "${packages[@]}"
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts Postgres and Redis, checks that the contract
-# artifacts match their sources, checks formatting and lints (`cargo fmt --check`, `cargo clippy
+# artifacts match their sources, checks the Prometheus rules (promtool), checks formatting and lints (`cargo fmt --check`, `cargo clippy
 # --all-targets --all-features -- -D warnings`), then runs every test of the workspace (with the
 # `dev` feature: the demo and benchmark commands are tested too). Extra arguments go to
 # `cargo test` (e.g. `scripts/test.sh --test devchain`, `scripts/test.sh -- --nocapture`).
@@ -22,6 +22,14 @@ if ! command -v anvil >/dev/null 2>&1 && [ -z "${ANVIL_BIN:-}" ]; then
 fi
 
 scripts/build-contracts.sh --check
+
+# The shipped Prometheus rules (install-deps.sh installs promtool from Debian's prometheus).
+if command -v promtool >/dev/null 2>&1; then
+    echo "test: promtool check rules deploy/prometheus/alerts.yml"
+    promtool check rules deploy/prometheus/alerts.yml
+else
+    echo "test: promtool not found; deploy/prometheus/alerts.yml not checked"
+fi
 
 echo "test: cargo fmt --all --check"
 cargo fmt --all --check

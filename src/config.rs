@@ -44,6 +44,9 @@ pub struct Config {
     pub scheduler: crate::scheduler::SchedulerSettings,
     #[serde(default)]
     pub http: HttpSettings,
+    /// `[metrics]`: how often the daemon samples lags and evaluates `[[alerts.rules]]`.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -64,6 +67,7 @@ const ENGINE_KEYS: &[&str] = &[
     "schedule",
     "scheduler",
     "http",
+    "metrics",
 ];
 
 /// Every top-level key: the engine's and the domain part's.
@@ -173,6 +177,7 @@ impl Config {
         }
         self.worker.validate()?;
         self.http.validate().map_err(ConfigError::new)?;
+        self.metrics.validate().map_err(ConfigError::new)?;
         self.maintenance.validate()?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
@@ -223,6 +228,14 @@ pub struct HttpSettings {
     pub listen: String,
     /// Bearer token of the enqueue and admin endpoints; without one they answer 403.
     pub admin_token: Option<String>,
+    /// A token that reads everything (console and GET endpoints) and changes nothing.
+    pub readonly_token: Option<String>,
+    /// How long a console sign-in lasts.
+    #[serde(with = "chainsync_engine::duration::text")]
+    pub session_ttl: std::time::Duration,
+    /// `Secure` on the console's session cookie: `true`/`false`, or unset to follow the
+    /// `X-Forwarded-Proto: https` of a TLS-terminating proxy.
+    pub secure_cookies: Option<bool>,
     /// Serve balances and health without the token.
     pub public_balances: bool,
     pub public_health: bool,
@@ -236,6 +249,9 @@ impl Default for HttpSettings {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
             admin_token: None,
+            readonly_token: None,
+            session_ttl: std::time::Duration::from_secs(12 * 3600),
+            secure_cookies: None,
             public_balances: true,
             public_health: true,
             body_limit: 64 * 1024,
@@ -251,8 +267,46 @@ impl HttpSettings {
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err("http.admin_token: use at least 16 characters".into());
         }
+        if self.readonly_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err("http.readonly_token: use at least 16 characters".into());
+        }
+        if self.readonly_token.is_some() && self.readonly_token == self.admin_token {
+            return Err("http.readonly_token: must differ from http.admin_token".into());
+        }
+        if !(60..=30 * 86_400).contains(&self.session_ttl.as_secs()) {
+            return Err("http.session_ttl: must be between 1m and 30d".into());
+        }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
             return Err("http.body_limit: must be in 1024..=67108864".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[metrics]` in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// How often the daemon measures the lag gauges (database and chain heads) and evaluates
+    /// the alert rules.
+    #[serde(with = "chainsync_engine::duration::text")]
+    pub sample_interval: std::time::Duration,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            sample_interval: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl MetricsSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sample_interval < std::time::Duration::from_secs(1)
+            || self.sample_interval > std::time::Duration::from_secs(3600)
+        {
+            return Err("metrics.sample_interval: must be in 1s..=1h".into());
         }
         Ok(())
     }
@@ -316,6 +370,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kinds.noop"), "{e}");
+    }
+
+    #[test]
+    fn bad_alert_and_health_settings_name_the_key_and_keep_secrets_out() {
+        let target = "[[alerts.targets]]\nname = 'ops'\nurl = 'https://hooks.example/T0KEN-s3cret'\nhmac_secret = 'hmac-key-0123456789'\n";
+        let ok = Config::from_toml(&format!(
+            "{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\n"
+        ))
+        .unwrap();
+        let shown = format!(
+            "{:?} {}",
+            ok.domain.alerts,
+            serde_json::to_string(&ok.domain).unwrap()
+        );
+        assert!(
+            !shown.contains("T0KEN-s3cret") && !shown.contains("hmac-key"),
+            "{shown}"
+        );
+        for (toml, key) in [
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'nope'\ntarget = 'ops'"),
+                "alerts.rules[0].kind",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'ftp://hooks.example/T0KEN-s3cret'".into(),
+                "alerts.targets[0].url",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'health_score'\ntarget = 'ops'\nthreshold = 150"),
+                "alerts.rules[0].threshold",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'failure_rate'\ntarget = 'ops'\nthreshold = 0"),
+                "alerts.rules[0].threshold",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'pager'"),
+                "alerts.rules[0].target",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\njob_kind = 'nope'"),
+                "alerts.rules[0].job_kind",
+            ),
+            (
+                format!("{target}[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'\n[[alerts.rules]]\nkind = 'dead_letters'\ntarget = 'ops'"),
+                "alerts.rules[1].name",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'https://h.example/x'\nhmac_secret = 'short'".into(),
+                "alerts.targets[0].hmac_secret",
+            ),
+            (
+                "[[alerts.targets]]\nname = 'ops'\nurl = 'https://h.example/x'\nkind = 'teams'".into(),
+                "alerts.targets[0].kind",
+            ),
+            ("[health]\nmin_score = 0".into(), "health.min_score"),
+            ("[health]\nbalance_max_age = '0s'".into(), "health.balance_max_age"),
+            ("[metrics]\nsample_interval = '0s'".into(), "metrics.sample_interval"),
+        ] {
+            let e = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(!e.contains("T0KEN-s3cret"), "{e}");
+        }
     }
 
     #[test]

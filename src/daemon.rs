@@ -9,9 +9,20 @@ use tracing::info;
 use crate::{app::App, runtime::Runtime};
 
 pub async fn run(app: App) -> anyhow::Result<()> {
+    // The recorder first: metrics registered before it is installed would be lost.
+    let metrics = crate::http::metrics_handle();
+    chainsync_engine::metrics::describe(&app.queue.kinds().names());
     app.migrate().await?;
     let services = app.services().await?;
     let domain = Domain::new(services.clone());
+    domain.describe_metrics();
+    // One sample before serving, so that the first scrape has the lags (bounded: a node that
+    // does not answer leaves them unknown until the sampler's next round).
+    if let Ok(Err(e)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), domain.sample_metrics()).await
+    {
+        tracing::warn!(error = %e, "first metrics sample failed");
+    }
     // Work left stale by downtime (points windows): jobs for exactly what is missing.
     match domain.startup_jobs(None, chrono::Utc::now()).await {
         Ok(jobs) if !jobs.is_empty() => {
@@ -38,6 +49,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         let (domain, queue, stop) = (domain.clone(), app.queue.clone(), stop.clone());
         tokio::spawn(async move { domain.follow(Arc::new(queue), stop).await })
     };
+    let sampler = tokio::spawn(sample_loop(app.clone(), domain.clone(), stop.clone()));
     let schedules = app.config.schedules(app.queue.kinds())?;
     let scheduler = if app.config.scheduler.enabled && !schedules.is_empty() {
         let s = crate::scheduler::Scheduler::new(
@@ -57,7 +69,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
             app: app.clone(),
             services: services.clone(),
             settings: app.config.http.clone(),
-            metrics: crate::http::metrics_handle(),
+            metrics: metrics.clone(),
         };
         let stop = stop.clone();
         Some(tokio::spawn(async move {
@@ -75,6 +87,7 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     runtime.stop().await;
     let _ = maintenance.await;
     let _ = follower.await;
+    let _ = sampler.await;
     if let Some(s) = scheduler {
         let _ = s.await;
     }
@@ -82,6 +95,45 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         let _ = h.await;
     }
     Ok(())
+}
+
+/// Every `metrics.sample_interval`: the lag gauges, then the alert rules.
+async fn sample_loop(app: App, domain: Domain, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(app.config.metrics.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = match domain.sample_metrics().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics sample failed");
+                None
+            }
+        };
+        if app.config.domain.alerts.rules.is_empty() {
+            continue;
+        }
+        let score = if domain.alerts_need_health_score() {
+            let r = crate::health::report(&app).await;
+            r.database.then_some(r.score)
+        } else {
+            None
+        };
+        match domain.evaluate_alerts(sample.as_ref(), score).await {
+            Ok(ev) => {
+                for (rule, subject) in &ev.opened {
+                    tracing::warn!(rule = %rule, subject = %subject, "alert firing");
+                }
+                for (rule, subject) in &ev.resolved {
+                    info!(rule = %rule, subject = %subject, "alert resolved");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "alert rules not evaluated"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

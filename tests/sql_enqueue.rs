@@ -250,6 +250,10 @@ fn valid_args() -> Vec<(&'static str, Value)> {
             }),
         ),
         ("ingest-events", json!({"chain_id": 1, "to_block": null})),
+        (
+            "deliver-alert",
+            json!({"target": "ops", "alert": {"status": "firing", "text": "x"}}),
+        ),
         ("noop", v(&Noop::default())),
         (
             "noop",
@@ -530,6 +534,7 @@ fn decode(kind: &str, args: &Value) -> Result<(), String> {
         "backfill-window" => decode_as::<BackfillWindow>(args),
         "check-pending-tx" => decode_as::<CheckPendingTx>(args),
         "compute-points" => decode_as::<ComputePoints>(args),
+        "deliver-alert" => decode_as::<chainsync_jobs::kinds::deliver_alert::DeliverAlert>(args),
         "ingest-events" => decode_as::<IngestEvents>(args),
         "noop" => decode_as::<Noop>(args),
         "reconcile-chain" => decode_as::<ReconcileChain>(args),

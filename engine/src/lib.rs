@@ -84,6 +84,7 @@ pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod scheduler;
+pub mod sessions;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
 pub use error::{Invalid, JobError};

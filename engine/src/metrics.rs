@@ -1,10 +1,83 @@
-//! The engine's metrics, through the `metrics` facade (the application picks the exporter).
+//! The engine's metrics, through the `metrics` facade (the application picks the exporter), and a
+//! per-kind tally of recent run outcomes in this process (the failure-rate alert reads it).
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
-use metrics::{counter, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 use crate::{JobError, queue::CompleteStats};
+
+/// Describes the engine's metrics and starts the counters of `kinds` at 0, so that they are
+/// listed from the first scrape.
+pub fn describe(kinds: &[&str]) {
+    for k in kinds {
+        for outcome in ["ok", "retry", "snooze", "fatal"] {
+            counter!("chainsync_job_runs_total", "kind" => (*k).to_string(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    for name in [
+        "chainsync_jobs_completed_total",
+        "chainsync_jobs_retried_total",
+        "chainsync_jobs_snoozed_total",
+        "chainsync_jobs_dead_lettered_total",
+        "chainsync_outcomes_fenced_total",
+        "chainsync_jobs_rescued_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    describe_histogram!(
+        "chainsync_job_duration_seconds",
+        metrics::Unit::Seconds,
+        "Run time of one job attempt, by kind"
+    );
+    describe_counter!(
+        "chainsync_job_runs_total",
+        "Job attempts by kind and outcome (ok, retry, snooze, fatal)"
+    );
+    describe_counter!(
+        "chainsync_jobs_completed_total",
+        "Jobs completed successfully"
+    );
+    describe_counter!(
+        "chainsync_jobs_retried_total",
+        "Attempts scheduled for retry"
+    );
+    describe_counter!(
+        "chainsync_jobs_snoozed_total",
+        "Jobs snoozed (no attempt used)"
+    );
+    describe_counter!(
+        "chainsync_jobs_dead_lettered_total",
+        "Jobs moved to the dead letters by this process"
+    );
+    describe_counter!(
+        "chainsync_outcomes_fenced_total",
+        "Outcomes refused because the job's lease was lost"
+    );
+    describe_counter!(
+        "chainsync_jobs_rescued_total",
+        "Jobs requeued after their lease expired"
+    );
+    describe_gauge!(
+        "chainsync_queue_depth",
+        "Available jobs per queue (due now or scheduled later)"
+    );
+    describe_gauge!(
+        "chainsync_queue_due",
+        "Available jobs per queue whose run time has come"
+    );
+    describe_gauge!(
+        "chainsync_queue_oldest_available_age_seconds",
+        metrics::Unit::Seconds,
+        "How long the oldest due job of a queue has waited"
+    );
+    describe_gauge!("chainsync_dead_letters", "Dead letters stored, by kind");
+}
 
 pub fn record_run(kind: &str, elapsed: Duration, err: Option<&JobError>) {
     let outcome = match err {
@@ -15,6 +88,11 @@ pub fn record_run(kind: &str, elapsed: Duration, err: Option<&JobError>) {
         .record(elapsed.as_secs_f64());
     counter!("chainsync_job_runs_total", "kind" => kind.to_string(), "outcome" => outcome)
         .increment(1);
+    match err {
+        None => tally(kind, true),
+        Some(JobError::Retry(_) | JobError::Fatal(_)) => tally(kind, false),
+        Some(JobError::Snooze(_)) => {}
+    }
 }
 
 pub fn record_completions(stats: &CompleteStats) {
@@ -28,4 +106,115 @@ pub fn record_completions(stats: &CompleteStats) {
 pub fn record_rescued(requeued: i64, dead: i64) {
     counter!("chainsync_jobs_rescued_total").increment(u64::try_from(requeued).unwrap_or(0));
     counter!("chainsync_jobs_dead_lettered_total").increment(u64::try_from(dead).unwrap_or(0));
+}
+
+/// Sets the backlog gauges of every queue in `queues` (0 for a queue with nothing available).
+pub fn record_backlog(queues: &[String], backlog: &[crate::queue::QueueBacklog]) {
+    for q in queues {
+        let b = backlog.iter().find(|b| &b.queue == q);
+        gauge!("chainsync_queue_depth", "queue" => q.clone())
+            .set(b.map_or(0.0, |b| b.available as f64));
+        gauge!("chainsync_queue_due", "queue" => q.clone()).set(b.map_or(0.0, |b| b.due as f64));
+        gauge!("chainsync_queue_oldest_available_age_seconds", "queue" => q.clone())
+            .set(b.map_or(0.0, |b| b.oldest_due_age_secs));
+    }
+}
+
+/// Sets `chainsync_dead_letters` per kind for every kind in `kinds` (0 for a kind without).
+pub fn record_dead_letters(kinds: &[&str], counts: &[crate::queue::DeadLetterCount]) {
+    for k in kinds {
+        let n = counts.iter().find(|c| c.kind == *k).map_or(0, |c| c.total);
+        gauge!("chainsync_dead_letters", "kind" => (*k).to_string()).set(n as f64);
+    }
+}
+
+/// Longest window [`recent_outcomes`] can answer for.
+pub const OUTCOME_WINDOW_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Per kind: one bucket per minute (minute since the epoch, successes, failures), oldest first.
+type Tally = HashMap<String, VecDeque<(u64, u64, u64)>>;
+
+fn tally_map() -> &'static Mutex<Tally> {
+    static TALLY: OnceLock<Mutex<Tally>> = OnceLock::new();
+    TALLY.get_or_init(Mutex::default)
+}
+
+fn minute_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0)
+}
+
+fn tally(kind: &str, ok: bool) {
+    tally_at(kind, ok, minute_now());
+}
+
+fn tally_at(kind: &str, ok: bool, minute: u64) {
+    let mut map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
+    let buckets = map.entry(kind.to_string()).or_default();
+    match buckets.back_mut() {
+        Some(b) if b.0 == minute => {
+            if ok {
+                b.1 += 1;
+            } else {
+                b.2 += 1;
+            }
+        }
+        _ => buckets.push_back((minute, u64::from(ok), u64::from(!ok))),
+    }
+    let keep_from = minute.saturating_sub(OUTCOME_WINDOW_MAX.as_secs() / 60);
+    while buckets.front().is_some_and(|b| b.0 < keep_from) {
+        buckets.pop_front();
+    }
+}
+
+/// Attempts of each kind run by this process in the last `window` (whole minutes, the current
+/// one included): (kind, successes, failures). Failures are retries and fatal errors; snoozes
+/// are neither.
+pub fn recent_outcomes(window: Duration) -> Vec<(String, u64, u64)> {
+    recent_outcomes_at(window, minute_now())
+}
+
+fn recent_outcomes_at(window: Duration, now_minute: u64) -> Vec<(String, u64, u64)> {
+    let from = now_minute.saturating_sub(window.as_secs().div_ceil(60).saturating_sub(1));
+    let map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out: Vec<(String, u64, u64)> = map
+        .iter()
+        .map(|(kind, buckets)| {
+            let (ok, failed) = buckets
+                .iter()
+                .filter(|b| b.0 >= from)
+                .fold((0, 0), |acc, b| (acc.0 + b.1, acc.1 + b.2));
+            (kind.clone(), ok, failed)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_counted_per_minute_and_age_out() {
+        let kind = "tally-test-kind";
+        tally_at(kind, true, 1000);
+        tally_at(kind, false, 1000);
+        tally_at(kind, false, 1004);
+        tally_at(kind, true, 1005);
+        let get = |w: u64, now: u64| {
+            recent_outcomes_at(Duration::from_secs(w), now)
+                .into_iter()
+                .find(|r| r.0 == kind)
+                .map(|r| (r.1, r.2))
+        };
+        assert_eq!(get(60, 1005), Some((1, 0)));
+        assert_eq!(get(120, 1005), Some((1, 1)));
+        assert_eq!(get(600, 1005), Some((2, 2)));
+        // Buckets older than the longest window are dropped.
+        tally_at(kind, true, 1005 + 24 * 60 + 1);
+        assert_eq!(get(24 * 3600, 1005 + 24 * 60 + 1), Some((1, 0)));
+    }
 }

@@ -60,6 +60,45 @@ impl Domain {
         crate::health::check(&self.services.db, &self.services.settings).await
     }
 
+    /// Describes the domain's metrics and registers the series of the configured chains and
+    /// tokens, so that the first scrape lists them.
+    pub fn describe_metrics(&self) {
+        crate::observe::describe(&self.services.settings);
+    }
+
+    /// Measures the lags of every configured chain and token (database and chain heads) and
+    /// sets their gauges.
+    pub async fn sample_metrics(&self) -> Result<crate::observe::Sample, sqlx::Error> {
+        let sample = crate::observe::sample(&self.services).await?;
+        crate::observe::record(&sample);
+        Ok(sample)
+    }
+
+    /// Whether an alert rule reads the health score (the caller computes it only then).
+    pub fn alerts_need_health_score(&self) -> bool {
+        self.services
+            .settings
+            .alerts
+            .rules
+            .iter()
+            .any(|r| r.kind == crate::alerts::RuleKind::HealthScore)
+    }
+
+    /// Evaluates `[[alerts.rules]]`: opens and resolves incidents, enqueuing their
+    /// notifications.
+    pub async fn evaluate_alerts(
+        &self,
+        sample: Option<&crate::observe::Sample>,
+        health_score: Option<u8>,
+    ) -> Result<crate::alerts::Evaluation, sqlx::Error> {
+        let inputs = crate::alerts::Inputs {
+            sample,
+            health_score,
+            ..crate::alerts::Inputs::default()
+        };
+        crate::alerts::evaluate(&self.services.db, &self.services.settings, &inputs).await
+    }
+
     /// Where an ingestion pass run outside the queue (the CLI) sends what is left to do: the
     /// same `compute-points` jobs a queued pass enqueues.
     pub fn ingest_sink(enqueuer: Arc<dyn Enqueuer>) -> impl IngestSink {

@@ -7,15 +7,18 @@
 //! returns into follow-up jobs. [`domain::Domain`] is what the daemon, the CLI and the HTTP API
 //! need from the domain, so that they never name a kind.
 
+pub mod alerts;
 pub mod balance_sync;
 pub mod cache;
 pub mod chain;
+pub mod console;
 pub mod domain;
 pub mod follow;
 pub mod health;
 pub mod ids;
 pub mod ingest;
 pub mod kinds;
+pub mod observe;
 pub mod points;
 pub mod services;
 pub mod settings;
@@ -39,6 +42,7 @@ pub fn registry() -> chainsync_engine::Registry<Services> {
         .register::<kinds::ingest_events::IngestEvents>()
         .register::<kinds::backfill_window::BackfillWindow>()
         .register::<kinds::compute_points::ComputePoints>()
+        .register::<kinds::deliver_alert::DeliverAlert>()
 }
 
 /// Every migration chainsync needs, the engine's (`migrations/engine`) and the domain's

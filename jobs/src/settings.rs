@@ -32,6 +32,12 @@ pub struct DomainConfig {
     /// `[points]`: rates and backfill bounds.
     #[serde(default)]
     pub points: crate::points::PointsConfig,
+    /// `[alerts]`: notification targets and the rules that notify them.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
+    /// `[health]`: thresholds of the health score.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
 }
 
 /// One EVM chain.
@@ -291,6 +297,8 @@ impl DomainConfig {
         if self.cache.balance_ttl_secs == 0 {
             return Err("cache.balance_ttl_secs: must be positive".into());
         }
+        self.health.validate()?;
+        self.alerts.validate(&crate::registry().kinds().names())?;
         Ok(())
     }
 

@@ -377,6 +377,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                 ]);
             }
+            let t = &r.thresholds;
+            rows.push(vec![
+                "thresholds".into(),
+                format!(
+                    "balance_max_age {}, ingest_max_age {}, points_max_age {}, min_score {}",
+                    chainsync_engine::duration::format_duration(t.balance_max_age),
+                    chainsync_engine::duration::format_duration(t.ingest_max_age),
+                    chainsync_engine::duration::format_duration(t.points_max_age),
+                    t.min_score
+                ),
+            ]);
+            for d in &r.deductions {
+                rows.push(vec![
+                    "deduction".into(),
+                    format!("-{} {}", d.points, d.reason),
+                ]);
+            }
             for p in &r.problems {
                 rows.push(vec!["problem".into(), p.clone()]);
             }
@@ -385,7 +402,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "health score {} is below {}",
                     r.score,
-                    crate::health::MIN_SCORE
+                    r.thresholds.min_score
                 );
             }
             Ok(())

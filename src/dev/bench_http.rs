@@ -17,8 +17,6 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config};
-
 const TOKEN: &str = "0x00000000000000000000000000000000000000ee";
 
 /// Options of one run.
@@ -166,10 +164,11 @@ pub async fn run(opts: &HttpBenchOptions) -> anyhow::Result<serde_json::Value> {
         bail!("--holders, --connections and --seconds must be positive");
     }
     let mut redis = PrivateRedis::start().await?;
-    let url = chainsync_dev::scratch::recreate_database(&opts.admin_url, "bench_http").await?;
-    let cfg = Config::from_toml(&format!(
-        r#"
-database_url = "{url}"
+    let app = super::scratch_app(
+        &opts.admin_url,
+        "bench_http",
+        &format!(
+            r#"
 redis_url = "redis://127.0.0.1:{}"
 pool_size = 16
 [http]
@@ -179,10 +178,10 @@ chain_id = 31337
 name = "bench"
 rpc_urls = ["http://127.0.0.1:1"]
 "#,
-        redis.port
-    ))?;
-    let app = App::connect(cfg).await?;
-    app.migrate().await?;
+            redis.port
+        ),
+    )
+    .await?;
     let addresses: Vec<String> = (0..opts.holders).map(address).collect();
     sqlx::query(
         "INSERT INTO chainsync.balances (chain_id, token, address, amount, block_number, block_hash)

@@ -23,13 +23,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config, runtime::Runtime};
+use crate::runtime::Runtime;
 use chainsync_dev::devchain::{self, DevChain, DevChainOptions, contracts::TestToken};
 
-fn config(url: &str, rpc: &str, token: &str, live: bool) -> anyhow::Result<Config> {
-    Ok(Config::from_toml(&format!(
+/// The config of both parts, but `database_url`.
+fn config(rpc: &str, token: &str, live: bool) -> String {
+    format!(
         r#"
-database_url = "{url}"
 [worker]
 concurrency = 20
 [[chains]]
@@ -50,7 +50,7 @@ max_range = 5000
 live = {live}
 contracts = [{{ address = "{token}" }}]
 "#
-    ))?)
+    )
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -100,9 +100,13 @@ async fn throughput(
     let mint_started = Instant::now();
     chain.mint_across_blocks(token, &holders, per_block).await?;
     let mint_secs = mint_started.elapsed().as_secs_f64();
-    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest").await?;
-    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), false)?).await?;
-    app.migrate().await?;
+    let rpc = chain.url();
+    let app = super::scratch_app(
+        admin_url,
+        "bench_ingest",
+        &config(&rpc, &format!("{token:#x}"), false),
+    )
+    .await?;
     let services = app.services().await?;
     let sink = chainsync_jobs::domain::Domain::ingest_sink(std::sync::Arc::new(app.queue.clone()));
     let head = chain.block_number().await?;
@@ -182,9 +186,13 @@ async fn live_lag(admin_url: &str, transfers: usize) -> anyhow::Result<serde_jso
             )
             .await?;
     }
-    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_ingest_live").await?;
-    let app = App::connect(config(&url, &chain.url(), &format!("{token:#x}"), true)?).await?;
-    app.migrate().await?;
+    let rpc = chain.url();
+    let app = super::scratch_app(
+        admin_url,
+        "bench_ingest_live",
+        &config(&rpc, &format!("{token:#x}"), true),
+    )
+    .await?;
     let pool = app.pool().clone();
     let poll_ms = app
         .config

@@ -9,7 +9,6 @@ use futures::future::join_all;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::{app::App, config::Config};
 use chainsync_dev::devchain::{self, DevChain};
 
 pub async fn run(admin_url: &str, holders: usize) -> anyhow::Result<serde_json::Value> {
@@ -20,10 +19,11 @@ pub async fn run(admin_url: &str, holders: usize) -> anyhow::Result<serde_json::
     let t = Instant::now();
     chain.mint_many(token, &list).await?;
     let mint_s = t.elapsed().as_secs_f64();
-    let url = chainsync_dev::scratch::recreate_database(admin_url, "bench_sync").await?;
-    let cfg = Config::from_toml(&format!(
-        r#"
-database_url = "{url}"
+    let app = super::scratch_app(
+        admin_url,
+        "bench_sync",
+        &format!(
+            r#"
 [[chains]]
 chain_id = 31337
 name = "anvil"
@@ -35,10 +35,10 @@ address = "{token:#x}"
 decimals = 18
 asset_class = "erc20"
 "#,
-        chain.url()
-    ))?;
-    let app = App::connect(cfg).await?;
-    app.migrate().await?;
+            chain.url()
+        ),
+    )
+    .await?;
     let addrs: Vec<String> = list.iter().map(|(a, _)| format!("{a:#x}")).collect();
     sqlx::query("INSERT INTO chainsync.tracked_addresses (address) SELECT unnest($1::text[])")
         .bind(&addrs)
@@ -64,7 +64,7 @@ asset_class = "erc20"
     // The original scripts: batches of 50 addresses, one eth_call each, one UPDATE per user.
     let naive_pool = PgPoolOptions::new()
         .max_connections(10)
-        .connect(&url)
+        .connect(&app.config.database_url)
         .await?;
     sqlx::query("CREATE TABLE naive_users (address text PRIMARY KEY, balance_wei numeric(78,0))")
         .execute(&naive_pool)

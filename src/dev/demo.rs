@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config, runtime::Runtime};
+use crate::runtime::Runtime;
 use chainsync_dev::devchain::{self, DevChain, DevChainOptions};
 
 /// Options of `chainsync demo`.
@@ -135,10 +135,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         3,
         &format!("fresh database {} and the chainsync schema", opts.database),
     );
-    let url = chainsync_dev::scratch::recreate_database(&opts.admin_url, &opts.database).await?;
-    let config = Config::from_toml(&format!(
-        r#"
-database_url = "{url}"
+    let app = super::scratch_app(
+        &opts.admin_url,
+        &opts.database,
+        &format!(
+            r#"
 [worker]
 concurrency = 20
 poll_interval = "200ms"
@@ -162,9 +163,9 @@ asset_class = "erc20"
 [reconcile]
 auto_repair = true
 "#
-    ))?;
-    let app = App::connect(config).await?;
-    app.migrate().await?;
+        ),
+    )
+    .await?;
     let pool = app.pool().clone();
     let addresses: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
     sqlx::query("INSERT INTO chainsync.tracked_addresses (address, source) SELECT unnest($1::text[]), 'demo'")
@@ -396,7 +397,7 @@ auto_repair = true
     println!(
         "\nThe database {} is kept for a look: psql {}",
         opts.database,
-        crate::app::redact_url(&url)
+        crate::app::redact_url(&app.config.database_url)
     );
     Ok(())
 }

@@ -8,7 +8,23 @@ pub mod bench_rebuild;
 pub mod bench_sync;
 pub mod demo;
 
-use crate::cli::{BenchCmd, Cli, Command, admin_url};
+use crate::{
+    app::App,
+    cli::{BenchCmd, Cli, Command, admin_url},
+    config::Config,
+};
+
+/// The application over a fresh scratch database `name` on the server of `admin_url`, migrated.
+/// `config` is the TOML of everything but `database_url`.
+async fn scratch_app(admin_url: &str, name: &str, config: &str) -> anyhow::Result<App> {
+    let url = chainsync_dev::scratch::recreate_database(admin_url, name).await?;
+    let app = App::connect(Config::from_toml(&format!(
+        "database_url = \"{url}\"\n{config}"
+    ))?)
+    .await?;
+    app.migrate().await?;
+    Ok(app)
+}
 
 /// Runs the demo or a benchmark; `None` for every other command.
 pub async fn run(cli: &Cli) -> Option<anyhow::Result<()>> {

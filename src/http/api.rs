@@ -240,8 +240,12 @@ pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
                 .set(n as f64);
         }
     }
-    if let Ok(n) = s.app.queue.count_dead().await {
-        metrics::gauge!("chainsync_dead_letters").set(n as f64);
+    let kinds = s.app.queue.kinds().names();
+    if let Ok(counts) = s.app.queue.dead_letters_by_kind(chrono::Utc::now()).await {
+        chainsync_engine::metrics::record_dead_letters(&kinds, &counts);
+    }
+    if let Ok(backlog) = s.app.queue.backlog().await {
+        chainsync_engine::metrics::record_backlog(&s.app.queue.policies().queues(), &backlog);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,9 +1,11 @@
-//! HTTP API (axum): jobs, dead letters, balances, health, metrics, an admin page, OpenAPI.
-//! Enqueue and admin endpoints need `Authorization: Bearer <http.admin_token>`.
+//! HTTP API (axum): jobs, dead letters, balances, health, metrics, the admin console, OpenAPI.
+//! Enqueue and admin endpoints need `Authorization: Bearer <http.admin_token>`; the read-only
+//! token (`http.readonly_token`) is accepted for GET and answered 403 elsewhere. The console
+//! (`/admin`, [`console`]) signs in once and keeps a session cookie.
 
-mod admin;
 mod api;
 mod balances;
+pub mod console;
 
 use std::{net::SocketAddr, sync::OnceLock};
 
@@ -109,14 +111,32 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
+/// Buckets of the `_seconds` histograms (job run time): 5 ms to 10 min.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// The exporter: histograms with buckets (aggregatable across daemons), not summaries.
+fn builder() -> PrometheusBuilder {
+    let b = PrometheusBuilder::new();
+    match b.set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+        SECONDS_BUCKETS,
+    ) {
+        Ok(b) => b,
+        // Only an empty bucket list is refused.
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match builder().install_recorder() {
             Ok(h) => h,
             // Another recorder is installed (tests): render from a private one.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            Err(_) => builder().build_recorder().handle(),
         })
         .clone()
 }
@@ -130,17 +150,31 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 async fn require_admin(State(s): State<HttpState>, req: Request, next: Next) -> Response {
-    match s.settings.admin_token.as_deref() {
-        None => ApiError::new(
+    let admin = s.settings.admin_token.as_deref();
+    let readonly = s.settings.readonly_token.as_deref();
+    if admin.is_none() && readonly.is_none() {
+        return ApiError::new(
             StatusCode::FORBIDDEN,
             "admin endpoints are disabled: set http.admin_token",
         )
-        .into_response(),
-        Some(t) if bearer_ok(req.headers(), t) => next.run(req).await,
-        Some(_) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
-        }
+        .into_response();
     }
+    if admin.is_some_and(|t| bearer_ok(req.headers(), t)) {
+        return next.run(req).await;
+    }
+    if readonly.is_some_and(|t| bearer_ok(req.headers(), t)) {
+        let reads =
+            req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD;
+        if reads {
+            return next.run(req).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the read-only token cannot change anything",
+        )
+        .into_response();
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
 }
 
 async fn require_token_unless_public(
@@ -167,7 +201,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/dlq/replay", post(api::replay_filter))
         .route("/v1/dlq/{id}", get(api::get_dead).delete(api::purge_dead))
         .route("/v1/dlq/{id}/replay", post(api::replay_one))
-        .route("/admin/data", get(admin::data))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let maybe_public = Router::new()
         .route("/v1/balances/{chain}/{address}", get(balances::get_balance))
@@ -179,8 +212,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(admin)
         .merge(maybe_public)
+        .merge(console::router(state.clone()))
         .route("/metrics", get(api::metrics))
-        .route("/admin", get(admin::page))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .with_state(state)

@@ -80,7 +80,7 @@ fn check_page(limit: i64, offset: i64) -> Result<(), QueueError> {
     Ok(())
 }
 
-const JOB_COLUMNS: &str =
+pub(super) const JOB_COLUMNS: &str =
     "id, kind, queue, state::text AS state, attempt, max_attempts, priority, args,
     unique_key, errors, run_at, created_at, started_at, finished_at, lease_owner, lease_expires_at";
 
@@ -275,6 +275,11 @@ impl Queue {
             ));
         }
         self.replay_where(None, kind, since).await
+    }
+
+    /// Replays these dead letters; returns the ids moved back to the queue.
+    pub async fn replay_ids(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, QueueError> {
+        self.replay_where(Some(ids), None, None).await
     }
 
     async fn replay_where(

@@ -12,11 +12,13 @@
 //! the table as it is. `tests/planner.rs` checks the plans in each of these states.
 
 pub mod admin;
+pub mod browse;
 pub mod complete;
 pub mod enqueue;
 pub mod fetch;
 pub mod maintenance;
 pub mod policy;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -24,9 +26,11 @@ use crate::Kinds;
 use sqlx::PgPool;
 
 pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
+pub use browse::{BulkJobAction, DeadCursor, DeadQuery, JobQuery};
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
 pub use fetch::Fetched;
 pub use policy::{KindOverride, Policies};
+pub use stats::{DeadLetterCount, QueueBacklog};
 
 /// Errors of the engine's public operations.
 #[derive(Debug, thiserror::Error)]

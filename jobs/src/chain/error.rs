@@ -27,6 +27,8 @@ pub enum RpcErrorClass {
 }
 
 impl RpcErrorClass {
+    pub const ALL: [RpcErrorClass; 3] = [Self::RateLimited, Self::Transient, Self::Invalid];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",
@@ -159,14 +161,23 @@ fn snooze_hint(e: &TransportError) -> Option<Duration> {
     }
 }
 
-/// Converts an RPC error into the job result, counting it in `chainsync_rpc_errors_total`.
+/// Converts an RPC error into the job result, counting it in `chainsync_rpc_errors_total`
+/// with the chain id as its `chain` label (see [`classify_for`]).
+pub fn classify(chain_id: u64, what: &str, e: &TransportError) -> JobError {
+    classify_for(&chain_id.to_string(), chain_id, what, e)
+}
+
+/// Converts an RPC error into the job result, counting it in `chainsync_rpc_errors_total` by
+/// `chain` (the configured name), `method` (the first word of `what`) and `class`.
 ///
 /// `what` names the call (e.g. `eth_call aggregate3`), for the error history.
-pub fn classify(chain_id: u64, what: &str, e: &TransportError) -> JobError {
+pub fn classify_for(chain: &str, chain_id: u64, what: &str, e: &TransportError) -> JobError {
     let class = classify_kind(e);
+    let method = what.split_whitespace().next().unwrap_or("unknown");
     metrics::counter!(
         "chainsync_rpc_errors_total",
-        "chain_id" => chain_id.to_string(),
+        "chain" => chain.to_string(),
+        "method" => method.to_string(),
         "class" => class.as_str()
     )
     .increment(1);

@@ -37,6 +37,8 @@ pub struct FallbackTransport {
     endpoints: Arc<Vec<Endpoint>>,
     state: Arc<Mutex<Preferred>>,
     probe_after: Duration,
+    /// The `chain` label of `chainsync_rpc_requests_total`.
+    chain: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +56,14 @@ impl FallbackTransport {
                 since: Instant::now(),
             })),
             probe_after,
+            chain: Arc::from(""),
         }
+    }
+
+    /// Counts requests in `chainsync_rpc_requests_total` under this `chain` label.
+    pub fn with_chain(mut self, chain: &str) -> Self {
+        self.chain = Arc::from(chain);
+        self
     }
 
     fn start_index(&self) -> usize {
@@ -80,6 +89,14 @@ impl FallbackTransport {
             return Err(TransportErrorKind::custom_str(
                 "no RPC endpoints configured",
             ));
+        }
+        for method in req.method_names() {
+            metrics::counter!(
+                "chainsync_rpc_requests_total",
+                "chain" => self.chain.to_string(),
+                "method" => method.to_string()
+            )
+            .increment(1);
         }
         let start = self.start_index();
         let mut chosen: Option<TransportError> = None;

@@ -110,7 +110,7 @@ impl ChainClient {
                 error::RetryUnlessRange,
             ))
             .transport(
-                FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER),
+                FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER).with_chain(&config.name),
                 is_local,
             );
         let multicall = config
@@ -129,7 +129,7 @@ impl ChainClient {
 
     /// Converts an RPC error of this chain into a job result.
     pub fn rpc_error(&self, what: &str, e: &TransportError) -> JobError {
-        classify(self.config.chain_id, what, e)
+        error::classify_for(&self.config.name, self.config.chain_id, what, e)
     }
 
     /// The latest block number.

@@ -273,7 +273,7 @@ pub async fn ingest_pass(
         let (reads, written) = record_touched(services, &chain, &touched, &touched_blocks).await?;
         report.history_reads += reads;
         report.history_rows += written;
-        report.stored += store(
+        let stored = store(
             db,
             cid,
             &rows,
@@ -283,6 +283,8 @@ pub async fn ingest_pass(
             cfg.keep_block_hashes,
         )
         .await?;
+        crate::observe::record_events_ingested(&services.settings, chain_id, stored);
+        report.stored += stored;
         report.to_block = to;
         from = to + 1;
         size = range::grow(size, cfg.max_range);
@@ -309,7 +311,8 @@ pub async fn ingest_pass(
     Ok(report)
 }
 
-/// Contracts configured as ERC20 tokens of `chain_id`: their transfers trigger balance syncs.
+/// Contracts configured as tokens of `chain_id`: the holders their transfers touch get balance
+/// history.
 fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> BTreeSet<Address> {
     settings
         .tokens

@@ -228,7 +228,8 @@ impl Job for ReconcileChain {
         }
         let (mismatches, failed) = compare(&tokens, &items, reads);
 
-        let chain_label = self.chain_id.to_string();
+        let settings = &ctx.services.settings;
+        let chain_label = crate::observe::chain_label(settings, self.chain_id);
         let mut per_token: BTreeMap<TokenKey, (usize, usize)> = BTreeMap::new();
         for m in &mismatches {
             let e = per_token.entry(m.token).or_default();
@@ -238,7 +239,12 @@ impl Job for ReconcileChain {
             }
         }
         for (token, (all, above)) in &per_token {
-            let labels = [("chain_id", chain_label.clone()), ("token", token.text())];
+            let symbol = settings
+                .tokens
+                .iter()
+                .find(|t| t.chain_id == self.chain_id && t.key().is_ok_and(|k| k == *token))
+                .map_or_else(|| token.text(), |t| t.symbol.clone());
+            let labels = [("chain", chain_label.clone()), ("token", symbol)];
             metrics::counter!("chainsync_reconcile_mismatches_total", &labels)
                 .increment(*all as u64);
             if *above > 0 {

@@ -1,0 +1,506 @@
+//! Queries of an operator console: filtered, keyset-paginated listings of jobs and dead letters,
+//! bulk actions on a filter, per-minute activity and per-queue depth.
+//!
+//! Pages are read newest first along an index (`jobs` by primary key: ids are UUID v7, so their
+//! order is creation order; `dead_letters` by `(failed_at, id)`), continuing after the last row
+//! shown (`before`), never with OFFSET. A time range on jobs also bounds the id, so the index
+//! scan starts and stops near the range.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{DeadLetter, JobRow, Queue, QueueError, admin::STATES};
+
+/// A filter of jobs. Every field is optional; `text` matches args or errors, case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQuery {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub text: Option<String>,
+    /// Created at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// A filter of dead letters; the time range is on `failed_at`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadQuery {
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub text: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Where a page of dead letters continues: after this `(failed_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeadCursor {
+    pub failed_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// A bulk action on the jobs a filter selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkJobAction {
+    /// Available and running jobs become cancelled.
+    Cancel,
+    /// Available jobs run now; cancelled jobs are queued again (unless their unique key is held).
+    Retry,
+    /// Jobs that are not running are deleted.
+    Delete,
+}
+
+impl BulkJobAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cancel" => Some(Self::Cancel),
+            "retry" => Some(Self::Retry),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Retry => "retry",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// The states the action applies to.
+    fn states(self) -> &'static [&'static str] {
+        match self {
+            Self::Cancel => &["available", "running"],
+            Self::Retry => &["available", "cancelled"],
+            Self::Delete => &["available", "completed", "cancelled"],
+        }
+    }
+}
+
+/// Jobs finished and dead letters per minute.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MinuteActivity {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    pub cancelled: i64,
+    pub dead: i64,
+}
+
+/// Depth of one queue.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueDepth {
+    pub queue: String,
+    /// Available and due.
+    pub ready: i64,
+    /// Available, scheduled for later (future runs and retries waiting for their backoff).
+    pub scheduled: i64,
+    pub running: i64,
+    /// Seconds the oldest ready job has waited past its run_at.
+    pub oldest_ready_secs: Option<f64>,
+}
+
+/// Time from run_at to start of the jobs started in a window.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct Latency {
+    pub started: i64,
+    pub p50_secs: Option<f64>,
+    pub p95_secs: Option<f64>,
+    pub max_secs: Option<f64>,
+}
+
+/// Checks and normalises a job filter.
+fn check_jobs(q: &JobQuery) -> Result<(), QueueError> {
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.as_str())
+    {
+        return Err(QueueError::Invalid(format!(
+            "unknown state {s:?} (one of: {})",
+            STATES.join(", ")
+        )));
+    }
+    check_range(q.from, q.to)
+}
+
+fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<(), QueueError> {
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        return Err(QueueError::Invalid(
+            "the time range is empty: from must be before to".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_limit(limit: i64) -> Result<(), QueueError> {
+    if !(1..=1000).contains(&limit) {
+        return Err(QueueError::Invalid(format!(
+            "limit must be in 1..=1000, got {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest UUID v7 of millisecond `t` (v7 ids sort by creation time).
+pub fn uuid_v7_floor(t: DateTime<Utc>) -> Uuid {
+    let ms = u64::try_from(t.timestamp_millis().max(0)).unwrap_or(0);
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70;
+    b[8] = 0x80;
+    Uuid::from_bytes(b)
+}
+
+/// Id bounds of a creation-time range, one hour wider on each side: an id's time comes from the
+/// clock of whoever made it (the app's or the database's), `created_at` from the database's.
+fn id_bounds(q: &JobQuery) -> (Option<Uuid>, Option<Uuid>) {
+    let slack = ChronoDuration::hours(1);
+    (
+        q.from.map(|f| uuid_v7_floor(f - slack)),
+        q.to.map(|t| uuid_v7_floor(t + slack)),
+    )
+}
+
+/// Listings and counts of the console give up after this long, with a message asking for a
+/// narrower filter, instead of holding a connection for a scan of the whole table (a text search
+/// without any other filter reads every row's args and errors).
+const LISTING_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+
+fn timed_out(e: sqlx::Error) -> QueueError {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("57014") => QueueError::Invalid(
+            "this filter took longer than 5 s to answer; narrow it with a state, kind, queue or \
+             time range"
+                .into(),
+        ),
+        _ => e.into(),
+    }
+}
+
+const JOB_FILTER: &str = "($1::text IS NULL OR state::text = $1)
+      AND ($2::text IS NULL OR kind = $2)
+      AND ($3::text IS NULL OR queue = $3)
+      AND ($4::text IS NULL OR strpos(lower(args::text), lower($4)) > 0
+                            OR strpos(lower(errors::text), lower($4)) > 0)
+      AND ($5::timestamptz IS NULL OR created_at >= $5)
+      AND ($6::timestamptz IS NULL OR created_at < $6)
+      AND ($7::uuid IS NULL OR id >= $7)
+      AND ($8::uuid IS NULL OR id < $8)";
+
+const DEAD_FILTER: &str = "($1::text IS NULL OR kind = $1)
+      AND ($2::text IS NULL OR queue = $2)
+      AND ($3::text IS NULL OR strpos(lower(args::text), lower($3)) > 0
+                            OR strpos(lower(errors::text), lower($3)) > 0)
+      AND ($4::timestamptz IS NULL OR failed_at >= $4)
+      AND ($5::timestamptz IS NULL OR failed_at < $5)";
+
+const DEAD_COLUMNS: &str = "id, kind, queue, args, priority, attempt, max_attempts, unique_key,
+    errors, reason, created_at, failed_at";
+
+impl Queue {
+    /// One page of jobs matching `q`, newest first, after `before` (an id of the previous page).
+    pub async fn browse_jobs(
+        &self,
+        q: &JobQuery,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, QueueError> {
+        check_jobs(q)?;
+        check_limit(limit)?;
+        let (lo, hi) = id_bounds(q);
+        let sql = format!(
+            "SELECT {} FROM chainsync.jobs WHERE {JOB_FILTER}
+               AND ($9::uuid IS NULL OR id < $9)
+             ORDER BY id DESC LIMIT $10",
+            super::admin::JOB_COLUMNS
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&q.state)
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(lo)
+            .bind(hi)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// How many jobs `q` selects that `action` would change.
+    pub async fn count_jobs_for(
+        &self,
+        q: &JobQuery,
+        action: BulkJobAction,
+    ) -> Result<i64, QueueError> {
+        check_jobs(q)?;
+        let (lo, hi) = id_bounds(q);
+        let sql = format!(
+            "SELECT count(*) FROM chainsync.jobs WHERE {JOB_FILTER}
+               AND state::text = ANY($9)"
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(&q.state)
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(lo)
+            .bind(hi)
+            .bind(action.states())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Applies `action` to every job `q` selects (in the states the action applies to); returns
+    /// how many changed.
+    pub async fn bulk_jobs(&self, q: &JobQuery, action: BulkJobAction) -> Result<u64, QueueError> {
+        check_jobs(q)?;
+        let (lo, hi) = id_bounds(q);
+        let sql = match action {
+            BulkJobAction::Cancel => format!(
+                "UPDATE chainsync.jobs SET state = 'cancelled', finished_at = now(),
+                    lease_owner = NULL, lease_expires_at = NULL
+                 WHERE {JOB_FILTER} AND state::text = ANY($9)"
+            ),
+            BulkJobAction::Retry => format!(
+                "UPDATE chainsync.jobs SET state = 'available', run_at = now(), finished_at = NULL
+                 WHERE {JOB_FILTER} AND state::text = ANY($9)
+                   AND (state = 'available' OR unique_key IS NULL
+                        OR chainsync.unique_holder(unique_key) IS NULL)"
+            ),
+            BulkJobAction::Delete => {
+                format!("DELETE FROM chainsync.jobs WHERE {JOB_FILTER} AND state::text = ANY($9)")
+            }
+        };
+        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&q.state)
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(lo)
+            .bind(hi)
+            .bind(action.states())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(QueueError::Conflict(
+                "some of the selected jobs share a unique key with another queued job; \
+                 narrow the selection"
+                    .into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs an available job now, or queues a cancelled or completed one again (attempts kept).
+    pub async fn retry_job(&self, id: Uuid) -> Result<(), QueueError> {
+        let res = sqlx::query(
+            "UPDATE chainsync.jobs SET state = 'available', run_at = now(), finished_at = NULL
+             WHERE id = $1 AND state IN ('available', 'cancelled', 'completed')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(r) if r.rows_affected() == 1 => Ok(()),
+            Ok(_) => {
+                let job = self.get_job(id).await?;
+                Err(QueueError::Conflict(format!(
+                    "job {id} is {} and cannot be retried now",
+                    job.state
+                )))
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(QueueError::Conflict(
+                format!("job {id} not retried: another queued job holds its unique key"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One page of dead letters matching `q`, newest failure first, after `before`.
+    pub async fn browse_dead(
+        &self,
+        q: &DeadQuery,
+        before: Option<DeadCursor>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        check_range(q.from, q.to)?;
+        check_limit(limit)?;
+        let sql = format!(
+            "SELECT {DEAD_COLUMNS} FROM chainsync.dead_letters WHERE {DEAD_FILTER}
+               AND ($6::timestamptz IS NULL OR (failed_at, id) < ($6, $7))
+             ORDER BY failed_at DESC, id DESC LIMIT $8"
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(before.map(|c| c.failed_at))
+            .bind(before.map(|c| c.id))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(timed_out)?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    pub async fn count_dead_matching(&self, q: &DeadQuery) -> Result<i64, QueueError> {
+        check_range(q.from, q.to)?;
+        let sql = format!("SELECT count(*) FROM chainsync.dead_letters WHERE {DEAD_FILTER}");
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Replays the dead letters `q` selects, at most `cap` of them (oldest failure first);
+    /// returns the ids moved back to the queue.
+    pub async fn replay_matching(&self, q: &DeadQuery, cap: i64) -> Result<Vec<Uuid>, QueueError> {
+        check_range(q.from, q.to)?;
+        let sql = format!(
+            "SELECT id FROM chainsync.dead_letters WHERE {DEAD_FILTER}
+             ORDER BY failed_at, id LIMIT $6"
+        );
+        let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(cap)
+            .fetch_all(&self.pool)
+            .await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        self.replay_ids(&ids).await
+    }
+
+    /// Deletes the dead letters `q` selects; returns how many.
+    pub async fn purge_matching(&self, q: &DeadQuery) -> Result<u64, QueueError> {
+        check_range(q.from, q.to)?;
+        let sql = format!("DELETE FROM chainsync.dead_letters WHERE {DEAD_FILTER}");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&q.kind)
+            .bind(&q.queue)
+            .bind(&q.text)
+            .bind(q.from)
+            .bind(q.to)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// Jobs finished (completed, cancelled; as retained) and dead-lettered per minute since
+    /// `since`, minutes without any left out.
+    pub async fn activity(&self, since: DateTime<Utc>) -> Result<Vec<MinuteActivity>, QueueError> {
+        Ok(sqlx::query_as(
+            "WITH f AS (
+                SELECT date_trunc('minute', finished_at) AS minute,
+                       count(*) FILTER (WHERE state = 'completed') AS completed,
+                       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+                FROM chainsync.jobs
+                WHERE state IN ('completed', 'cancelled') AND finished_at >= $1
+                GROUP BY 1),
+             d AS (
+                SELECT date_trunc('minute', failed_at) AS minute, count(*) AS dead
+                FROM chainsync.dead_letters WHERE failed_at >= $1 GROUP BY 1)
+             SELECT coalesce(f.minute, d.minute) AS minute, coalesce(f.completed, 0) AS completed,
+                    coalesce(f.cancelled, 0) AS cancelled, coalesce(d.dead, 0) AS dead
+             FROM f FULL JOIN d ON d.minute = f.minute ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Ready, scheduled and running jobs per queue.
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT queue,
+                    count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS ready,
+                    count(*) FILTER (WHERE state = 'available' AND run_at > now()) AS scheduled,
+                    count(*) FILTER (WHERE state = 'running') AS running,
+                    extract(epoch FROM now() - min(run_at) FILTER (
+                        WHERE state = 'available' AND run_at <= now()))::float8 AS oldest_ready_secs
+             FROM chainsync.jobs WHERE state IN ('available', 'running')
+             GROUP BY queue ORDER BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Enqueue-to-start latency (`started_at − run_at`) of the retained jobs finished since
+    /// `since`.
+    pub async fn start_latency(&self, since: DateTime<Utc>) -> Result<Latency, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) AS started,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY w) AS p50_secs,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY w) AS p95_secs,
+                    max(w) AS max_secs
+             FROM (SELECT greatest(extract(epoch FROM started_at - run_at)::float8, 0) AS w
+                   FROM chainsync.jobs
+                   WHERE state IN ('completed', 'cancelled') AND finished_at >= $1
+                     AND started_at IS NOT NULL) s",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Jobs per state (one statement; the console's header counts).
+    pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        Ok(
+            sqlx::query_as(
+                "SELECT state::text, count(*) FROM chainsync.jobs GROUP BY 1 ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v7_floor_sorts_with_real_ids() {
+        let t = Utc::now();
+        let floor = uuid_v7_floor(t - ChronoDuration::milliseconds(1));
+        let id = Uuid::now_v7();
+        assert!(floor < id);
+        assert!(uuid_v7_floor(t + ChronoDuration::seconds(1)) > id);
+        assert_eq!(floor.get_version_num(), 7);
+    }
+}
