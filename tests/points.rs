@@ -115,7 +115,7 @@ decimals = 18
 asset_class = "erc20"
 [[ingest]]
 chain_id = 31337
-poll_interval_ms = 50
+poll_interval = "50ms"
 initial_range = {range}
 min_range = 1
 max_range = {range}

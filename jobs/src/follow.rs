@@ -39,7 +39,7 @@ async fn follow(
             return;
         }
     };
-    let interval = Duration::from_millis(cfg.poll_interval_ms);
+    let interval = cfg.poll_interval;
     info!(chain_id, poll = ?interval, "following new blocks");
     // The newest confirmed block a pass was enqueued for; a pass already running when a block
     // arrives may have read the head before it, so only a newly inserted job counts.

@@ -1,7 +1,7 @@
 //! Domain settings the jobs read: chains, tokens, tracking, thresholds. Parsed by the binary's
 //! config loader (file → env → flags) and validated here so every error names its key.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use alloy::primitives::{Address, U256, address};
 use serde::{Deserialize, Serialize};
@@ -63,18 +63,27 @@ pub struct ChainConfig {
     /// Multicall batches read and written concurrently by one full sync.
     #[serde(default = "default_in_flight")]
     pub batches_in_flight: usize,
-    /// A tracked transaction not confirmed after this many seconds is flagged `stuck`.
-    #[serde(default = "default_max_pending")]
-    pub max_pending_time_secs: u64,
+    /// A tracked transaction not confirmed after this long is flagged `stuck`.
+    #[serde(
+        default = "default_max_pending",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub max_pending_time: Duration,
     /// Timeout of one HTTP request to the node.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_secs: u64,
+    #[serde(
+        default = "default_request_timeout",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub request_timeout: Duration,
     /// Retries of a rate-limited request inside one job attempt before the job is snoozed.
     #[serde(default = "default_rate_limit_retries")]
     pub rate_limit_retries: u32,
-    /// Base delay of those retries, in milliseconds.
-    #[serde(default = "default_rate_limit_backoff")]
-    pub rate_limit_backoff_ms: u64,
+    /// Base delay of those retries.
+    #[serde(
+        default = "default_rate_limit_backoff",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub rate_limit_backoff: Duration,
     /// The provider's compute-unit budget per second (used to space rate-limit retries).
     #[serde(default = "default_cups")]
     pub compute_units_per_second: u64,
@@ -92,17 +101,17 @@ fn default_batch_size() -> usize {
 fn default_in_flight() -> usize {
     4
 }
-fn default_max_pending() -> u64 {
-    1800
+fn default_max_pending() -> Duration {
+    Duration::from_secs(1800)
 }
-fn default_request_timeout() -> u64 {
-    30
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_rate_limit_retries() -> u32 {
     5
 }
-fn default_rate_limit_backoff() -> u64 {
-    1000
+fn default_rate_limit_backoff() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_cups() -> u64 {
     660
@@ -205,19 +214,19 @@ pub struct ReconcileConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Lifetime of a cached balance, in seconds.
-    #[serde(default = "default_ttl")]
-    pub balance_ttl_secs: u64,
+    /// Lifetime of a cached balance.
+    #[serde(default = "default_ttl", with = "chainsync_engine::duration::text")]
+    pub balance_ttl: Duration,
 }
 
-fn default_ttl() -> u64 {
-    3600
+fn default_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            balance_ttl_secs: default_ttl(),
+            balance_ttl: default_ttl(),
         }
     }
 }
@@ -294,8 +303,8 @@ impl DomainConfig {
             }
         }
         self.tracking.validate()?;
-        if self.cache.balance_ttl_secs == 0 {
-            return Err("cache.balance_ttl_secs: must be positive".into());
+        if self.cache.balance_ttl < Duration::from_secs(1) {
+            return Err("cache.balance_ttl: must be at least 1s".into());
         }
         self.health.validate()?;
         self.alerts.validate(&crate::registry().kinds().names())?;
@@ -333,14 +342,16 @@ impl ChainConfig {
             ));
         }
         for (name, v) in [
-            ("max_pending_time_secs", self.max_pending_time_secs),
-            ("request_timeout_secs", self.request_timeout_secs),
-            ("rate_limit_backoff_ms", self.rate_limit_backoff_ms),
-            ("compute_units_per_second", self.compute_units_per_second),
+            ("max_pending_time", self.max_pending_time),
+            ("request_timeout", self.request_timeout),
+            ("rate_limit_backoff", self.rate_limit_backoff),
         ] {
-            if v == 0 {
+            if v.is_zero() {
                 return Err(format!("{key}.{name}: must be positive"));
             }
+        }
+        if self.compute_units_per_second == 0 {
+            return Err(format!("{key}.compute_units_per_second: must be positive"));
         }
         Ok(())
     }
@@ -424,12 +435,12 @@ pub struct IngestConfig {
     /// Recent block hashes kept for reorg detection.
     #[serde(default = "default_keep_hashes")]
     pub keep_block_hashes: u64,
-    /// Live mode: the daemon polls the chain head every `poll_interval_ms` and enqueues
+    /// Live mode: the daemon polls the chain head every `poll_interval` and enqueues
     /// `ingest-events` as soon as a new block is past `confirmations`.
     #[serde(default = "yes")]
     pub live: bool,
-    #[serde(default = "default_poll_ms")]
-    pub poll_interval_ms: u64,
+    #[serde(default = "default_poll", with = "chainsync_engine::duration::text")]
+    pub poll_interval: Duration,
     /// Balance history only for tracked addresses (see `[tracking]`) instead of every holder a
     /// transfer log of a configured token touches.
     #[serde(default)]
@@ -461,8 +472,8 @@ fn default_blocks_per_run() -> u64 {
 fn default_keep_hashes() -> u64 {
     256
 }
-fn default_poll_ms() -> u64 {
-    500
+fn default_poll() -> Duration {
+    Duration::from_millis(500)
 }
 
 impl IngestConfig {
@@ -487,8 +498,8 @@ impl IngestConfig {
                 "{key}: need 1 <= min_range <= initial_range <= max_range"
             ));
         }
-        if self.live && self.poll_interval_ms < 10 {
-            return Err(format!("{key}.poll_interval_ms: at least 10"));
+        if self.live && self.poll_interval < Duration::from_millis(10) {
+            return Err(format!("{key}.poll_interval: at least 10ms"));
         }
         if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
             return Err(format!(
@@ -601,8 +612,8 @@ mod tests {
                 "tracking.query",
             ),
             (
-                err_of(|c| c.cache.balance_ttl_secs = 0),
-                "cache.balance_ttl_secs",
+                err_of(|c| c.cache.balance_ttl = Duration::ZERO),
+                "cache.balance_ttl",
             ),
         ];
         for (err, key) in cases {

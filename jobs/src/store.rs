@@ -199,7 +199,7 @@ pub async fn cache_write_through(services: &Services, chain_id: u64, rows: &[Wri
     if services.redis.is_none() {
         return;
     }
-    let ttl = services.settings.cache.balance_ttl_secs;
+    let ttl = services.settings.cache.balance_ttl.as_secs();
     let mut pipe = redis::pipe();
     for r in rows {
         let value = match serde_json::to_string(&CachedBalance {

@@ -194,12 +194,9 @@ async fn live_lag(admin_url: &str, transfers: usize) -> anyhow::Result<serde_jso
     )
     .await?;
     let pool = app.pool().clone();
-    let poll_ms = app
-        .config
-        .domain
-        .ingest
-        .first()
-        .map_or(0, |c| c.poll_interval_ms);
+    let poll_ms = app.config.domain.ingest.first().map_or(0, |c| {
+        u64::try_from(c.poll_interval.as_millis()).unwrap_or(u64::MAX)
+    });
     let services = app.services().await?;
     let runtime = Runtime::start(
         app.queue.clone(),

@@ -190,7 +190,7 @@ async fn cache_put(s: &HttpState, chain_id: u64, token: &str, address: &str, c: 
     let Some(mut conn) = s.services.cache_conn() else {
         return;
     };
-    let ttl = s.services.settings.cache.balance_ttl_secs;
+    let ttl = s.services.settings.cache.balance_ttl.as_secs();
     let r = tokio::time::timeout(
         chainsync_jobs::CACHE_TIMEOUT,
         conn.set_ex::<_, _, ()>(cache_key(chain_id, token, address), v, ttl),

@@ -223,9 +223,9 @@ pub async fn faults_retry_snooze_dead_letter_and_replay(pool: PgPool) {
 concurrency = 4
 poll_interval = "100ms"
 {}confirmations = 0
-request_timeout_secs = 1
+request_timeout = "1s"
 rate_limit_retries = 1
-rate_limit_backoff_ms = 50
+rate_limit_backoff = "50ms"
 {}"#,
             s.chain_toml_at(&proxy.url()),
             s.token_toml()

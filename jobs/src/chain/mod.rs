@@ -78,8 +78,8 @@ impl ChainClient {
     pub fn new(config: &ChainConfig) -> Result<Self, String> {
         let key = format!("chains[chain_id={}]", config.chain_id);
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.request_timeout_secs))
-            .connect_timeout(Duration::from_secs(config.request_timeout_secs.min(10)))
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| format!("{key}: HTTP client: {e}"))?;
@@ -105,7 +105,7 @@ impl ChainClient {
         let client = ClientBuilder::default()
             .layer(RetryBackoffLayer::new_with_policy(
                 config.rate_limit_retries,
-                config.rate_limit_backoff_ms,
+                u64::try_from(config.rate_limit_backoff.as_millis()).unwrap_or(u64::MAX),
                 config.compute_units_per_second,
                 error::RetryUnlessRange,
             ))

@@ -2,7 +2,7 @@
 //!
 //! For each open tracked tx (pending / submitted / stuck) the receipt is polled:
 //! - no receipt: `submitted` when the node knows the tx, else still `pending`; `stuck` once
-//!   `max_pending_time_secs` has passed since it was registered (it is still followed);
+//!   `max_pending_time` has passed since it was registered (it is still followed);
 //! - a receipt with fewer than `confirmations` blocks on top: `submitted`, block recorded;
 //! - enough confirmations and the receipt's block hash still canonical: `confirmed` (or `failed`
 //!   when it reverted), and a `sync-user-balance` job for every address it touched (sender,
@@ -173,7 +173,7 @@ async fn check_one(
 ) -> Result<Update, JobError> {
     let hash = parse_hash(&tx.hash).map_err(JobError::Fatal)?;
     let too_old = now.signed_duration_since(tx.first_seen).num_seconds()
-        > i64::try_from(chain.config.max_pending_time_secs).unwrap_or(i64::MAX);
+        > i64::try_from(chain.config.max_pending_time.as_secs()).unwrap_or(i64::MAX);
     let waiting = |known: bool| {
         if too_old {
             "stuck"
