@@ -42,7 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{app::App, config::Config, runtime::Runtime};
-use chainsync_dev::devchain::{self, DevChain};
+use chainsync_dev::devchain::{self, DevChain, DevChainOptions};
 
 sol! {
     event Transfer(address indexed from, address indexed to, uint256 value);
@@ -463,7 +463,13 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
     if opts.hours == 0 || opts.block_seconds == 0 || opts.block_seconds > HOUR {
         bail!("--hours must be positive and --block-seconds within 1..=3600");
     }
-    let chain = DevChain::start().await?;
+    // A block gas limit far above what a block of transfers uses: the base fee falls instead of
+    // rising by 12.5 % a block, and impersonated holders keep enough ether for gas.
+    let chain = DevChain::start_with(DevChainOptions {
+        gas_limit: Some(1_000_000_000),
+        ..DevChainOptions::default()
+    })
+    .await?;
     chain.install_multicall3().await?;
     let token = chain.deploy_token("Rebuild", "RBD", 18).await?;
     let provider = chain.provider();
@@ -483,7 +489,10 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
             .collect();
     let addresses: Vec<Address> = holders.iter().map(|(a, _)| *a).collect();
     provider.anvil_set_next_block_timestamp(t0 + 60).await?;
-    chain.mint_many(token, &holders).await?;
+    chain
+        .mint_many(token, &holders)
+        .await
+        .context("minting to the holders")?;
     provider.anvil_set_next_block_timestamp(t0 + HOUR).await?;
     provider.evm_mine(None).await?;
 
@@ -519,9 +528,15 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
         let at = t0 + HOUR + k as u64 * opts.block_seconds + opts.block_seconds / 2;
         provider.anvil_set_next_block_timestamp(at).await?;
         if from == to {
-            provider.evm_mine(None).await?;
+            provider
+                .evm_mine(None)
+                .await
+                .with_context(|| format!("outage block {k}"))?;
         } else {
-            let outcome = chain.holder_transfers(token, &plan[from..to]).await?;
+            let outcome = chain
+                .holder_transfers(token, &plan[from..to])
+                .await
+                .with_context(|| format!("transfers of outage block {k}"))?;
             if outcome.first_block != outcome.last_block {
                 bail!(
                     "block {k}: transfers landed in blocks {}..={}",
@@ -568,7 +583,10 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
     let on_chain: Vec<(Address, U256)> = futures::stream::iter(addresses.iter().copied())
         .map(|a| {
             let chain = &chain;
-            async move { Ok::<_, anyhow::Error>((a, chain.balance_of(token, a).await?)) }
+            async move {
+                let b = chain.balance_of(token, a).await.context("balanceOf")?;
+                Ok::<_, anyhow::Error>((a, b))
+            }
         })
         .buffer_unordered(16)
         .try_collect()
@@ -580,7 +598,9 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
             balance_diffs.push(format!("{a:#x}: stored {got:?}, balanceOf {want}"));
         }
     }
-    let (timeline, logs) = log_timeline(&chain, token, head).await?;
+    let (timeline, logs) = log_timeline(&chain, token, head)
+        .await
+        .context("reading the Transfer logs")?;
     let expected_logs = opts.holders + opts.transfers;
     if logs != expected_logs {
         bail!("{logs} Transfer logs on the chain, expected {expected_logs}");

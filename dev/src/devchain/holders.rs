@@ -246,14 +246,27 @@ impl DevChain {
         self.send_in_few_blocks(prepared, true).await
     }
 
-    /// Twice the current gas price: enough while the base fee rises a little during a batch.
+    /// Twice the latest base fee plus a 1 gwei tip: enough while the base fee rises a little
+    /// during a batch. Not derived from `eth_gasPrice`: anvil suggests the tips recent blocks
+    /// paid, so doubling its suggestion doubles the price with every batch (after a few dozen
+    /// batches the impersonated holders' ether no longer pays for gas).
     async fn batch_gas_price(&self) -> Result<u128, DevChainError> {
-        Ok(self
+        let base_fee = self
             .provider
-            .get_gas_price()
+            .get_block_by_number(BlockNumberOrTag::Latest)
             .await?
-            .saturating_mul(2)
-            .max(1))
+            .and_then(|b| b.header.base_fee_per_gas);
+        Ok(match base_fee {
+            Some(fee) => u128::from(fee)
+                .saturating_mul(2)
+                .saturating_add(1_000_000_000),
+            None => self
+                .provider
+                .get_gas_price()
+                .await?
+                .saturating_mul(2)
+                .max(1),
+        })
     }
 
     /// Sends fully prepared transactions and gets them mined in as few blocks as possible.
