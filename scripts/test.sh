@@ -49,3 +49,9 @@ for arg in "$@"; do
 done
 echo "test: cargo test --workspace --all-features ${targets[*]} $* (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --all-features "${targets[@]}" "$@"
+# Documentation examples (the engine's crate docs show a kind of one's own, a transactional enqueue
+# and a runtime): compiled, as `--all-targets` leaves them out. Only for a whole-suite run.
+if [ "$#" -eq 0 ]; then
+    echo "test: cargo test --workspace --all-features --doc"
+    cargo test --workspace --all-features --doc
+fi
