@@ -895,3 +895,102 @@ async fn a_rebuild_killed_with_sigkill_resumes_and_ends_exact(pool: PgPool) {
     );
     println!("killed after {partial} of {total} history rows; resumed and exact");
 }
+
+/// One ingested range in which a balance is set without a log: the logs no longer explain that
+/// holder's reads, so its history comes from reads at each block a log touched it; the other
+/// holders' from the logs checked against two reads. Either way every row equals `balanceOf` at
+/// its block, read here independently.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn history_inside_one_range_equals_balance_of_at_every_touched_block(pool: PgPool) {
+    let env = Env::new(&pool, true, 3).await;
+    env.mint_all().await;
+    env.at(HOUR).await;
+    env.transfer(0, 1, 5_000).await;
+    env.at(HOUR + 60).await;
+    let c = AdminBalanceToken::new(env.token, env.chain.provider());
+    env.chain
+        .send(
+            c.setBalance(env.holders[0], U256::from(777_777_777u64))
+                .into_transaction_request()
+                .from(env.chain.deployer()),
+        )
+        .await
+        .unwrap();
+    env.at(HOUR + 120).await;
+    env.transfer(1, 0, 2_000).await;
+    env.at(HOUR + 180).await;
+    env.transfer(2, 1, 3_000).await;
+    env.at(HOUR + 240).await;
+    env.transfer(1, 2, 1_000).await;
+    let head = env.chain.block_number().await.unwrap();
+
+    // From the chain: the blocks where a Transfer log touched each holder.
+    let logs = env
+        .chain
+        .provider()
+        .get_logs(
+            &Filter::new()
+                .address(env.token)
+                .event_signature(Transfer::SIGNATURE_HASH)
+                .from_block(0),
+        )
+        .await
+        .unwrap();
+    // One range from the first transfer (Multicall3 exists before it, not at genesis).
+    let first = logs.iter().filter_map(|l| l.block_number).min().unwrap();
+    let services = env.app.services().await.unwrap();
+    let sink =
+        chainsync_jobs::domain::Domain::ingest_sink(std::sync::Arc::new(env.app.queue.clone()));
+    let report = chainsync_jobs::ingest::ingest_pass(
+        &services,
+        &sink,
+        31337,
+        Some(head),
+        chainsync_jobs::ingest::PassOptions {
+            from_block: Some(first),
+            progress: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.caught_up, "{report:?}");
+    let mut touched: BTreeMap<Address, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for log in &logs {
+        let t = Transfer::decode_log_data(log.data()).unwrap();
+        for who in [t.from, t.to] {
+            if !who.is_zero() {
+                touched
+                    .entry(who)
+                    .or_default()
+                    .insert(log.block_number.unwrap());
+            }
+        }
+    }
+    // Everyone is read before the range and at its end; holder 0 (mint, two transfers), whose
+    // reads the logs do not explain, also at its three blocks.
+    assert_eq!(touched[&env.holders[0]].len(), 3);
+    assert_eq!(report.history_reads, 3 + 3 + 3, "{report:?}");
+    let stored = env.stored_history().await;
+    for (who, blocks) in &touched {
+        let mut want = Vec::new();
+        let mut prev: Option<u128> = None;
+        for b in blocks {
+            let v: U256 = c.balanceOf(*who).block((*b).into()).call().await.unwrap();
+            let v: u128 = v.to();
+            if prev != Some(v) {
+                want.push((*b, v, "log".to_string()));
+            }
+            prev = Some(v);
+        }
+        assert_eq!(stored.get(who), Some(&want), "history of {who:#x}");
+        let now: U256 = c.balanceOf(*who).block(head.into()).call().await.unwrap();
+        let row: (String, i64) = sqlx::query_as(
+            "SELECT amount::text, block_number FROM chainsync.balances WHERE address = $1",
+        )
+        .bind(format!("{who:#x}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(row, (now.to_string(), head as i64), "balance of {who:#x}");
+    }
+}

@@ -43,6 +43,9 @@ pub struct Decoded {
     pub touched: Vec<Address>,
     /// (user, referrer) of a `ReferralRegistered`-shaped event.
     pub referral: Option<(Address, Address)>,
+    /// The move `balanceOf(address)` sees: (from, to, amount) of an ERC20 `Transfer` (its value)
+    /// or an ERC721 `Transfer` (one token). `None` for ERC1155 (balances per id) and custom events.
+    pub moved: Option<(Address, Address, U256)>,
 }
 
 fn addr(a: &Address) -> String {
@@ -74,6 +77,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
                 args: json!({"from": addr(&from), "to": addr(&to), "token_id": id.to_string()}),
                 touched: nonzero(&[from, to]),
                 referral: None,
+                moved: Some((from, to, U256::from(1))),
             }));
         }
         let t = Transfer::decode_log_data(data).map_err(|e| format!("Transfer: {e}"))?;
@@ -82,6 +86,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
             args: json!({"from": addr(&t.from), "to": addr(&t.to), "value": t.value.to_string()}),
             touched: nonzero(&[t.from, t.to]),
             referral: None,
+            moved: Some((t.from, t.to, t.value)),
         }));
     }
     if topic0 == TransferSingle::SIGNATURE_HASH {
@@ -93,6 +98,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
                          "id": t.id.to_string(), "value": t.value.to_string()}),
             touched: nonzero(&[t.from, t.to]),
             referral: None,
+            moved: None,
         }));
     }
     if topic0 == TransferBatch::SIGNATURE_HASH {
@@ -111,6 +117,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
                          "values": t.values.iter().map(U256::to_string).collect::<Vec<_>>()}),
             touched: nonzero(&[t.from, t.to]),
             referral: None,
+            moved: None,
         }));
     }
     let Some(c) = custom.iter().find(|c| c.selector == topic0) else {
@@ -147,6 +154,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
         args: Value::Object(args),
         touched: Vec::new(),
         referral,
+        moved: None,
     }))
 }
 
@@ -194,6 +202,20 @@ mod tests {
         let d = decode(&l, &[]).unwrap().unwrap();
         assert_eq!(d.args["value"], "5");
         assert_eq!(d.touched, vec![from, to]);
+        assert_eq!(d.moved, Some((from, to, U256::from(5u64))));
+        // ERC721: one token moves, whatever its id.
+        let nft = log(
+            vec![
+                Transfer::SIGNATURE_HASH,
+                from.into_word(),
+                to.into_word(),
+                U256::from(77u64).into(),
+            ],
+            vec![],
+        );
+        let d = decode(&nft, &[]).unwrap().unwrap();
+        assert_eq!(d.args["token_id"], "77");
+        assert_eq!(d.moved, Some((from, to, U256::from(1u64))));
         let c = CustomEvent::parse(
             "ReferralRegistered(address indexed user, address indexed referrer)",
         )

@@ -3,10 +3,12 @@
 //! common ancestor (events, balance history and the points computed from it).
 //!
 //! Balance history on the chain's timeline: for every configured token, each holder a transfer
-//! log touches is read with `balanceOf` pinned to every block where a log touched it (one
-//! Multicall3 `aggregate3` per touched block, holders of a block batched together), and the
-//! result recorded in `balance_changes` at that block with its hash and time (`source = 'log'`),
-//! whether the pass runs live or days later. The newest read of each holder goes to `balances`.
+//! log touches gets a row in `balance_changes` at every block where its balance changed, with
+//! that block's hash and time (`source = 'log'`), whether the pass runs live or days later. The
+//! amounts come from the logs' deltas, checked per range against two `balanceOf` reads (before
+//! the range and at its end, batched through Multicall3); a holder whose deltas do not explain
+//! its reads is read at each block that touched it instead (see [`record_touched`]). The end read
+//! goes to `balances`.
 
 pub mod decode;
 pub mod range;
@@ -14,7 +16,7 @@ pub mod range;
 use std::collections::{BTreeMap, BTreeSet};
 
 use alloy::{
-    primitives::{Address, B256},
+    primitives::{Address, B256, U256},
     providers::Provider,
     rpc::types::{Filter, Log},
 };
@@ -208,9 +210,10 @@ pub async fn ingest_pass(
         };
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
-        // (token, holder) → every block of the range that touched it; block → hash.
-        let mut touched: BTreeMap<(Address, Address), BTreeSet<u64>> = BTreeMap::new();
-        let mut touched_blocks: BTreeMap<u64, B256> = BTreeMap::new();
+        // (token, holder) → what the range's logs did to it, block by block; block → hash and
+        // time (when the node gives logs their block's time).
+        let mut touched: BTreeMap<(Address, Address), Touch> = BTreeMap::new();
+        let mut touched_blocks: BTreeMap<u64, (B256, Option<u64>)> = BTreeMap::new();
         let mut hashes: Vec<(i64, String)> =
             vec![(i64::try_from(to).unwrap_or(i64::MAX), hash_text(&end.hash))];
         for log in &logs {
@@ -230,6 +233,7 @@ pub async fn ingest_pass(
                     args,
                     touched: holders,
                     referral,
+                    moved,
                 })) => {
                     let contract = log.address();
                     if tokens.contains(&contract) {
@@ -237,8 +241,11 @@ pub async fn ingest_pass(
                             if tracked.as_ref().is_some_and(|t| !t.contains(h)) {
                                 continue;
                             }
-                            touched.entry((contract, *h)).or_default().insert(bn);
-                            touched_blocks.insert(bn, bh);
+                            touched
+                                .entry((contract, *h))
+                                .or_default()
+                                .add(bn, *h, moved);
+                            touched_blocks.insert(bn, (bh, log.block_timestamp));
                         }
                     }
                     if let Some((u, r)) = referral {
@@ -270,7 +277,8 @@ pub async fn ingest_pass(
         }
         // History first: a pass that dies after it and before the checkpoint replays the range,
         // and the replay writes nothing twice.
-        let (reads, written) = record_touched(services, &chain, &touched, &touched_blocks).await?;
+        let (reads, written) =
+            record_touched(services, &chain, from, &end, &touched, &touched_blocks).await?;
         report.history_reads += reads;
         report.history_rows += written;
         let stored = store(
@@ -543,16 +551,201 @@ async fn reset_orphaned_balances(
     Ok(())
 }
 
-/// Reads every touched (token, holder) at every block that touched it, records the history and
-/// stores the newest reads. Returns (reads, history rows written).
+/// What one range's logs did to one (token, holder), as `balanceOf(address)` sees it: per block,
+/// the amounts in and out. `opaque` once a log touched it without such an amount (ERC1155) or the
+/// sums overflow: then only block-pinned reads can tell its history.
+#[derive(Debug, Default)]
+struct Touch {
+    blocks: BTreeMap<u64, (U256, U256)>,
+    opaque: bool,
+}
+
+impl Touch {
+    fn add(&mut self, block: u64, holder: Address, moved: Option<(Address, Address, U256)>) {
+        let entry = self.blocks.entry(block).or_default();
+        let Some((from, to, amount)) = moved else {
+            self.opaque = true;
+            return;
+        };
+        if to == holder {
+            match entry.0.checked_add(amount) {
+                Some(v) => entry.0 = v,
+                None => self.opaque = true,
+            }
+        }
+        if from == holder {
+            match entry.1.checked_add(amount) {
+                Some(v) => entry.1 = v,
+                None => self.opaque = true,
+            }
+        }
+    }
+
+    /// The balance after each block whose logs changed it, walking forward from `start` (the
+    /// balance before the range); `None` when a step would go below zero.
+    fn walk(&self, start: U256) -> Option<(Vec<(u64, U256)>, U256)> {
+        let mut balance = start;
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for (block, (inc, dec)) in &self.blocks {
+            if inc == dec {
+                continue;
+            }
+            balance = balance.checked_add(*inc)?.checked_sub(*dec)?;
+            out.push((*block, balance));
+        }
+        Some((out, balance))
+    }
+}
+
+/// Records the history of every touched (token, holder) of the range `from..=end` at the blocks
+/// where its logs changed it, and stores its balance at `end`. Returns (reads, history rows).
+///
+/// Two reads per holder and range, batched through Multicall3: `balanceOf` at `from − 1` and at
+/// `end`. When the start plus the logs' deltas equals the end read, the balance after each
+/// touched block is exact and needs no read of its own. A holder whose sum does not match (a
+/// fee-on-transfer quirk, a rebase, a balance set by an admin inside the range), an ERC1155
+/// holder, or one whose read failed is read at each block that touched it instead.
 async fn record_touched(
     services: &Services,
     chain: &ChainClient,
-    touched: &BTreeMap<(Address, Address), BTreeSet<u64>>,
-    blocks: &BTreeMap<u64, B256>,
+    from: u64,
+    end: &PinnedBlock,
+    touched: &BTreeMap<(Address, Address), Touch>,
+    blocks: &BTreeMap<u64, (B256, Option<u64>)>,
 ) -> Result<(u64, u64), JobError> {
     if touched.is_empty() {
         return Ok((0, 0));
+    }
+    let keys: Vec<(Address, Address)> = touched.keys().copied().collect();
+    let query = |(token, holder): &(Address, Address)| BalanceQuery {
+        token: TokenKey::Contract(*token),
+        holder: *holder,
+    };
+    let queries: Vec<BalanceQuery> = keys.iter().map(query).collect();
+    let end_reads = read_many(chain, &queries, end).await?;
+    let mut reads = queries.len() as u64;
+    let mut newest = Vec::with_capacity(keys.len());
+    let mut candidates = Vec::new();
+    for (key, read) in keys.iter().zip(&end_reads) {
+        if let Ok(amount) = read {
+            newest.push(Observation {
+                token: TokenKey::Contract(key.0),
+                address: key.1,
+                block: *end,
+                amount: *amount,
+            });
+            if touched.get(key).is_some_and(|t| !t.opaque) {
+                candidates.push((*key, *amount));
+            }
+        }
+    }
+    // The balance before the range: at block `from − 1`, or at genesis for a range from block 0
+    // (no log in block 0 then, as genesis has no transactions).
+    let start_n = from.saturating_sub(1);
+    if from == 0 {
+        candidates.retain(|(k, _)| touched.get(k).is_none_or(|t| !t.blocks.contains_key(&0)));
+    }
+    let mut derived: Vec<((Address, Address), Vec<(u64, U256)>)> = Vec::new();
+    if !candidates.is_empty() {
+        let Some(start) = chain.block_at(start_n).await? else {
+            return Err(JobError::Retry(format!(
+                "block {start_n} not available yet"
+            )));
+        };
+        let start_queries: Vec<BalanceQuery> = candidates.iter().map(|(k, _)| query(k)).collect();
+        let start_reads = read_many(chain, &start_queries, &start).await?;
+        reads += start_queries.len() as u64;
+        for ((key, at_end), at_start) in candidates.iter().zip(start_reads) {
+            let (Ok(at_start), Some(touch)) = (at_start, touched.get(key)) else {
+                continue;
+            };
+            if let Some((steps, last)) = touch.walk(at_start)
+                && last == *at_end
+            {
+                derived.push((*key, steps));
+            }
+        }
+    }
+    let explained: BTreeSet<(Address, Address)> = derived.iter().map(|(k, _)| *k).collect();
+    let rest: BTreeMap<(Address, Address), BTreeSet<u64>> = touched
+        .iter()
+        .filter(|(k, _)| !explained.contains(*k))
+        .map(|(k, t)| (*k, t.blocks.keys().copied().collect()))
+        .collect();
+    // Block times: from the logs where the node gives them, else from the blocks' headers.
+    let mut times: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    for (_, steps) in &derived {
+        for (n, _) in steps {
+            match blocks.get(n) {
+                Some((_, Some(t))) => {
+                    times.insert(*n, *t);
+                }
+                _ => {
+                    missing.insert(*n);
+                }
+            }
+        }
+    }
+    let headers: Vec<Option<PinnedBlock>> = futures::stream::iter(
+        missing
+            .iter()
+            .map(|n| chain.block_at(*n))
+            .collect::<Vec<_>>(),
+    )
+    .buffered(HEADERS_IN_FLIGHT)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    for (n, header) in missing.iter().zip(headers) {
+        let Some(header) = header else {
+            return Err(JobError::Retry(format!("block {n} not available yet")));
+        };
+        if blocks.get(n).is_some_and(|(h, _)| *h != header.hash) {
+            return Err(JobError::Retry(format!(
+                "block {n} changed while its logs were read (reorg); the range is read again"
+            )));
+        }
+        times.insert(*n, header.timestamp);
+    }
+    let mut obs = Vec::new();
+    for ((token, holder), steps) in &derived {
+        for (n, amount) in steps {
+            let hash = blocks.get(n).map_or(B256::ZERO, |(h, _)| *h);
+            obs.push(Observation {
+                token: TokenKey::Contract(*token),
+                address: *holder,
+                block: PinnedBlock {
+                    number: *n,
+                    hash,
+                    timestamp: times.get(n).copied().unwrap_or_default(),
+                },
+                amount: *amount,
+            });
+        }
+    }
+    let (more_reads, read_obs) = read_touched_blocks(chain, &rest, blocks).await?;
+    reads += more_reads;
+    obs.extend(read_obs);
+    let out = record_history(services, chain.chain_id(), Source::Log, &obs).await?;
+    newest.extend(obs);
+    store_observed(services, chain.chain_id(), &newest).await?;
+    Ok((reads, out.written as u64))
+}
+
+/// Block headers fetched at once for the times of touched blocks (cheap calls, no state).
+const HEADERS_IN_FLIGHT: usize = 16;
+
+/// Reads each (token, holder) of `touched` at every block that touched it, one Multicall3
+/// `aggregate3` per block (its time read in the same call). Returns (reads, observations).
+async fn read_touched_blocks(
+    chain: &ChainClient,
+    touched: &BTreeMap<(Address, Address), BTreeSet<u64>>,
+    blocks: &BTreeMap<u64, (B256, Option<u64>)>,
+) -> Result<(u64, Vec<Observation>), JobError> {
+    if touched.is_empty() {
+        return Ok((0, Vec::new()));
     }
     let mut per_block: BTreeMap<u64, Vec<BalanceQuery>> = BTreeMap::new();
     for ((token, holder), bs) in touched {
@@ -568,7 +761,7 @@ async fn record_touched(
     let futs: Vec<_> = per_block
         .into_iter()
         .map(|(n, queries)| {
-            let hash = blocks.get(&n).copied().unwrap_or(B256::ZERO);
+            let hash = blocks.get(&n).map_or(B256::ZERO, |(h, _)| *h);
             async move {
                 let block = PinnedBlock {
                     number: n,
@@ -614,9 +807,7 @@ async fn record_touched(
         warn!(token = %address_text(token), failed = n, first_error = %e,
             "balanceOf failed at touched blocks; no history for those reads");
     }
-    let out = record_history(services, chain.chain_id(), Source::Log, &obs).await?;
-    store_observed(services, chain.chain_id(), &obs).await?;
-    Ok((reads, out.written as u64))
+    Ok((reads, obs))
 }
 
 /// Writes one range in one transaction: events, referrals, block hashes and the checkpoint.
@@ -692,4 +883,49 @@ async fn store(
         .await?;
     tx.commit().await?;
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(n: u8) -> Address {
+        Address::repeat_byte(n)
+    }
+
+    #[test]
+    fn walk_follows_the_deltas_and_skips_blocks_that_net_to_zero() {
+        let me = a(1);
+        let mut t = Touch::default();
+        t.add(10, me, Some((Address::ZERO, me, U256::from(100u64))));
+        t.add(11, me, Some((me, a(2), U256::from(30u64))));
+        // In and out in one block, and a transfer to oneself: no change at block 12.
+        t.add(12, me, Some((a(3), me, U256::from(5u64))));
+        t.add(12, me, Some((me, a(3), U256::from(5u64))));
+        t.add(12, me, Some((me, me, U256::from(7u64))));
+        t.add(13, me, Some((a(2), me, U256::from(1u64))));
+        assert!(!t.opaque);
+        let (steps, end) = t.walk(U256::from(2u64)).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                (10, U256::from(102u64)),
+                (11, U256::from(72u64)),
+                (13, U256::from(73u64))
+            ]
+        );
+        assert_eq!(end, U256::from(73u64));
+        // Going below zero means the start read and the logs disagree.
+        let mut t = Touch::default();
+        t.add(5, me, Some((me, a(2), U256::from(3u64))));
+        assert!(t.walk(U256::from(2u64)).is_none());
+        // ERC1155 (no `balanceOf(address)` amount) and overflowing sums are opaque.
+        let mut t = Touch::default();
+        t.add(5, me, None);
+        assert!(t.opaque);
+        let mut t = Touch::default();
+        t.add(5, me, Some((a(2), me, U256::MAX)));
+        t.add(5, me, Some((a(2), me, U256::from(1u64))));
+        assert!(t.opaque);
+    }
 }
