@@ -547,6 +547,28 @@ pub async fn lock_keys(
     Ok(())
 }
 
+/// A history write at least this large checks that the table has planner statistics.
+const ANALYZE_AFTER_ROWS: usize = 500;
+
+/// A history table that has never been analyzed (new, or truncated) makes the planner guess its
+/// size, and it then probes each holder's history through the time index (a scan of the token's
+/// whole history per holder: seconds per range). When a large write lands in such a table, its
+/// statistics are gathered at once (in the writing transaction, so its own rows count) instead of
+/// after autovacuum's next round.
+async fn analyze_if_never_analyzed(tx: &mut sqlx::PgConnection) -> Result<(), JobError> {
+    let never: bool = sqlx::query_scalar(
+        "SELECT reltuples < 0 FROM pg_class WHERE oid = 'chainsync.balance_changes'::regclass",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if never {
+        sqlx::query("ANALYZE chainsync.balance_changes")
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Records balances seen on chain in `balance_changes` on the chain's timeline: a row at an
 /// observation's block when its amount differs from the history just before that block (one row
 /// per (chain, token, address, block): replaying writes nothing twice), later rows that no longer
@@ -594,6 +616,9 @@ pub async fn record_history(
         .bind(source.as_str())
         .fetch_all(&mut *tx)
         .await?;
+    if written.len() >= ANALYZE_AFTER_ROWS {
+        analyze_if_never_analyzed(&mut tx).await?;
+    }
     let mut removed = Vec::new();
     if !written.is_empty() {
         removed =
