@@ -547,11 +547,14 @@ async fn a_page_with_a_million_jobs(pool: PgPool) {
         "/admin/jobs?q=timeout%20999995".into(),
         "/admin/dead".into(),
         "/admin/dead?kind=noop&q=boom%2042".into(),
-        "/admin".into(),
     ];
     println!("page (median of 5 after a warm-up) with 1,000,000 jobs:");
     for p in &pages {
         let (st, _, body) = c.get(p, Some(&admin)).await;
+        if st == StatusCode::BAD_REQUEST && body.contains("took longer than 5 s") {
+            println!("  gave up after 5 s, asking for a narrower filter  {p}");
+            continue;
+        }
         assert_eq!(st, StatusCode::OK, "{p}: {body}");
         let mut times = Vec::new();
         for _ in 0..5 {
@@ -563,4 +566,39 @@ async fn a_page_with_a_million_jobs(pool: PgPool) {
         times.sort_by(f64::total_cmp);
         println!("  {:>8.1} ms  {p}", times[2]);
     }
+    // The overview: the first request starts taking the figures and answers within ~150 ms
+    // (with them, or saying they are being counted); later requests are served from the last set.
+    let t = Instant::now();
+    let (st, _, body) = c.get("/admin", Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK);
+    println!(
+        "  {:>8.1} ms  /admin, first request ({})",
+        t.elapsed().as_secs_f64() * 1000.0,
+        if body.contains("Jobs by state") {
+            "with figures"
+        } else {
+            "figures being counted"
+        }
+    );
+    loop {
+        let (_, _, body) = c.get("/admin", Some(&admin)).await;
+        if body.contains("Jobs by state") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!(
+        "  {:>8.1} ms  until the first figures were there",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (st, _, body) = c.get("/admin", Some(&admin)).await;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.contains("Jobs by state"));
+    }
+    times.sort_by(f64::total_cmp);
+    println!("  {:>8.1} ms  /admin (figures from memory)", times[2]);
 }

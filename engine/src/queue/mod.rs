@@ -26,7 +26,9 @@ use crate::Kinds;
 use sqlx::PgPool;
 
 pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
-pub use browse::{BulkJobAction, DeadCursor, DeadQuery, JobQuery};
+pub use browse::{
+    BulkJobAction, DeadCursor, DeadQuery, GroupCount, JobQuery, Latency, MinuteActivity,
+};
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
 pub use fetch::Fetched;
 pub use policy::{KindOverride, Policies};

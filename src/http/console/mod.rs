@@ -9,6 +9,7 @@
 //! read-only session sees no action buttons and its POSTs answer 403. Tokens travel only in the
 //! sign-in form's body: never in a URL, a page, browser storage or a log.
 
+mod figures;
 mod html;
 mod pages;
 
@@ -71,7 +72,10 @@ pub fn router(state: HttpState) -> Router<HttpState> {
         .route("/admin/schedules", get(pages::schedules))
         .route("/admin/chain", get(pages::chain))
         .route("/admin/logout", post(logout))
-        .route_layer(middleware::from_fn_with_state(state, require_session));
+        .route_layer(middleware::from_fn_with_state(state, require_session))
+        .layer(axum::Extension(std::sync::Arc::new(
+            figures::FiguresCache::default(),
+        )));
     Router::new()
         .merge(signed)
         .route("/admin/login", get(login_page).post(login))

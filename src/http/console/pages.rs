@@ -2,7 +2,7 @@
 //! Filters come from the query string; a value that does not parse gets a message on the page
 //! (status 400), never an error page without the form.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use axum::{
     Extension, Form,
@@ -19,7 +19,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    Signed, csrf_ok, csrf_refused, html,
+    Signed, csrf_ok, csrf_refused,
+    figures::FiguresCache,
+    html,
     html::{Nav, clip, esc, hidden, input, message, opt_time, page, query_string, select, time},
     unavailable,
 };
@@ -232,26 +234,30 @@ fn short(id: &Uuid) -> String {
 pub async fn overview(
     State(s): State<HttpState>,
     Extension(signed): Extension<Signed>,
+    Extension(cache): Extension<Arc<FiguresCache>>,
 ) -> Response {
     let now = Utc::now();
-    let since = now - chrono::Duration::hours(1);
-    let q = &s.app.queue;
-    let (groups, activity, latency, health) = tokio::join!(
-        q.group_counts(),
-        q.activity(since),
-        q.start_latency(since),
-        crate::health::report(&s.app),
-    );
-    let (Ok(groups), Ok(activity), Ok(latency)) = (groups, activity, latency) else {
-        return unavailable();
+    let Some(figures) = cache.get(&s.app).await else {
+        let b = "<div id=\"live\" data-refresh=\"2000\"><p>Counting jobs… this page \
+                 updates itself.</p></div>";
+        return super::html(
+            StatusCode::OK,
+            page("Overview", Nav::Overview, Some(&signed.viewer()), b),
+        );
     };
+    let (groups, activity, latency, health) = (
+        &figures.groups,
+        &figures.activity,
+        &figures.latency,
+        &figures.health,
+    );
     let counts: Vec<(String, String, String, i64)> = groups
         .iter()
         .map(|g| (g.queue.clone(), g.kind.clone(), g.state.clone(), g.jobs))
         .collect();
     // Per queue: ready, scheduled (available, not due), running, oldest ready wait.
     let mut depths: BTreeMap<&str, (i64, i64, i64, Option<f64>)> = BTreeMap::new();
-    for g in &groups {
+    for g in groups.iter() {
         let d = depths.entry(g.queue.as_str()).or_default();
         match g.state.as_str() {
             "available" => {
@@ -289,7 +295,7 @@ pub async fn overview(
     );
     // Chart.
     b.push_str("<section aria-labelledby=\"h-act\"><h2 id=\"h-act\">Last hour, per minute</h2>");
-    b.push_str(&chart(&activity, now));
+    b.push_str(&chart(activity, figures.taken_at));
     let done: i64 = activity.iter().map(|a| a.completed).sum();
     let dead: i64 = activity.iter().map(|a| a.dead).sum();
     let _ = write!(
@@ -409,8 +415,11 @@ pub async fn overview(
     }
     let _ = write!(
         b,
-        "</tbody></table></div></section><p class=\"muted\">Updated {}; refreshes every 5 s.</p></div>",
-        time(now)
+        "</tbody></table></div></section><p class=\"muted\">Figures taken {} ({} ago, at most \
+         every {} s while someone looks); the page refreshes every 5 s.</p></div>",
+        time(figures.taken_at),
+        html::secs((now - figures.taken_at).num_milliseconds().max(0) as f64 / 1000.0),
+        super::figures::FRESH.as_secs()
     );
     super::html(
         StatusCode::OK,
