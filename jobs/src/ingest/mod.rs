@@ -551,6 +551,9 @@ async fn reset_orphaned_balances(
     Ok(())
 }
 
+/// (token, holder).
+type Key = (Address, Address);
+
 /// What one range's logs did to one (token, holder), as `balanceOf(address)` sees it: per block,
 /// the amounts in and out. `opaque` once a log touched it without such an amount (ERC1155) or the
 /// sums overflow: then only block-pinned reads can tell its history.
@@ -645,7 +648,7 @@ async fn record_touched(
     if from == 0 {
         candidates.retain(|(k, _)| touched.get(k).is_none_or(|t| !t.blocks.contains_key(&0)));
     }
-    let mut derived: Vec<((Address, Address), Vec<(u64, U256)>)> = Vec::new();
+    let mut derived: Vec<(Key, Vec<(u64, U256)>)> = Vec::new();
     if !candidates.is_empty() {
         let Some(start) = chain.block_at(start_n).await? else {
             return Err(JobError::Retry(format!(
