@@ -352,10 +352,10 @@ rpc_budget = {BUDGET}
         d.stop();
     }
 
-    // Latency of the user jobs enqueued while the full syncs ran and the provider answered.
+    // Latency of the user jobs enqueued while the full syncs ran (and done before the 429s).
     let steady_ids: Vec<uuid::Uuid> = user_jobs
         .iter()
-        .filter(|(_, at)| *at < steady)
+        .filter(|(_, at)| *at < steady - Duration::from_secs(1))
         .map(|(id, _)| *id)
         .collect();
     let mut latencies: Vec<f64> = sqlx::query_scalar(
@@ -407,4 +407,188 @@ async fn redis_mode_three_daemons_share_one_budget(pool: PgPool) {
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn postgres_mode_three_daemons_split_the_budget(pool: PgPool) {
     scenario(pool, None).await;
+}
+
+/// Two budgets of one endpoint (two daemons' views), four tasks asking as fast as they can for
+/// `secs` seconds; returns when each grant came.
+async fn hammer(
+    budgets: &[Arc<chainsync_jobs::chain::budget::EndpointBudget>],
+    secs: u64,
+) -> Vec<Instant> {
+    use chainsync_jobs::chain::budget::Class;
+    let grants = Arc::new(Mutex::new(Vec::new()));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (b, grants) = (budgets[i % budgets.len()].clone(), grants.clone());
+        let class = if i % 2 == 0 {
+            Class::Bulk
+        } else {
+            Class::Priority
+        };
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                b.acquire(1, class).await;
+                grants.lock().unwrap().push(Instant::now());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut g = grants.lock().unwrap().clone();
+    g.sort();
+    g
+}
+
+fn budget_of(
+    url: &str,
+    per_second: u64,
+    backend: chainsync_jobs::chain::budget::Backend,
+) -> Arc<chainsync_jobs::chain::budget::EndpointBudget> {
+    use chainsync_jobs::chain::budget::{BudgetUnit, Costs, EndpointBudget};
+    EndpointBudget::new(
+        "t",
+        url,
+        "t",
+        per_second,
+        Costs::new(BudgetUnit::Requests, &Default::default()),
+        backend,
+    )
+}
+
+fn fast_settings() -> Arc<chainsync_jobs::chain::budget::BudgetSettings> {
+    let config: chainsync_jobs::settings::RpcBudgetConfig = serde_json::from_value(json!({
+        "heartbeat": "200ms", "member_ttl": "1s", "hold": "1s", "recovery": "2s"
+    }))
+    .unwrap();
+    Arc::new((&config).into())
+}
+
+/// Redis mode at the level of the scripts: two daemons' budgets of one endpoint reserve from one
+/// timeline (together they get the budget, not twice it), and a 429 seen by one slows both.
+#[tokio::test]
+async fn redis_scripts_share_one_timeline_and_one_cut() {
+    let client = redis::Client::open(REDIS).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let url = format!("http://127.0.0.1:1/{}", uuid::Uuid::now_v7());
+    let backend = chainsync_jobs::chain::budget::Backend {
+        db: None,
+        redis: Some(conn.clone()),
+        settings: fast_settings(),
+    };
+    let (a, b) = (
+        budget_of(&url, 100, backend.clone()),
+        budget_of(&url, 100, backend),
+    );
+    let t = Instant::now();
+    let grants = hammer(&[a.clone(), b.clone()], 2).await;
+    let window = max_per_second(&grants, t, t + Duration::from_secs(60));
+    println!(
+        "redis: {} grants in 2 s, at most {window} in 1 s",
+        grants.len()
+    );
+    assert!(window <= 105, "{window} grants in one second, budget 100 + 5 %");
+    assert!(grants.len() >= 180, "only {} grants in 2 s", grants.len());
+
+    // A 429 seen by `a` halves the shared budget, for `b` too.
+    a.observe(&Err(alloy::transports::TransportErrorKind::http_error(
+        429,
+        String::new(),
+    )));
+    let mut conn = conn;
+    let (_, adapt) = chainsync_jobs::chain::budget::redis::keys(a.id());
+    let f: Option<i64> = wait("the cut to reach Redis", Duration::from_secs(5))
+        .until(async || {
+            let f: Option<i64> = redis::cmd("HGET")
+                .arg(&adapt)
+                .arg("f")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            f.map(Some)
+        })
+        .await;
+    assert_eq!(f, Some(500));
+    let t = Instant::now();
+    let grants = hammer(&[b.clone()], 1).await;
+    let window = max_per_second(&grants, t, t + Duration::from_secs(60));
+    assert!(
+        window <= 52,
+        "{window} grants in one second after the cut, budget 100 × 0.5"
+    );
+}
+
+/// Postgres mode at the level of the membership: a second daemon joins (and waits a heartbeat),
+/// both then take half; a cut is shared through the database; an idle daemon leaves.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn postgres_members_split_a_budget_and_share_a_cut(pool: PgPool) {
+    let url = "http://127.0.0.1:1/pg";
+    let backend = chainsync_jobs::chain::budget::Backend {
+        db: Some(pool.clone()),
+        redis: None,
+        settings: fast_settings(),
+    };
+    let a = budget_of(url, 100, backend.clone());
+    let t = Instant::now();
+    a.acquire(1, chainsync_jobs::chain::budget::Class::Priority)
+        .await;
+    assert!(t.elapsed() < Duration::from_millis(150), "alone: no wait");
+    assert_eq!(a.snapshot().members, 1);
+    let b = budget_of(url, 100, backend);
+    let t = Instant::now();
+    b.acquire(1, chainsync_jobs::chain::budget::Class::Priority)
+        .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "a joining daemon waits one heartbeat: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.snapshot().members, 2);
+    let t = Instant::now();
+    let grants = hammer(&[a.clone(), b.clone()], 2).await;
+    assert_eq!((a.snapshot().members, b.snapshot().members), (2, 2));
+    let window = max_per_second(&grants, t, t + Duration::from_secs(60));
+    println!(
+        "postgres: {} grants in 2 s, at most {window} in 1 s",
+        grants.len()
+    );
+    assert!(window <= 105, "{window} grants in one second, budget 100 + 5 %");
+    assert!(grants.len() >= 160, "only {} grants in 2 s", grants.len());
+
+    // `a` sees a 429: the factor is cut in the database and `b` follows at its next heartbeat.
+    a.observe(&Err(alloy::transports::TransportErrorKind::http_error(
+        429,
+        String::new(),
+    )));
+    wait("b to learn of the cut", Duration::from_secs(5))
+        .until(async || {
+            b.acquire(1, chainsync_jobs::chain::budget::Class::Priority)
+                .await;
+            (b.snapshot().factor < 1000).then_some(())
+        })
+        .await;
+    let id = a.id().to_string();
+    let row: (i32,) = sqlx::query_as(
+        "SELECT factor_permille FROM chainsync.rpc_budget_state WHERE endpoint = $1",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(row.0 <= 500, "{row:?}");
+
+    // Both go idle: after member_ttl they leave.
+    wait("idle members to leave", Duration::from_secs(5))
+        .until(async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM chainsync.rpc_budget_members WHERE endpoint = $1",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n == 0).then_some(())
+        })
+        .await;
 }

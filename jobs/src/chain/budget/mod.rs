@@ -100,9 +100,12 @@ fn clock() -> Micros {
 }
 
 /// The identity of an endpoint in Redis keys and in Postgres: a hash of its URL (which may hold
-/// an API key), the same in every daemon configured with that URL.
+/// an API key) as parsed (so `http://node:8545` and `http://node:8545/` are one endpoint), the
+/// same in every daemon configured with that URL.
 pub fn endpoint_id(url: &str) -> String {
-    let digest = Sha256::digest(url.trim().as_bytes());
+    let normal =
+        super::parse_rpc_url(url).map_or_else(|_| url.trim().to_string(), |u| u.to_string());
+    let digest = Sha256::digest(normal.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -719,6 +722,10 @@ mod tests {
     fn endpoint_ids_hide_the_url_and_are_stable() {
         let a = endpoint_id("https://eth.example/v2/SECRET");
         assert_eq!(a, endpoint_id(" https://eth.example/v2/SECRET "));
+        assert_eq!(
+            endpoint_id("http://node:8545"),
+            endpoint_id("http://node:8545/")
+        );
         assert_ne!(a, endpoint_id("https://eth.example/v2/OTHER"));
         assert_eq!(a.len(), 16);
         assert!(!a.contains("SECRET"));
