@@ -389,9 +389,13 @@ rpc_budget = {BUDGET}
         window <= BUDGET + BUDGET / 20,
         "{window} calls in one second, budget {BUDGET}"
     );
+    // The load presses on the budget, or the test would prove nothing. Postgres mode splits it
+    // evenly, so the daemon running the full syncs gets a third of it and the others use little
+    // of theirs.
+    let floor = if redis.is_some() { 0.75 } else { 0.4 };
     assert!(
-        steady_rate >= BUDGET as f64 * 0.5,
-        "the load did not press on the budget ({steady_rate:.0}/s): the test would prove nothing"
+        steady_rate >= BUDGET as f64 * floor,
+        "the load did not press on the budget ({steady_rate:.0}/s)"
     );
     assert!(
         storm <= BUDGET / 2,
@@ -488,7 +492,10 @@ async fn redis_scripts_share_one_timeline_and_one_cut() {
         "redis: {} grants in 2 s, at most {window} in 1 s",
         grants.len()
     );
-    assert!(window <= 105, "{window} grants in one second, budget 100 + 5 %");
+    assert!(
+        window <= 105,
+        "{window} grants in one second, budget 100 + 5 %"
+    );
     assert!(grants.len() >= 180, "only {} grants in 2 s", grants.len());
 
     // A 429 seen by `a` halves the shared budget, for `b` too.
@@ -511,7 +518,7 @@ async fn redis_scripts_share_one_timeline_and_one_cut() {
         .await;
     assert_eq!(f, Some(500));
     let t = Instant::now();
-    let grants = hammer(&[b.clone()], 1).await;
+    let grants = hammer(std::slice::from_ref(&b), 1).await;
     let window = max_per_second(&grants, t, t + Duration::from_secs(60));
     assert!(
         window <= 52,
@@ -553,7 +560,10 @@ async fn postgres_members_split_a_budget_and_share_a_cut(pool: PgPool) {
         "postgres: {} grants in 2 s, at most {window} in 1 s",
         grants.len()
     );
-    assert!(window <= 105, "{window} grants in one second, budget 100 + 5 %");
+    assert!(
+        window <= 105,
+        "{window} grants in one second, budget 100 + 5 %"
+    );
     assert!(grants.len() >= 160, "only {} grants in 2 s", grants.len());
 
     // `a` sees a 429: the factor is cut in the database and `b` follows at its next heartbeat.

@@ -460,8 +460,8 @@ pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, S
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RpcBudgetConfig {
-    /// Kinds whose RPCs go ahead of bulk work; every other kind is bulk. RPCs outside jobs
-    /// (realtime balance reads, the CLI, the live head poll) are priority too.
+    /// Kinds whose RPCs go ahead of bulk work; every other kind is bulk. RPCs outside jobs are
+    /// priority unless their caller says otherwise (`chainsync sync|ingest` are bulk).
     #[serde(default = "default_priority_kinds")]
     pub priority_kinds: Vec<String>,
     /// Postgres mode: how often a daemon using an endpoint says so (and learns how many do).
@@ -778,6 +778,38 @@ mod tests {
             (
                 err_of(|c| c.cache.balance_ttl = Duration::ZERO),
                 "cache.balance_ttl",
+            ),
+            (
+                err_of(|c| c.chains[0].rpc_budget = 2_000_000),
+                "chains[0].rpc_budget",
+            ),
+            (
+                err_of(|c| {
+                    c.chains[0].rpc_method_costs.insert("eth_call".into(), 26);
+                }),
+                "chains[0].rpc_method_costs",
+            ),
+            (
+                err_of(|c| {
+                    c.chains[0].rpc_budget_unit = crate::chain::budget::BudgetUnit::ComputeUnits;
+                    c.chains[0]
+                        .rpc_method_costs
+                        .insert("eth_call".into(), 1_000_000);
+                }),
+                "chains[0].rpc_method_costs.eth_call",
+            ),
+            (
+                err_of(|c| c.rpc_budget.priority_kinds = vec!["sync-everything".into()]),
+                "rpc_budget.priority_kinds[0]",
+            ),
+            (err_of(|c| c.rpc_budget.backoff = 1.5), "rpc_budget.backoff"),
+            (
+                err_of(|c| c.rpc_budget.min_factor = 0.0),
+                "rpc_budget.min_factor",
+            ),
+            (
+                err_of(|c| c.rpc_budget.member_ttl = Duration::from_millis(1500)),
+                "rpc_budget.member_ttl",
             ),
         ];
         for (err, key) in cases {

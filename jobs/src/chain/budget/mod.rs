@@ -14,8 +14,9 @@
 //!   so that the others have shrunk their share by then.
 //!
 //! **Priority classes.** The job's kind sets a [`Class`] for everything it sends (a task-local,
-//! see [`for_job`]): `rpc_budget.priority_kinds` (`sync-user-balance`, `check-pending-tx`) and
-//! calls outside jobs (realtime balance reads, the CLI) are [`Class::Priority`] and may reserve far
+//! see [`for_job`]; [`in_class`] for other callers): `rpc_budget.priority_kinds`
+//! (`sync-user-balance`, `check-pending-tx`) and calls outside any scope (realtime balance reads,
+//! the live head poll) are [`Class::Priority`] and may reserve far
 //! ahead; every other kind is [`Class::Bulk`] and only takes a slot that is due within
 //! [`BULK_HORIZON`], one request per daemon at a time. Priority requests therefore queue ahead of
 //! all bulk work (in Redis mode across daemons, in Postgres mode within each daemon).
