@@ -645,6 +645,7 @@ async fn record_touched(
     if from == 0 {
         candidates.retain(|(k, _)| touched.get(k).is_none_or(|t| !t.blocks.contains_key(&0)));
     }
+    #[allow(clippy::type_complexity)]
     let mut derived: Vec<((Address, Address), Vec<(u64, U256)>)> = Vec::new();
     if !candidates.is_empty() {
         let Some(start) = chain.block_at(start_n).await? else {
