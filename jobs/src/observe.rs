@@ -110,6 +110,22 @@ pub fn describe(settings: &DomainConfig) {
         "chainsync_rpc_errors_total",
         "Failed RPC calls as seen by jobs, per chain, method and class (rate_limited, transient, invalid)"
     );
+    describe_gauge!(
+        "chainsync_rpc_budget_factor",
+        "Share of an endpoint's RPC budget in force after rate-limit answers (1 = the full budget)"
+    );
+    describe_gauge!(
+        "chainsync_rpc_budget_members",
+        "Daemons using an endpoint at this daemon's last heartbeat (Postgres mode splits the budget by it)"
+    );
+    describe_counter!(
+        "chainsync_rpc_budget_rate_limited_total",
+        "Rate-limit answers (HTTP 429, -32005, ...) that shrank an endpoint's RPC budget"
+    );
+    metrics::describe_histogram!(
+        "chainsync_rpc_budget_wait_seconds",
+        "Time an RPC waited for its endpoint's budget, per chain and class (priority, bulk)"
+    );
     describe_counter!(
         "chainsync_reconcile_mismatches_total",
         "Stored balances found different from the chain by reconcile"

@@ -26,7 +26,12 @@ impl Services {
         redis: Option<redis::aio::ConnectionManager>,
         settings: Arc<DomainConfig>,
     ) -> Result<Self, String> {
-        let chains = Arc::new(Chains::from_settings(&settings)?);
+        let backend = crate::chain::budget::Backend {
+            db: Some(db.clone()),
+            redis: redis.clone(),
+            settings: Arc::new((&settings.rpc_budget).into()),
+        };
+        let chains = Arc::new(Chains::from_settings_with(&settings, &backend)?);
         Ok(Self {
             db,
             redis,

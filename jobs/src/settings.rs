@@ -1,7 +1,10 @@
 //! Domain settings the jobs read: chains, tokens, tracking, thresholds. Parsed by the binary's
 //! config loader (file → env → flags) and validated here so every error names its key.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use alloy::primitives::{Address, U256, address};
 use serde::{Deserialize, Serialize};
@@ -38,6 +41,10 @@ pub struct DomainConfig {
     /// `[health]`: thresholds of the health score.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    /// `[rpc_budget]`: priority classes, membership and adaptation of the RPC budgets
+    /// (`chains[].rpc_budget`).
+    #[serde(default)]
+    pub rpc_budget: RpcBudgetConfig,
 }
 
 /// One EVM chain.
@@ -84,9 +91,21 @@ pub struct ChainConfig {
         with = "chainsync_engine::duration::text"
     )]
     pub rate_limit_backoff: Duration,
-    /// The provider's compute-unit budget per second (used to space rate-limit retries).
+    /// Compute units per second alloy's retry layer assumes when it spaces the in-attempt
+    /// retries of rate-limited requests (it limits nothing else; `rpc_budget` does).
     #[serde(default = "default_cups")]
     pub compute_units_per_second: u64,
+    /// Units per second each endpoint of this chain (each of `rpc_urls`) may receive from all
+    /// daemons together; 0 = no budget.
+    #[serde(default)]
+    pub rpc_budget: u64,
+    /// What `rpc_budget` counts: `requests` (each JSON-RPC call, batch entries included) or
+    /// `compute_units` (per method, see `rpc_method_costs`).
+    #[serde(default)]
+    pub rpc_budget_unit: crate::chain::budget::BudgetUnit,
+    /// Compute units per method over the built-in table (`default` = methods in neither).
+    #[serde(default)]
+    pub rpc_method_costs: BTreeMap<String, u32>,
 }
 
 fn default_confirmations() -> u64 {
@@ -307,7 +326,9 @@ impl DomainConfig {
             return Err("cache.balance_ttl: must be at least 1s".into());
         }
         self.health.validate()?;
-        self.alerts.validate(&crate::registry().kinds().names())?;
+        let kinds = crate::registry().kinds().names();
+        self.alerts.validate(&kinds)?;
+        self.rpc_budget.validate(&kinds)?;
         Ok(())
     }
 
@@ -352,6 +373,29 @@ impl ChainConfig {
         }
         if self.compute_units_per_second == 0 {
             return Err(format!("{key}.compute_units_per_second: must be positive"));
+        }
+        if self.rpc_budget > 1_000_000 {
+            return Err(format!(
+                "{key}.rpc_budget: at most 1000000 units per second, got {}",
+                self.rpc_budget
+            ));
+        }
+        if !self.rpc_method_costs.is_empty()
+            && self.rpc_budget_unit != crate::chain::budget::BudgetUnit::ComputeUnits
+        {
+            return Err(format!(
+                "{key}.rpc_method_costs: only used with rpc_budget_unit = \"compute_units\""
+            ));
+        }
+        for (method, cost) in &self.rpc_method_costs {
+            if method.trim().is_empty() {
+                return Err(format!("{key}.rpc_method_costs: a method name is empty"));
+            }
+            if *cost > 100_000 {
+                return Err(format!(
+                    "{key}.rpc_method_costs.{method}: at most 100000, got {cost}"
+                ));
+            }
         }
         Ok(())
     }
@@ -410,6 +454,126 @@ pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, S
         return Err("the URL has no host".into());
     }
     Ok(url)
+}
+
+/// `[rpc_budget]`: how the per-endpoint RPC budgets (`chains[].rpc_budget`) are shared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcBudgetConfig {
+    /// Kinds whose RPCs go ahead of bulk work; every other kind is bulk. RPCs outside jobs are
+    /// priority unless their caller says otherwise (`chainsync sync|ingest` are bulk).
+    #[serde(default = "default_priority_kinds")]
+    pub priority_kinds: Vec<String>,
+    /// Postgres mode: how often a daemon using an endpoint says so (and learns how many do).
+    #[serde(
+        default = "default_budget_heartbeat",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub heartbeat: Duration,
+    /// A daemon not heard from for this long (or idle on the endpoint that long) no longer
+    /// counts.
+    #[serde(
+        default = "default_member_ttl",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub member_ttl: Duration,
+    /// A rate-limit answer multiplies the budget by this (at most once a second)...
+    #[serde(default = "default_backoff")]
+    pub backoff: f64,
+    /// ...down to this share of it.
+    #[serde(default = "default_min_factor")]
+    pub min_factor: f64,
+    /// The shrunken budget holds this long after the last rate-limit answer...
+    #[serde(default = "default_hold", with = "chainsync_engine::duration::text")]
+    pub hold: Duration,
+    /// ...then grows back linearly to the full budget over this long.
+    #[serde(
+        default = "default_recovery",
+        with = "chainsync_engine::duration::text"
+    )]
+    pub recovery: Duration,
+}
+
+fn default_priority_kinds() -> Vec<String> {
+    vec!["sync-user-balance".into(), "check-pending-tx".into()]
+}
+fn default_budget_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_member_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backoff() -> f64 {
+    0.5
+}
+fn default_min_factor() -> f64 {
+    0.05
+}
+fn default_hold() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_recovery() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for RpcBudgetConfig {
+    fn default() -> Self {
+        Self {
+            priority_kinds: default_priority_kinds(),
+            heartbeat: default_budget_heartbeat(),
+            member_ttl: default_member_ttl(),
+            backoff: default_backoff(),
+            min_factor: default_min_factor(),
+            hold: default_hold(),
+            recovery: default_recovery(),
+        }
+    }
+}
+
+impl RpcBudgetConfig {
+    /// The class of a job kind's RPCs.
+    pub fn class_of(&self, kind: &str) -> crate::chain::budget::Class {
+        if self.priority_kinds.iter().any(|k| k == kind) {
+            crate::chain::budget::Class::Priority
+        } else {
+            crate::chain::budget::Class::Bulk
+        }
+    }
+
+    fn validate(&self, kinds: &[&str]) -> Result<(), String> {
+        for (i, k) in self.priority_kinds.iter().enumerate() {
+            if !kinds.contains(&k.as_str()) {
+                return Err(format!(
+                    "rpc_budget.priority_kinds[{i}]: unknown job kind {k:?} (known: {})",
+                    kinds.join(", ")
+                ));
+            }
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            return Err("rpc_budget.heartbeat: at least 100ms".into());
+        }
+        if self.member_ttl < self.heartbeat * 2 {
+            return Err("rpc_budget.member_ttl: at least twice rpc_budget.heartbeat".into());
+        }
+        if !(self.backoff > 0.0 && self.backoff < 1.0) {
+            return Err(format!(
+                "rpc_budget.backoff: must be above 0 and below 1, got {}",
+                self.backoff
+            ));
+        }
+        if !(self.min_factor >= 0.001 && self.min_factor <= 1.0) {
+            return Err(format!(
+                "rpc_budget.min_factor: must be in 0.001..=1, got {}",
+                self.min_factor
+            ));
+        }
+        for (name, d) in [("hold", self.hold), ("recovery", self.recovery)] {
+            if d > Duration::from_secs(86_400) {
+                return Err(format!("rpc_budget.{name}: at most 1d"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[[ingest]]` in config: what to ingest on one chain.
@@ -614,6 +778,38 @@ mod tests {
             (
                 err_of(|c| c.cache.balance_ttl = Duration::ZERO),
                 "cache.balance_ttl",
+            ),
+            (
+                err_of(|c| c.chains[0].rpc_budget = 2_000_000),
+                "chains[0].rpc_budget",
+            ),
+            (
+                err_of(|c| {
+                    c.chains[0].rpc_method_costs.insert("eth_call".into(), 26);
+                }),
+                "chains[0].rpc_method_costs",
+            ),
+            (
+                err_of(|c| {
+                    c.chains[0].rpc_budget_unit = crate::chain::budget::BudgetUnit::ComputeUnits;
+                    c.chains[0]
+                        .rpc_method_costs
+                        .insert("eth_call".into(), 1_000_000);
+                }),
+                "chains[0].rpc_method_costs.eth_call",
+            ),
+            (
+                err_of(|c| c.rpc_budget.priority_kinds = vec!["sync-everything".into()]),
+                "rpc_budget.priority_kinds[0]",
+            ),
+            (err_of(|c| c.rpc_budget.backoff = 1.5), "rpc_budget.backoff"),
+            (
+                err_of(|c| c.rpc_budget.min_factor = 0.0),
+                "rpc_budget.min_factor",
+            ),
+            (
+                err_of(|c| c.rpc_budget.member_ttl = Duration::from_millis(1500)),
+                "rpc_budget.member_ttl",
             ),
         ];
         for (err, key) in cases {

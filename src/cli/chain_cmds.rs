@@ -198,12 +198,16 @@ pub async fn sync(app: &App, out: &Out, a: SyncArgs) -> anyhow::Result<()> {
             p.batches_done, p.batches_total, p.failed
         ));
     };
-    let r = sync_full(
-        &services,
-        uuid::Uuid::now_v7(),
-        id,
-        &sel,
-        Some(&on_progress),
+    // Bulk work for the RPC budget, like the sync-balances job.
+    let r = chainsync_jobs::chain::budget::in_class(
+        chainsync_jobs::chain::budget::Class::Bulk,
+        sync_full(
+            &services,
+            uuid::Uuid::now_v7(),
+            id,
+            &sel,
+            Some(&on_progress),
+        ),
     )
     .await
     .map_err(|e| anyhow::anyhow!("sync failed: {e}"))?;
@@ -283,15 +287,18 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
             bar.set_position(r.to_block.saturating_sub(start) + 1);
             bar.set_message(format!("{} event(s) stored", base.stored + r.stored));
         };
-        let r = ingest_pass(
-            &services,
-            &sink,
-            id,
-            Some(target),
-            PassOptions {
-                from_block: next,
-                progress: Some(&on_progress),
-            },
+        let r = chainsync_jobs::chain::budget::in_class(
+            chainsync_jobs::chain::budget::Class::Bulk,
+            ingest_pass(
+                &services,
+                &sink,
+                id,
+                Some(target),
+                PassOptions {
+                    from_block: next,
+                    progress: Some(&on_progress),
+                },
+            ),
         )
         .await
         .map_err(|e| anyhow::anyhow!("ingestion failed: {e}"))?;

@@ -146,6 +146,11 @@ fn classify_transport(kind: &TransportErrorKind) -> RpcErrorClass {
     }
 }
 
+/// Delay requested by the provider (`Retry-After`, or `data.rate.backoff_seconds`), if any.
+pub fn retry_hint(e: &TransportError) -> Option<Duration> {
+    snooze_hint(e)
+}
+
 /// Delay requested by the provider, if any.
 fn snooze_hint(e: &TransportError) -> Option<Duration> {
     match e {

@@ -17,19 +17,17 @@ use std::{
 
 use alloy::{
     rpc::json_rpc::{RequestPacket, ResponsePacket},
-    transports::{
-        TransportError, TransportErrorKind, TransportFut,
-        http::{Http, reqwest},
-    },
+    transports::{BoxTransport, TransportError, TransportErrorKind, TransportFut, http::reqwest},
 };
 
 use super::error::{EndpointError, is_rate_limited};
 
-/// One endpoint and the label used for it in errors and logs (`rpc_urls[i]` + host).
+/// One endpoint and the label used for it in errors and logs (`rpc_urls[i]` + host). The
+/// transport is the HTTP client, behind the endpoint's RPC budget when it has one.
 #[derive(Clone)]
 pub struct Endpoint {
     pub label: String,
-    pub transport: Http<reqwest::Client>,
+    pub transport: BoxTransport,
 }
 
 #[derive(Clone)]

@@ -1,10 +1,13 @@
 //! Chain access: one alloy HTTP provider per configured chain, built from the settings.
 //!
 //! Per chain: every URL of `rpc_urls` is a reqwest HTTP transport with the chain's request
-//! timeout; [`fallback::FallbackTransport`] tries them in order; alloy's `RetryBackoffLayer` on top
-//! retries rate-limited requests inside the job attempt. What is still failing after that is
-//! classified once, in [`error::classify`], into Retry / Snooze / Fatal.
+//! timeout, behind that endpoint's RPC budget when `rpc_budget` is set ([`budget`], shared by
+//! every daemon); [`fallback::FallbackTransport`] tries them in order; alloy's `RetryBackoffLayer`
+//! on top retries rate-limited requests inside the job attempt (each retry passes the budget
+//! again). What is still failing after that is classified once, in [`error::classify`], into
+//! Retry / Snooze / Fatal.
 
+pub mod budget;
 pub mod error;
 pub mod fallback;
 pub mod multicall;
@@ -17,11 +20,12 @@ use alloy::{
     providers::{Provider, RootProvider},
     rpc::client::ClientBuilder,
     transports::{
-        TransportError,
+        BoxTransport, TransportError,
         http::{Http, reqwest},
         layers::RetryBackoffLayer,
     },
 };
+use tower::Layer;
 
 use crate::{JobError, settings::ChainConfig, settings::DomainConfig};
 pub use error::classify;
@@ -61,6 +65,8 @@ pub struct ChainClient {
     pub config: ChainConfig,
     pub provider: RootProvider,
     pub multicall: Address,
+    /// The budget of each endpoint, in `rpc_urls` order; empty when `rpc_budget` is 0.
+    pub budgets: Vec<Arc<budget::EndpointBudget>>,
 }
 
 impl std::fmt::Debug for ChainClient {
@@ -74,8 +80,13 @@ impl std::fmt::Debug for ChainClient {
 }
 
 impl ChainClient {
-    /// Builds the provider; nothing is sent to the node yet.
+    /// Builds the provider with budgets private to this process; nothing is sent to the node yet.
     pub fn new(config: &ChainConfig) -> Result<Self, String> {
+        Self::with_budget(config, &budget::Backend::default())
+    }
+
+    /// Builds the provider, its endpoints' budgets shared through `backend`.
+    pub fn with_budget(config: &ChainConfig, backend: &budget::Backend) -> Result<Self, String> {
         let key = format!("chains[chain_id={}]", config.chain_id);
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -84,12 +95,27 @@ impl ChainClient {
             .build()
             .map_err(|e| format!("{key}: HTTP client: {e}"))?;
         let mut endpoints = Vec::with_capacity(config.rpc_urls.len());
+        let mut budgets = Vec::new();
+        let costs = budget::Costs::new(config.rpc_budget_unit, &config.rpc_method_costs);
         for (i, raw) in config.rpc_urls.iter().enumerate() {
             let url = parse_rpc_url(raw).map_err(|e| format!("{key}.rpc_urls[{i}]: {e}"))?;
-            endpoints.push(Endpoint {
-                label: format!("rpc_urls[{i}] {}", redact_url(&url)),
-                transport: Http::with_client(http.clone(), url),
-            });
+            let label = format!("rpc_urls[{i}] {}", redact_url(&url));
+            let http = Http::with_client(http.clone(), url.clone());
+            let transport = if config.rpc_budget > 0 {
+                let b = budget::EndpointBudget::new(
+                    &config.name,
+                    url.as_str(),
+                    &redact_url(&url),
+                    config.rpc_budget,
+                    costs.clone(),
+                    backend.clone(),
+                );
+                budgets.push(b.clone());
+                BoxTransport::new(budget::BudgetLayer::new(b).layer(http))
+            } else {
+                BoxTransport::new(http)
+            };
+            endpoints.push(Endpoint { label, transport });
         }
         if endpoints.is_empty() {
             return Err(format!("{key}.rpc_urls: at least one URL is required"));
@@ -120,6 +146,7 @@ impl ChainClient {
             config: config.clone(),
             provider: RootProvider::new(client),
             multicall,
+            budgets,
         })
     }
 
@@ -174,10 +201,19 @@ pub struct Chains {
 }
 
 impl Chains {
+    /// Every chain with budgets private to this process.
     pub fn from_settings(settings: &DomainConfig) -> Result<Self, String> {
+        Self::from_settings_with(settings, &budget::Backend::default())
+    }
+
+    /// Every chain, the endpoints' budgets shared through `backend`.
+    pub fn from_settings_with(
+        settings: &DomainConfig,
+        backend: &budget::Backend,
+    ) -> Result<Self, String> {
         let mut by_id = BTreeMap::new();
         for c in &settings.chains {
-            by_id.insert(c.chain_id, Arc::new(ChainClient::new(c)?));
+            by_id.insert(c.chain_id, Arc::new(ChainClient::with_budget(c, backend)?));
         }
         Ok(Self { by_id })
     }

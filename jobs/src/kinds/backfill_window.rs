@@ -46,43 +46,47 @@ impl Job for BackfillWindow {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let token = TokenKey::parse(&self.token).map_err(JobError::Fatal)?;
-        let r = crate::points::backfill::backfill(
-            &ctx.services,
-            Some(ctx.meta.id),
-            self.chain_id,
-            &token,
-            self.from,
-            self.to,
-        )
-        .await?;
-        if !r.split.is_empty() {
-            // Split so that no single job runs for hours; the children are resumable like this one.
-            let children = r
-                .split
-                .iter()
-                .map(|&(from, to)| {
-                    NewJob::typed(&Self {
-                        chain_id: self.chain_id,
-                        token: self.token.clone(),
-                        from,
-                        to,
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let token = TokenKey::parse(&self.token).map_err(JobError::Fatal)?;
+            let r = crate::points::backfill::backfill(
+                &ctx.services,
+                Some(ctx.meta.id),
+                self.chain_id,
+                &token,
+                self.from,
+                self.to,
+            )
+            .await?;
+            if !r.split.is_empty() {
+                // Split so that no single job runs for hours; the children are resumable like this one.
+                let children = r
+                    .split
+                    .iter()
+                    .map(|&(from, to)| {
+                        NewJob::typed(&Self {
+                            chain_id: self.chain_id,
+                            token: self.token.clone(),
+                            from,
+                            to,
+                        })
+                        .map_err(JobError::fatal)
                     })
-                    .map_err(JobError::fatal)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            ctx.enqueue_many(children).await?;
-        }
-        info!(
-            chain_id = self.chain_id,
-            token = %self.token,
-            addresses = r.addresses,
-            computed = r.windows_computed,
-            skipped = r.windows_skipped,
-            children = r.split.len(),
-            "points backfilled"
-        );
-        Ok(())
+                    .collect::<Result<Vec<_>, _>>()?;
+                ctx.enqueue_many(children).await?;
+            }
+            info!(
+                chain_id = self.chain_id,
+                token = %self.token,
+                addresses = r.addresses,
+                computed = r.windows_computed,
+                skipped = r.windows_skipped,
+                children = r.split.len(),
+                "points backfilled"
+            );
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -75,8 +75,10 @@ impl Job for CheckPendingTx {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let chain = ctx.services.chains.get(self.chain_id)?;
-        let open: Vec<OpenTx> = sqlx::query_as(
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let chain = ctx.services.chains.get(self.chain_id)?;
+            let open: Vec<OpenTx> = sqlx::query_as(
             "SELECT hash, state, addresses, first_seen, block_number FROM chainsync.tracked_txs \
              WHERE chain_id = $1 AND state IN ('pending', 'submitted', 'stuck') \
              ORDER BY first_seen LIMIT $2",
@@ -85,52 +87,54 @@ impl Job for CheckPendingTx {
         .bind(MAX_PER_RUN)
         .fetch_all(ctx.db())
         .await?;
-        if open.is_empty() {
-            return Ok(());
-        }
-        let head = chain.head().await?;
-        let now = Utc::now();
-        let chain_ref = &*chain;
-        let updates: Vec<Update> = stream::iter(open)
-            .map(|tx| async move { check_one(chain_ref, head, now, tx).await })
-            .buffer_unordered(CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-
-        let mut finished = 0usize;
-        for u in &updates {
-            if matches!(u.state, "confirmed" | "failed") {
-                // Follow-ups first: if the state update below is lost, the next run re-enqueues
-                // and the unique keys collapse the duplicates.
-                let jobs = u
-                    .touched
-                    .iter()
-                    .map(|a| {
-                        let job = SyncUserBalance::new(self.chain_id, a.clone(), None);
-                        match u.block {
-                            Some((n, _)) => job.for_change_at(n),
-                            None => NewJob::typed(&job),
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(JobError::fatal)?;
-                if !jobs.is_empty() {
-                    ctx.enqueue_many(jobs).await?;
-                }
-                finished += 1;
+            if open.is_empty() {
+                return Ok(());
             }
-            self.store(ctx, u).await?;
-        }
-        tracing::info!(
-            chain_id = self.chain_id,
-            checked = updates.len(),
-            finished,
-            head,
-            "tracked transactions checked"
-        );
-        Ok(())
+            let head = chain.head().await?;
+            let now = Utc::now();
+            let chain_ref = &*chain;
+            let updates: Vec<Update> = stream::iter(open)
+                .map(|tx| async move { check_one(chain_ref, head, now, tx).await })
+                .buffer_unordered(CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+
+            let mut finished = 0usize;
+            for u in &updates {
+                if matches!(u.state, "confirmed" | "failed") {
+                    // Follow-ups first: if the state update below is lost, the next run re-enqueues
+                    // and the unique keys collapse the duplicates.
+                    let jobs = u
+                        .touched
+                        .iter()
+                        .map(|a| {
+                            let job = SyncUserBalance::new(self.chain_id, a.clone(), None);
+                            match u.block {
+                                Some((n, _)) => job.for_change_at(n),
+                                None => NewJob::typed(&job),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(JobError::fatal)?;
+                    if !jobs.is_empty() {
+                        ctx.enqueue_many(jobs).await?;
+                    }
+                    finished += 1;
+                }
+                self.store(ctx, u).await?;
+            }
+            tracing::info!(
+                chain_id = self.chain_id,
+                checked = updates.len(),
+                finished,
+                head,
+                "tracked transactions checked"
+            );
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -30,18 +30,23 @@ impl Job for ComputePoints {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let r = crate::points::compute::compute(&ctx.services, self.chain_id, Some(ctx.meta.id))
-            .await?;
-        info!(
-            chain_id = self.chain_id,
-            windows = r.windows,
-            rows = r.rows,
-            dirty = r.dirty,
-            changed = r.changed,
-            added = r.added,
-            "points computed"
-        );
-        Ok(())
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let r =
+                crate::points::compute::compute(&ctx.services, self.chain_id, Some(ctx.meta.id))
+                    .await?;
+            info!(
+                chain_id = self.chain_id,
+                windows = r.windows,
+                rows = r.rows,
+                dirty = r.dirty,
+                changed = r.changed,
+                added = r.added,
+                "points computed"
+            );
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -32,35 +32,39 @@ impl Job for IngestEvents {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let r = crate::ingest::ingest(
-            &ctx.services,
-            &FollowUps(ctx.enqueuer.clone()),
-            self.chain_id,
-            self.to_block,
-        )
-        .await?;
-        info!(
-            chain_id = self.chain_id,
-            from = r.from_block,
-            to = r.to_block,
-            logs = r.logs,
-            stored = r.stored,
-            history_reads = r.history_reads,
-            history_rows = r.history_rows,
-            reorged = r.reorged_blocks,
-            caught_up = r.caught_up,
-            "events ingested"
-        );
-        if !r.caught_up {
-            // Long backfills continue in a fresh job so that no run lasts for hours. It carries
-            // no unique key: this pass holds the chain's key until it finishes.
-            let next = NewJob {
-                unique_key: None,
-                ..NewJob::typed(self).map_err(JobError::fatal)?
-            };
-            ctx.enqueuer.enqueue(next).await.map_err(JobError::retry)?;
-        }
-        Ok(())
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let r = crate::ingest::ingest(
+                &ctx.services,
+                &FollowUps(ctx.enqueuer.clone()),
+                self.chain_id,
+                self.to_block,
+            )
+            .await?;
+            info!(
+                chain_id = self.chain_id,
+                from = r.from_block,
+                to = r.to_block,
+                logs = r.logs,
+                stored = r.stored,
+                history_reads = r.history_reads,
+                history_rows = r.history_rows,
+                reorged = r.reorged_blocks,
+                caught_up = r.caught_up,
+                "events ingested"
+            );
+            if !r.caught_up {
+                // Long backfills continue in a fresh job so that no run lasts for hours. It carries
+                // no unique key: this pass holds the chain's key until it finishes.
+                let next = NewJob {
+                    unique_key: None,
+                    ..NewJob::typed(self).map_err(JobError::fatal)?
+                };
+                ctx.enqueuer.enqueue(next).await.map_err(JobError::retry)?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -173,6 +173,8 @@ impl Job for ReconcileChain {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
         let services = &ctx.services;
         let chain = services.chains.get(self.chain_id)?;
         let sel = TokenSelector {
@@ -280,6 +282,8 @@ impl Job for ReconcileChain {
             "reconcile finished"
         );
         Ok(())
+        })
+        .await
     }
 }
 

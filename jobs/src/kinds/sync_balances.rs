@@ -70,18 +70,22 @@ impl Job for SyncBalances {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let r = sync_full(
-            &ctx.services,
-            ctx.meta.id,
-            self.chain_id,
-            &self.selector(),
-            None,
-        )
-        .await?;
-        if r.points_dirty > 0 {
-            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
-        }
-        Ok(())
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let r = sync_full(
+                &ctx.services,
+                ctx.meta.id,
+                self.chain_id,
+                &self.selector(),
+                None,
+            )
+            .await?;
+            if r.points_dirty > 0 {
+                crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

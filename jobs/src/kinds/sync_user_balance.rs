@@ -78,24 +78,28 @@ impl Job for SyncUserBalance {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let o = sync_holder(
-            &ctx.services,
-            self.chain_id,
-            &self.address,
-            self.token.as_deref(),
-        )
-        .await?;
-        tracing::debug!(
-            chain_id = self.chain_id,
-            written = o.written,
-            changed = o.changed,
-            stale = o.stale,
-            "holder synced"
-        );
-        if o.points_dirty > 0 {
-            crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
-        }
-        Ok(())
+        // The kind's RPC class (priority or bulk) for everything this run sends.
+        crate::chain::budget::for_job(ctx, async {
+            let o = sync_holder(
+                &ctx.services,
+                self.chain_id,
+                &self.address,
+                self.token.as_deref(),
+            )
+            .await?;
+            tracing::debug!(
+                chain_id = self.chain_id,
+                written = o.written,
+                changed = o.changed,
+                stale = o.stale,
+                "holder synced"
+            );
+            if o.points_dirty > 0 {
+                crate::kinds::compute_points::enqueue(&*ctx.enqueuer, self.chain_id).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
