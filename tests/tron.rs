@@ -27,7 +27,7 @@ use chainsync::{
 use chainsync_dev::{devchain::contracts::TestToken, scenario::TokenChain};
 use chainsync_jobs::{
     JobContext, JobMeta,
-    ids::{tron_base58, ChainFamily},
+    ids::{ChainFamily, tron_base58},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -136,7 +136,12 @@ impl Env {
             enqueuer: std::sync::Arc::new(self.app.queue.clone()),
             services: self.app.services().await.unwrap(),
         };
-        let r = self.app.registry.run(kind, args.clone(), ctx).unwrap().await;
+        let r = self
+            .app
+            .registry
+            .run(kind, args.clone(), ctx)
+            .unwrap()
+            .await;
         assert!(r.is_ok(), "{kind} {args}: {r:?}");
     }
 
@@ -159,7 +164,10 @@ impl Env {
     /// No request was refused by the stand-in.
     fn assert_tron_compatible(&self) {
         let refused = self.standin.refused();
-        assert!(refused.is_empty(), "refused by the TRON stand-in: {refused:#?}");
+        assert!(
+            refused.is_empty(),
+            "refused by the TRON stand-in: {refused:#?}"
+        );
     }
 
     /// The block a stored row names is a real block of the chain, with that hash.
@@ -180,11 +188,17 @@ async fn check_balances_sync_and_reconcile(env: &Env) {
     let s = &env.s;
     env.run("sync-balances", json!({"chain_id": 31337, "token": "USDT"}))
         .await;
-    env.run("sync-balances", json!({"chain_id": 31337, "asset_class": "native"}))
-        .await;
+    env.run(
+        "sync-balances",
+        json!({"chain_id": 31337, "asset_class": "native"}),
+    )
+    .await;
     for (h, _) in &s.holders {
         let (amount, block, hash) = env.stored(&env.token(), h).await.unwrap();
-        assert_eq!(amount, s.chain.balance_of(s.token, *h).await.unwrap().to_string());
+        assert_eq!(
+            amount,
+            s.chain.balance_of(s.token, *h).await.unwrap().to_string()
+        );
         env.assert_real_block(block, &hash).await;
         let (trx, _, _) = env.stored("native", h).await.unwrap();
         assert_eq!(trx, s.chain.eth_balance(*h).await.unwrap().to_string());
@@ -203,18 +217,23 @@ async fn check_balances_sync_and_reconcile(env: &Env) {
     )
     .await;
     let (amount, block, hash) = env.stored(&env.token(), &b).await.unwrap();
-    assert_eq!(amount, s.chain.balance_of(s.token, b).await.unwrap().to_string());
+    assert_eq!(
+        amount,
+        s.chain.balance_of(s.token, b).await.unwrap().to_string()
+    );
     assert!(block >= head, "read at {block}, the transfer was in {head}");
     env.assert_real_block(block, &hash).await;
 
     // Reconcile at the head: a planted difference is found and repaired.
     let victim = s.holders[2].0;
-    sqlx::query("UPDATE chainsync.balances SET amount = amount + 5 WHERE token = $1 AND address = $2")
-        .bind(env.token())
-        .bind(format!("{victim:#x}"))
-        .execute(env.app.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE chainsync.balances SET amount = amount + 5 WHERE token = $1 AND address = $2",
+    )
+    .bind(env.token())
+    .bind(format!("{victim:#x}"))
+    .execute(env.app.pool())
+    .await
+    .unwrap();
     env.run(
         "reconcile-chain",
         json!({"chain_id": 31337, "token": "USDT", "repair": true}),
@@ -229,7 +248,14 @@ async fn check_balances_sync_and_reconcile(env: &Env) {
     assert_eq!((address, diff), (format!("{victim:#x}"), "-5".to_string()));
     env.assert_real_block(mblock, &mhash).await;
     let (amount, _, _) = env.stored(&env.token(), &victim).await.unwrap();
-    assert_eq!(amount, s.chain.balance_of(s.token, victim).await.unwrap().to_string());
+    assert_eq!(
+        amount,
+        s.chain
+            .balance_of(s.token, victim)
+            .await
+            .unwrap()
+            .to_string()
+    );
     env.assert_tron_compatible();
 }
 
@@ -238,13 +264,16 @@ async fn tron_balances_through_multicall_at_latest(pool: PgPool) {
     let env = setup(&pool, 60, true, false).await;
     check_balances_sync_and_reconcile(&env).await;
     assert!(env.standin.calls("eth_call") > 0);
-    assert_eq!(env.standin.calls("eth_getBalance"), 0, "native through Multicall3");
+    assert_eq!(
+        env.standin.calls("eth_getBalance"),
+        0,
+        "native through Multicall3"
+    );
 
     // The stand-in itself refuses what java-tron refuses (else the checks above prove nothing).
     let http = reqwest::Client::new();
-    let call = |params: Value| {
-        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": params})
-    };
+    let call =
+        |params: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": params});
     let to = format!("{:#x}", env.s.token);
     for bad in [
         call(json!([{"to": to, "data": "0x"}, "0x1"])),
@@ -295,10 +324,18 @@ async fn assert_history_exact(env: &Env, holder: Address) -> usize {
             .call()
             .await
             .unwrap();
-        assert_eq!(amount, &at.to_string(), "{holder:#x} at block {n} ({source})");
+        assert_eq!(
+            amount,
+            &at.to_string(),
+            "{holder:#x} at block {n} ({source})"
+        );
     }
     let now = env.s.chain.balance_of(env.s.token, holder).await.unwrap();
-    assert_eq!(rows.last().map(|r| r.1.clone()), Some(now.to_string()), "{holder:#x}");
+    assert_eq!(
+        rows.last().map(|r| r.1.clone()),
+        Some(now.to_string()),
+        "{holder:#x}"
+    );
     let (stored, _, _) = env.stored(&env.token(), &holder).await.unwrap();
     assert_eq!(stored, now.to_string(), "{holder:#x}");
     rows.len()
@@ -388,18 +425,31 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
             .arg("--config")
             .arg(&cfg)
             .args(["enqueue", "sync-user-balance", "--args"])
-            .arg(format!(r#"{{"chain_id": 728126428, "address": "{address}"}}"#))
+            .arg(format!(
+                r#"{{"chain_id": 728126428, "address": "{address}"}}"#
+            ))
             .output()
             .unwrap()
     };
     let ok = enqueue(usdt);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = enqueue(typo);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("address") && err.contains("checksum is wrong"), "{err}");
+    assert!(
+        err.contains("address") && err.contains("checksum is wrong"),
+        "{err}"
+    );
     assert_eq!(
-        common::count(&pool, "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'").await,
+        common::count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
+        )
+        .await,
         1
     );
     // `track add` in both forms; a typo refused.
@@ -412,7 +462,11 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
             .unwrap()
     };
     assert!(track(usdt).status.success());
-    assert!(track("41a614f803b6fd780986a42c78ec9c7f77e6ded13c").status.success());
+    assert!(
+        track("41a614f803b6fd780986a42c78ec9c7f77e6ded13c")
+            .status
+            .success()
+    );
     let t = track(typo);
     assert!(!t.status.success());
     assert!(String::from_utf8_lossy(&t.stderr).contains("checksum"));
@@ -451,9 +505,11 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
 
     // HTTP: asked in any form, answered in base58check.
     let services = env.app.services().await.unwrap();
-    let http_cfg = Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"test-token-0123456789\"\n")
-        .unwrap()
-        .http;
+    let http_cfg = Config::from_toml(
+        "[http]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"test-token-0123456789\"\n",
+    )
+    .unwrap()
+    .http;
     let stop = tokio_util::sync::CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
     let state = HttpState {
@@ -473,7 +529,11 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
             .unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
-    for form in [b58(&holder), format!("41{}", hex::encode(holder)), format!("{holder:#x}")] {
+    for form in [
+        b58(&holder),
+        format!("41{}", hex::encode(holder)),
+        format!("{holder:#x}"),
+    ] {
         let (status, v) = get(format!("/v1/balances/tron/{form}?token=USDT")).await;
         assert_eq!(status, 200, "{form}: {v}");
         assert_eq!(v["address"], b58(&holder));

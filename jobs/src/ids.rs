@@ -173,7 +173,12 @@ pub fn base58_encode(bytes: &[u8]) -> String {
     }
     let mut out = String::with_capacity(zeros + digits.len());
     out.extend(std::iter::repeat_n('1', zeros));
-    out.extend(digits.iter().rev().map(|d| char::from(B58[usize::from(*d)])));
+    out.extend(
+        digits
+            .iter()
+            .rev()
+            .map(|d| char::from(B58[usize::from(*d)])),
+    );
     out
 }
 
@@ -414,12 +419,12 @@ mod tests {
         assert_eq!(ChainFamily::Evm.show_address(&a), address_text(&a));
         assert_eq!(ChainFamily::Tron.show_stored(&address_text(&a)), USDT_B58);
         assert_eq!(ChainFamily::Tron.show_stored("native"), "native");
-        assert_eq!(
-            TokenKey::parse(USDT_B58).unwrap(),
-            TokenKey::Contract(a)
-        );
+        assert_eq!(TokenKey::parse(USDT_B58).unwrap(), TokenKey::Contract(a));
         // The zero account and an all-ones account (other mainnet-shaped pairs).
-        assert_eq!(tron_base58(&Address::ZERO), "T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb");
+        assert_eq!(
+            tron_base58(&Address::ZERO),
+            "T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb"
+        );
         assert_eq!(
             parse_tron_address("T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb").unwrap(),
             Address::ZERO
@@ -434,13 +439,23 @@ mod tests {
         assert!(e.contains("checksum is wrong"), "{e}");
         // Two characters swapped.
         let swapped = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLjt6";
-        assert!(parse_tron_address(swapped).unwrap_err().contains("checksum"));
+        assert!(
+            parse_tron_address(swapped)
+                .unwrap_err()
+                .contains("checksum")
+        );
         let e = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj0t").unwrap_err();
         assert!(e.contains("not base58"), "{e}");
         // A valid base58check string of another kind (a Bitcoin address: prefix 0x00).
         let e = parse_tron_address("T1BoatSLRHtKNngkdXEeobR76b53LETtpyT").unwrap_err();
         assert!(e.contains("base58") || e.contains("prefix"), "{e}");
-        for bad in ["", "41a614", "42a614f803b6fd780986a42c78ec9c7f77e6ded13c", "a614f803b6fd780986a42c78ec9c7f77e6ded13c", "41g614f803b6fd780986a42c78ec9c7f77e6ded13c"] {
+        for bad in [
+            "",
+            "41a614",
+            "42a614f803b6fd780986a42c78ec9c7f77e6ded13c",
+            "a614f803b6fd780986a42c78ec9c7f77e6ded13c",
+            "41g614f803b6fd780986a42c78ec9c7f77e6ded13c",
+        ] {
             assert!(parse_tron_address(bad).is_err(), "{bad:?} accepted");
         }
         // EVM chains keep their strict form and say why a TRON form is refused.
@@ -456,7 +471,10 @@ mod tests {
         assert_eq!(base58_encode(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd]), "11233QC4");
         assert_eq!(base58_encode(b"Hello World!"), "2NEpo7TZRRrLZSi2U");
         assert_eq!(base58_decode("2NEpo7TZRRrLZSi2U").unwrap(), b"Hello World!");
-        assert_eq!(base58_decode("11233QC4").unwrap(), vec![0, 0, 0x28, 0x7f, 0xb4, 0xcd]);
+        assert_eq!(
+            base58_decode("11233QC4").unwrap(),
+            vec![0, 0, 0x28, 0x7f, 0xb4, 0xcd]
+        );
     }
 
     proptest! {

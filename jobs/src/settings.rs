@@ -272,7 +272,9 @@ impl DomainConfig {
             let family = self.family(t.chain_id);
             let token = match t.address.as_deref() {
                 None => TokenKey::Native,
-                Some(a) => TokenKey::parse_for(family, a).map_err(|e| format!("{key}.address: {e}"))?,
+                Some(a) => {
+                    TokenKey::parse_for(family, a).map_err(|e| format!("{key}.address: {e}"))?
+                }
             };
             match (token, t.asset_class) {
                 (TokenKey::Native, AssetClass::Native) => {}
@@ -659,7 +661,9 @@ mod tests {
         v["tracking"]["addresses"]
             .as_array_mut()
             .unwrap()
-            .push(serde_json::json!("41a614f803b6fd780986a42c78ec9c7f77e6ded13c"));
+            .push(serde_json::json!(
+                "41a614f803b6fd780986a42c78ec9c7f77e6ded13c"
+            ));
         let c: DomainConfig = serde_json::from_value(v.clone()).unwrap();
         c.validate().unwrap();
         assert_eq!(c.family(728126428), ChainFamily::Tron);
@@ -672,16 +676,31 @@ mod tests {
         // A mistyped base58 address names its key and says the checksum is wrong.
         let mut bad = v.clone();
         bad["tokens"][3]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6u");
-        let e = serde_json::from_value::<DomainConfig>(bad).unwrap().validate().unwrap_err();
-        assert!(e.starts_with("tokens[3].address") && e.contains("checksum"), "{e}");
+        let e = serde_json::from_value::<DomainConfig>(bad)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.starts_with("tokens[3].address") && e.contains("checksum"),
+            "{e}"
+        );
         // A base58 address on an EVM chain is refused with the reason.
         let mut evm = v.clone();
         evm["tokens"][1]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t");
-        let e = serde_json::from_value::<DomainConfig>(evm).unwrap().validate().unwrap_err();
-        assert!(e.starts_with("tokens[1].address") && e.contains("tron"), "{e}");
+        let e = serde_json::from_value::<DomainConfig>(evm)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.starts_with("tokens[1].address") && e.contains("tron"),
+            "{e}"
+        );
         let mut lag = v.clone();
         lag["chains"][1]["balance_lag_blocks"] = serde_json::json!(3);
-        let e = serde_json::from_value::<DomainConfig>(lag).unwrap().validate().unwrap_err();
+        let e = serde_json::from_value::<DomainConfig>(lag)
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(e.starts_with("chains[1].balance_lag_blocks"), "{e}");
         let mut fam = v;
         fam["chains"][1]["family"] = serde_json::json!("solana");

@@ -103,7 +103,6 @@ impl StandIn {
             .unwrap_or(0)
     }
 }
-}
 
 const INVALID_PARAMS: i64 = -32602;
 
@@ -122,7 +121,9 @@ fn compatible_address(v: &Value) -> Result<Value, String> {
     let s = v.as_str().ok_or("invalid address hash value")?;
     match hex_bytes(s) {
         Some(b) if b.len() == 20 => Ok(json!(format!("0x{}", hex::encode(b)))),
-        Some(b) if b.len() == 21 && b[0] == 0x41 => Ok(json!(format!("0x{}", hex::encode(&b[1..])))),
+        Some(b) if b.len() == 21 && b[0] == 0x41 => {
+            Ok(json!(format!("0x{}", hex::encode(&b[1..]))))
+        }
         _ => Err(format!("invalid address hash value ({s})")),
     }
 }
@@ -135,7 +136,9 @@ fn latest_only(v: Option<&Value>) -> Result<(), String> {
                 .iter()
                 .any(|x| t.eq_ignore_ascii_case(x)) =>
         {
-            Err(format!("TAG [earliest | pending | finalized] not supported ({t})"))
+            Err(format!(
+                "TAG [earliest | pending | finalized] not supported ({t})"
+            ))
         }
         Some(Value::String(t)) => Err(format!(
             "QUANTITY not supported, just support TAG as latest ({t})"
@@ -151,8 +154,12 @@ fn latest_only(v: Option<&Value>) -> Result<(), String> {
 fn check(method: &str, params: &Value) -> Result<Value, String> {
     let p = params.as_array().cloned().unwrap_or_default();
     match method {
-        "eth_blockNumber" | "eth_chainId" | "net_version" | "eth_getBlockByNumber"
-        | "eth_getBlockByHash" | "eth_getTransactionReceipt" => Ok(params.clone()),
+        "eth_blockNumber"
+        | "eth_chainId"
+        | "net_version"
+        | "eth_getBlockByNumber"
+        | "eth_getBlockByHash"
+        | "eth_getTransactionReceipt" => Ok(params.clone()),
         "eth_getBalance" => {
             latest_only(p.get(1))?;
             let a = compatible_address(p.first().unwrap_or(&Value::Null))?;
@@ -207,7 +214,9 @@ fn check(method: &str, params: &Value) -> Result<Value, String> {
                         }
                     }
                     other => {
-                        return Err(format!("Unrecognized field \"{other}\" (class FilterRequest)"));
+                        return Err(format!(
+                            "Unrecognized field \"{other}\" (class FilterRequest)"
+                        ));
                     }
                 }
             }
@@ -249,7 +258,9 @@ async fn handle(State(s): State<Shared>, body: Bytes) -> axum::Json<Value> {
             *seen.methods.entry(method.clone()).or_default() += 1;
             match check(&method, &r["params"]) {
                 Ok(params) => {
-                    forward.push(json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}));
+                    forward.push(
+                        json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}),
+                    );
                     methods.push((i, method));
                 }
                 Err(e) => {

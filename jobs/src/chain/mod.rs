@@ -21,8 +21,8 @@ use alloy::{
     eips::{BlockId, BlockNumberOrTag},
     primitives::{Address, B256, Bytes},
     providers::{Provider, RootProvider},
-    rpc::types::{TransactionInput, TransactionRequest},
     rpc::client::ClientBuilder,
+    rpc::types::{TransactionInput, TransactionRequest},
     transports::{
         TransportError,
         http::{Http, reqwest},

@@ -129,8 +129,7 @@ pub fn read_balances<'a>(
         let Some(multicall) = chain.multicall else {
             return read_balances_batched(chain, queries, block).await;
         };
-        let calls: Vec<IMulticall3::Call3> =
-            queries.iter().map(|q| encode(multicall, q)).collect();
+        let calls: Vec<IMulticall3::Call3> = queries.iter().map(|q| encode(multicall, q)).collect();
         let input = IMulticall3::aggregate3Call { calls }.abi_encode();
         let out = match chain.eth_call(multicall, input.into(), block).await {
             Ok(out) => out,
@@ -284,14 +283,15 @@ async fn read_balances_batched(
             TokenKey::Contract(_) => "eth_call balanceOf",
         };
         let label = (chain.config.name.clone(), chain.chain_id(), what);
-        let classify = move |e: alloy::transports::TransportError| -> Result<BalanceRead, JobError> {
-            match e {
-                RpcError::ErrorResp(p) if p.code != -32005 && p.code != 429 => {
-                    Ok(Err(format!("reverted: {}", p.message)))
+        let classify =
+            move |e: alloy::transports::TransportError| -> Result<BalanceRead, JobError> {
+                match e {
+                    RpcError::ErrorResp(p) if p.code != -32005 && p.code != 429 => {
+                        Ok(Err(format!("reverted: {}", p.message)))
+                    }
+                    e => Err(super::error::classify_for(&label.0, label.1, label.2, &e)),
                 }
-                e => Err(super::error::classify_for(&label.0, label.1, label.2, &e)),
-            }
-        };
+            };
         let w: One = match q.token {
             TokenKey::Native => {
                 let w = batch
@@ -312,7 +312,9 @@ async fn read_balances_batched(
                 Box::pin(async move {
                     w.await
                         .map(|out| match out.len() {
-                            0 => Err("empty return data (no contract at the token address?)".into()),
+                            0 => {
+                                Err("empty return data (no contract at the token address?)".into())
+                            }
                             n if n >= 32 => Ok(U256::from_be_slice(&out[..32])),
                             n => Err(format!("return data of {n} bytes is not a uint256")),
                         })

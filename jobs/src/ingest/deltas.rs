@@ -164,11 +164,7 @@ pub fn walk(
         .map(|(_, v)| *v)
         .next_back()
         .unwrap_or(U256::ZERO);
-    let seen: BTreeMap<u64, U256> = bases
-        .iter()
-        .filter(|(b, _)| *b >= first)
-        .copied()
-        .collect();
+    let seen: BTreeMap<u64, U256> = bases.iter().filter(|(b, _)| *b >= first).copied().collect();
     let mut seen_iter = seen.iter().peekable();
     let mut out = Vec::with_capacity(flows.len());
     for (block, f) in flows {
@@ -259,10 +255,7 @@ pub async fn record(
             Err(at) => {
                 let e = unbased.entry(*token).or_insert((0, String::new()));
                 if e.0 == 0 {
-                    e.1 = format!(
-                        "{} at block {at}",
-                        chain.family().show_address(holder)
-                    );
+                    e.1 = format!("{} at block {at}", chain.family().show_address(holder));
                 }
                 e.0 += 1;
             }
@@ -296,15 +289,24 @@ mod tests {
 
     #[test]
     fn walks_from_the_base_and_takes_reads_as_they_come() {
-        let flows: BTreeMap<u64, Flow> =
-            [(10, flow(100, 0)), (12, flow(0, 30)), (15, flow(5, 0)), (20, flow(0, 1))].into();
+        let flows: BTreeMap<u64, Flow> = [
+            (10, flow(100, 0)),
+            (12, flow(0, 30)),
+            (15, flow(5, 0)),
+            (20, flow(0, 1)),
+        ]
+        .into();
         // No history: from zero.
         assert_eq!(
             amounts(walk(&[], &flows)),
             Ok(vec![(10, 100), (12, 70), (15, 75), (20, 74)])
         );
         // A base before the range, a read between 12 and 15, a read at 20 itself.
-        let bases = [(3, U256::from(7)), (13, U256::from(500)), (20, U256::from(9))];
+        let bases = [
+            (3, U256::from(7)),
+            (13, U256::from(500)),
+            (20, U256::from(9)),
+        ];
         assert_eq!(
             amounts(walk(&bases, &flows)),
             Ok(vec![(10, 107), (12, 77), (15, 505), (20, 9)])
