@@ -189,7 +189,7 @@ pub fn base58_decode(s: &str) -> Result<Vec<u8>, String> {
     for (i, c) in s.bytes().enumerate().skip(ones) {
         let Some(v) = B58.iter().position(|x| *x == c) else {
             return Err(format!(
-                "character {:?} at position {} is not base58",
+                "character {:?} at position {} is not base58 (mistyped: the base58check checksum cannot match)",
                 char::from(c),
                 i + 1
             ));
@@ -445,7 +445,7 @@ mod tests {
                 .contains("checksum")
         );
         let e = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj0t").unwrap_err();
-        assert!(e.contains("not base58"), "{e}");
+        assert!(e.contains("not base58") && e.contains("checksum"), "{e}");
         // A valid base58check string of another kind (a Bitcoin address: prefix 0x00).
         let e = parse_tron_address("T1BoatSLRHtKNngkdXEeobR76b53LETtpyT").unwrap_err();
         assert!(e.contains("base58") || e.contains("prefix"), "{e}");

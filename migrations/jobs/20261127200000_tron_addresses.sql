@@ -22,6 +22,10 @@ BEGIN
     IF t ~ '^(0[xX])?41[0-9a-fA-F]{40}$' THEN
         RETURN '0x' || lower(right(t, 40));
     END IF;
+    IF t ~ '^T.{33}$' AND t !~ '^T[1-9A-HJ-NP-Za-km-z]{33}$' THEN
+        RAISE EXCEPTION 'invalid TRON address %: a character is not base58 (mistyped: the base58check checksum cannot match)', a
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF t ~ '^T[1-9A-HJ-NP-Za-km-z]{33}$' THEN
         FOR i IN 1..length(t) LOOP
             n := n * 58 + (strpos(alphabet, substr(t, i, 1)) - 1);

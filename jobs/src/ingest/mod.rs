@@ -657,7 +657,7 @@ async fn record_touched(
     if from == 0 {
         candidates.retain(|(k, _)| touched.get(k).is_none_or(|t| !t.blocks.contains_key(&0)));
     }
-    let mut derived: Vec<((Address, Address), Vec<(u64, U256)>)> = Vec::new();
+    let mut derived = Vec::<((Address, Address), Vec<(u64, U256)>)>::new();
     if !candidates.is_empty() {
         let Some(start) = chain.block_at(start_n).await? else {
             return Err(JobError::Retry(format!(
