@@ -14,10 +14,10 @@ use uuid::Uuid;
 use crate::{
     JobError, Services,
     chain::{
-        ChainClient, PinnedBlock,
+        ChainClient, PinnedBlock, StateAccess,
         multicall::{BalanceQuery, BalanceRead, read_balances},
     },
-    ids::{TokenKey, address_text, hash_text, parse_address, parse_hash},
+    ids::{TokenKey, address_text, hash_text, parse_hash},
     settings::{AssetClass, DomainConfig},
     store::{BalanceRow, WriteOutcome, db_block, db_chain_id, store_balances},
     tracking::tracked_addresses,
@@ -111,6 +111,58 @@ pub async fn read_many(
         .into_iter()
         .collect::<Result<_, _>>()?;
     Ok(parts.into_iter().flatten().collect())
+}
+
+/// Times a read at `latest` is repeated because the head moved while it was taken.
+pub const HEAD_MOVED_RETRIES: usize = 5;
+
+/// Reads `queries` consistently at one block and says which.
+///
+/// - A chain that serves state at any block ([`StateAccess::AnyBlock`], EVM): at `pin` when
+///   given, else at a block pinned now (`head - balance_lag_blocks`).
+/// - A chain that serves only the latest state (TRON): at `latest`, between two looks at the
+///   head: the latest block before the reads and the head number after them. When both are the
+///   same block, every read is that block's state and is placed there (number, hash, time); when
+///   the head moved meanwhile, the reads may straddle blocks and are taken again, up to
+///   [`HEAD_MOVED_RETRIES`] times, then the job is retried later. `pin` is not used: nothing
+///   older than the head can be read.
+pub async fn read_consistent(
+    chain: &ChainClient,
+    queries: &[BalanceQuery],
+    pin: Option<&PinnedBlock>,
+) -> Result<(PinnedBlock, Vec<BalanceRead>), JobError> {
+    match chain.state_access() {
+        StateAccess::AnyBlock => {
+            let block = match pin {
+                Some(b) => *b,
+                None => chain.pin_block().await?,
+            };
+            let reads = read_many(chain, queries, &block).await?;
+            Ok((block, reads))
+        }
+        StateAccess::LatestOnly => {
+            for attempt in 0..=HEAD_MOVED_RETRIES {
+                let before = chain.pin_block().await?;
+                let reads = read_many(chain, queries, &before).await?;
+                let after = chain.head().await?;
+                if after == before.number {
+                    return Ok((before, reads));
+                }
+                tracing::debug!(
+                    chain_id = chain.chain_id(),
+                    before = before.number,
+                    after,
+                    attempt,
+                    "head moved during reads at latest; reading again"
+                );
+            }
+            Err(JobError::Retry(format!(
+                "chain {}: the head moved during each of {} reads at latest; no consistent read",
+                chain.chain_id(),
+                HEAD_MOVED_RETRIES + 1
+            )))
+        }
+    }
 }
 
 /// Progress of a full sync, reported after every batch.
@@ -301,7 +353,9 @@ pub async fn sync_full(
     let batches: Vec<_> = pending
         .into_iter()
         .map(|(idx, chunk, keys)| async move {
-            let reads = read_balances(chain_ref, chunk, block_ref).await?;
+            // Pinned to the run's block; on a chain without historical state, each batch at
+            // the head it was read at.
+            let (read_at, reads) = read_consistent(chain_ref, chunk, Some(block_ref)).await?;
             let mut rows = Vec::with_capacity(chunk.len());
             let mut failed = Vec::new();
             for (q, r) in chunk.iter().zip(reads) {
@@ -314,7 +368,7 @@ pub async fn sync_full(
                     Err(e) => failed.push((q.token, q.holder, e)),
                 }
             }
-            let o = store_balances(services, chain_id, block_ref, &rows).await?;
+            let o = store_balances(services, chain_id, &read_at, &rows).await?;
             sqlx::query(
                 "INSERT INTO chainsync.sync_batches (run_id, batch_index, first_key, last_key, \
                  items, failed) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, batch_index) \
@@ -448,16 +502,18 @@ pub async fn sync_holder(
     address: &str,
     token: Option<&str>,
 ) -> Result<WriteOutcome, JobError> {
-    let holder = parse_address(address).map_err(|e| JobError::Fatal(format!("address: {e}")))?;
     let chain = services.chains.get(chain_id)?;
+    let holder = chain
+        .family()
+        .parse_address(address)
+        .map_err(|e| JobError::Fatal(format!("address: {e}")))?;
     let sel = TokenSelector {
         token: token.map(str::to_string),
         asset_class: None,
     };
     let tokens = resolve_tokens(&services.settings, chain_id, &sel)?;
-    let block = chain.pin_block().await?;
     let queries = cross(&tokens, &[holder]);
-    let reads = read_balances(&chain, &queries, &block).await?;
+    let (block, reads) = read_consistent(&chain, &queries, None).await?;
     let mut rows = Vec::with_capacity(reads.len());
     for (t, (q, r)) in tokens.iter().zip(queries.iter().zip(reads)) {
         match r {

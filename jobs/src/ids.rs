@@ -3,11 +3,242 @@
 //! In the database an address is lower-case `0x` + 40 hex digits, a token is such an address or
 //! `native`, a hash is lower-case `0x` + 64 hex digits and an amount is a base-10 integer string
 //! (`NUMERIC(78,0)`).
+//!
+//! TRON chains (`family = "tron"`) name the same 20-byte accounts differently: base58check
+//! `T…` (the bytes `0x41 ‖ address ‖ checksum`), or hex with the `41` prefix. Those forms are
+//! accepted wherever an address of a TRON chain is given, stored in the one canonical form above,
+//! and shown as base58check for TRON chains ([`ChainFamily::show_address`]).
 
 use std::{fmt, str::FromStr};
 
 use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How a chain is reached and how its addresses are written.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainFamily {
+    /// Ethereum JSON-RPC with state at any block; `0x` hex addresses.
+    #[default]
+    Evm,
+    /// java-tron's Ethereum-compatible JSON-RPC: state only at `latest`; base58check addresses.
+    Tron,
+}
+
+impl ChainFamily {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Evm => "evm",
+            Self::Tron => "tron",
+        }
+    }
+
+    /// Parses an address of a chain of this family: `0x` + 40 hex digits on EVM chains; on TRON
+    /// chains also base58check `T…` and `41`-prefixed hex (`41…` or `0x41…`).
+    pub fn parse_address(&self, s: &str) -> Result<Address, String> {
+        match self {
+            Self::Evm => parse_address(s).map_err(|e| {
+                if looks_like_tron(s) {
+                    format!(
+                        "{e} (base58check and 41-prefixed addresses are for chains with family = \"tron\")"
+                    )
+                } else {
+                    e
+                }
+            }),
+            Self::Tron => parse_tron_address(s),
+        }
+    }
+
+    /// How people see an address of this family: `0x…` hex, or base58check `T…` on TRON.
+    pub fn show_address(&self, a: &Address) -> String {
+        match self {
+            Self::Evm => address_text(a),
+            Self::Tron => tron_base58(a),
+        }
+    }
+
+    /// `native`, or the token's address as [`Self::show_address`] writes it.
+    pub fn show_token(&self, t: &TokenKey) -> String {
+        match t {
+            TokenKey::Native => TokenKey::NATIVE.to_string(),
+            TokenKey::Contract(a) => self.show_address(a),
+        }
+    }
+
+    /// A stored text form (`0x…` or `native`) as this family shows it; text that is not an
+    /// address is returned as it is.
+    pub fn show_stored(&self, stored: &str) -> String {
+        match (self, parse_address(stored)) {
+            (Self::Tron, Ok(a)) => tron_base58(&a),
+            _ => stored.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ChainFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn looks_like_tron(s: &str) -> bool {
+    let t = s.trim();
+    t.starts_with('T')
+        || t.len() == 42 && t.starts_with("41")
+        || t.len() == 44 && (t.starts_with("0x41") || t.starts_with("0X41"))
+}
+
+/// Parses an address given where no chain says which family it belongs to (tracked addresses,
+/// shared by every chain; job args checked before the chain is known): any form of
+/// [`ChainFamily::Evm`] or [`ChainFamily::Tron`]. The 20 bytes name the same account on both.
+pub fn parse_address_any(s: &str) -> Result<Address, String> {
+    if looks_like_tron(s) {
+        parse_tron_address(s)
+    } else {
+        parse_address(s)
+    }
+}
+
+/// Normalises an address in any form ([`parse_address_any`]) to its canonical text form.
+pub fn normalize_address_any(s: &str) -> Result<String, String> {
+    parse_address_any(s).map(|a| address_text(&a))
+}
+
+/// The first byte of every TRON account address.
+pub const TRON_PREFIX: u8 = 0x41;
+
+/// Parses a TRON address: base58check `T…`, `41` + 40 hex digits (with or without `0x`), or
+/// `0x` + 40 hex digits.
+pub fn parse_tron_address(s: &str) -> Result<Address, String> {
+    let t = s.trim();
+    let expected =
+        "expected base58check (T…), 41 followed by 40 hex digits, or 0x followed by 40 hex digits";
+    if t.starts_with('T') {
+        let bytes =
+            base58check_decode(t).map_err(|e| format!("invalid TRON address {s:?}: {e}"))?;
+        return match bytes.split_first() {
+            Some((&TRON_PREFIX, rest)) if rest.len() == 20 => Ok(Address::from_slice(rest)),
+            Some((p, rest)) => Err(format!(
+                "invalid TRON address {s:?}: decodes to {} bytes starting with 0x{p:02x}; expected 21 bytes starting with 0x41",
+                rest.len() + 1
+            )),
+            None => Err(format!("invalid TRON address {s:?}: {expected}")),
+        };
+    }
+    let hex = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let body = match hex.len() {
+        42 if hex.starts_with("41") => &hex[2..],
+        40 if hex.len() != t.len() => hex,
+        _ => return Err(format!("invalid TRON address {s:?}: {expected}")),
+    };
+    if !body.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("invalid TRON address {s:?}: {expected}"));
+    }
+    Address::from_str(body).map_err(|e| format!("invalid TRON address {s:?}: {e}"))
+}
+
+/// Base58check `T…` form of an account.
+pub fn tron_base58(a: &Address) -> String {
+    let mut payload = Vec::with_capacity(21);
+    payload.push(TRON_PREFIX);
+    payload.extend_from_slice(a.as_slice());
+    base58check_encode(&payload)
+}
+
+const B58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Base58 (Bitcoin alphabet) of `bytes`; leading zero bytes become `1`s.
+pub fn base58_encode(bytes: &[u8]) -> String {
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    // Little-endian base-58 digits of the big-endian number.
+    let mut digits: Vec<u8> = Vec::with_capacity(bytes.len() * 138 / 100 + 1);
+    for &b in &bytes[zeros..] {
+        let mut carry = u32::from(b);
+        for d in digits.iter_mut() {
+            carry += u32::from(*d) << 8;
+            *d = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits.push((carry % 58) as u8);
+            carry /= 58;
+        }
+    }
+    let mut out = String::with_capacity(zeros + digits.len());
+    out.extend(std::iter::repeat_n('1', zeros));
+    out.extend(
+        digits
+            .iter()
+            .rev()
+            .map(|d| char::from(B58[usize::from(*d)])),
+    );
+    out
+}
+
+/// Decodes base58 (Bitcoin alphabet).
+pub fn base58_decode(s: &str) -> Result<Vec<u8>, String> {
+    let ones = s.bytes().take_while(|c| *c == b'1').count();
+    let mut bytes: Vec<u8> = Vec::with_capacity(s.len());
+    for (i, c) in s.bytes().enumerate().skip(ones) {
+        let Some(v) = B58.iter().position(|x| *x == c) else {
+            return Err(format!(
+                "character {:?} at position {} is not base58 (mistyped: the base58check checksum cannot match)",
+                char::from(c),
+                i + 1
+            ));
+        };
+        let mut carry = u32::try_from(v).unwrap_or(0);
+        for b in bytes.iter_mut() {
+            carry += u32::from(*b) * 58;
+            *b = (carry & 0xff) as u8;
+            carry >>= 8;
+        }
+        while carry > 0 {
+            bytes.push((carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    let mut out = vec![0u8; ones];
+    out.extend(bytes.iter().rev());
+    Ok(out)
+}
+
+fn checksum(payload: &[u8]) -> [u8; 4] {
+    let h = Sha256::digest(Sha256::digest(payload));
+    [h[0], h[1], h[2], h[3]]
+}
+
+/// Base58 of `payload ‖ first 4 bytes of sha256(sha256(payload))`.
+pub fn base58check_encode(payload: &[u8]) -> String {
+    let mut v = payload.to_vec();
+    v.extend_from_slice(&checksum(payload));
+    base58_encode(&v)
+}
+
+/// The payload of a base58check string; a wrong checksum is an error that says so.
+pub fn base58check_decode(s: &str) -> Result<Vec<u8>, String> {
+    let raw = base58_decode(s)?;
+    if raw.len() < 5 {
+        return Err(format!("{} bytes are too short for base58check", raw.len()));
+    }
+    let (payload, sum) = raw.split_at(raw.len() - 4);
+    let want = checksum(payload);
+    if sum != want {
+        return Err(format!(
+            "base58check checksum is wrong (the address carries {}, its bytes give {}): a character is mistyped",
+            hex::encode(sum),
+            hex::encode(want)
+        ));
+    }
+    Ok(payload.to_vec())
+}
 
 /// Parses `0x` + 40 hex digits (any case; the checksum is not enforced).
 pub fn parse_address(s: &str) -> Result<Address, String> {
@@ -72,12 +303,24 @@ pub enum TokenKey {
 impl TokenKey {
     pub const NATIVE: &'static str = "native";
 
-    /// `native` or a token address (any case).
+    /// `native` or a token address (any case; a TRON form too, see [`parse_address_any`]).
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.trim().eq_ignore_ascii_case(Self::NATIVE) {
             Ok(Self::Native)
         } else {
-            parse_address(s)
+            parse_address_any(s)
+                .map(Self::Contract)
+                .map_err(|e| format!("{e} (or \"native\")"))
+        }
+    }
+
+    /// `native` or a token address of a chain of `family`.
+    pub fn parse_for(family: ChainFamily, s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case(Self::NATIVE) {
+            Ok(Self::Native)
+        } else {
+            family
+                .parse_address(s)
                 .map(Self::Contract)
                 .map_err(|e| format!("{e} (or \"native\")"))
         }
@@ -153,7 +396,106 @@ mod tests {
         assert!(parse_amount(&format!("{max}0")).is_err());
     }
 
+    /// USDT on TRON mainnet, in both of its written forms.
+    const USDT_B58: &str = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t";
+    const USDT_HEX: &str = "41a614f803b6fd780986a42c78ec9c7f77e6ded13c";
+
+    #[test]
+    fn tron_known_pairs() {
+        let a = parse_tron_address(USDT_B58).unwrap();
+        assert_eq!(address_text(&a), format!("0x{}", &USDT_HEX[2..]));
+        assert_eq!(tron_base58(&a), USDT_B58);
+        for form in [
+            USDT_HEX.to_string(),
+            format!("0x{USDT_HEX}"),
+            format!("0x{}", &USDT_HEX[2..]),
+            USDT_HEX.to_uppercase(),
+        ] {
+            assert_eq!(parse_tron_address(&form).unwrap(), a, "{form}");
+            assert_eq!(parse_address_any(&form).unwrap(), a, "{form}");
+        }
+        assert_eq!(ChainFamily::Tron.parse_address(USDT_B58).unwrap(), a);
+        assert_eq!(ChainFamily::Tron.show_address(&a), USDT_B58);
+        assert_eq!(ChainFamily::Evm.show_address(&a), address_text(&a));
+        assert_eq!(ChainFamily::Tron.show_stored(&address_text(&a)), USDT_B58);
+        assert_eq!(ChainFamily::Tron.show_stored("native"), "native");
+        assert_eq!(TokenKey::parse(USDT_B58).unwrap(), TokenKey::Contract(a));
+        // The zero account and an all-ones account (other mainnet-shaped pairs).
+        assert_eq!(
+            tron_base58(&Address::ZERO),
+            "T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb"
+        );
+        assert_eq!(
+            parse_tron_address("T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb").unwrap(),
+            Address::ZERO
+        );
+    }
+
+    #[test]
+    fn tron_errors_say_what_is_wrong() {
+        // The last character changed: the checksum no longer matches.
+        let typo = format!("{}u", &USDT_B58[..USDT_B58.len() - 1]);
+        let e = parse_tron_address(&typo).unwrap_err();
+        assert!(e.contains("checksum is wrong"), "{e}");
+        // Two characters swapped.
+        let swapped = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLjt6";
+        assert!(
+            parse_tron_address(swapped)
+                .unwrap_err()
+                .contains("checksum")
+        );
+        let e = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj0t").unwrap_err();
+        assert!(e.contains("not base58") && e.contains("checksum"), "{e}");
+        // A valid base58check string of another kind (a Bitcoin address: prefix 0x00).
+        let e = parse_tron_address("T1BoatSLRHtKNngkdXEeobR76b53LETtpyT").unwrap_err();
+        assert!(e.contains("base58") || e.contains("prefix"), "{e}");
+        for bad in [
+            "",
+            "41a614",
+            "42a614f803b6fd780986a42c78ec9c7f77e6ded13c",
+            "a614f803b6fd780986a42c78ec9c7f77e6ded13c",
+            "41g614f803b6fd780986a42c78ec9c7f77e6ded13c",
+        ] {
+            assert!(parse_tron_address(bad).is_err(), "{bad:?} accepted");
+        }
+        // EVM chains keep their strict form and say why a TRON form is refused.
+        let e = ChainFamily::Evm.parse_address(USDT_B58).unwrap_err();
+        assert!(e.contains("family = \"tron\""), "{e}");
+        assert!(ChainFamily::Evm.parse_address(USDT_HEX).is_err());
+    }
+
+    #[test]
+    fn base58_vectors() {
+        // Bitcoin's reference vectors (leading zeros become '1').
+        assert_eq!(base58_encode(b""), "");
+        assert_eq!(base58_encode(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd]), "11233QC4");
+        assert_eq!(base58_encode(b"Hello World!"), "2NEpo7TZRRrLZSi2U");
+        assert_eq!(base58_decode("2NEpo7TZRRrLZSi2U").unwrap(), b"Hello World!");
+        assert_eq!(
+            base58_decode("11233QC4").unwrap(),
+            vec![0, 0, 0x28, 0x7f, 0xb4, 0xcd]
+        );
+    }
+
     proptest! {
+        #[test]
+        fn tron_forms_round_trip(bytes in any::<[u8; 20]>()) {
+            let a = Address::from(bytes);
+            let b58 = tron_base58(&a);
+            prop_assert!(b58.starts_with('T'));
+            prop_assert_eq!(b58.len(), 34);
+            prop_assert_eq!(parse_tron_address(&b58).unwrap(), a);
+            prop_assert_eq!(parse_address_any(&b58).unwrap(), a);
+            let hex41 = format!("41{}", hex::encode(bytes));
+            prop_assert_eq!(parse_tron_address(&hex41).unwrap(), a);
+            prop_assert_eq!(parse_address_any(&address_text(&a)).unwrap(), a);
+        }
+
+        #[test]
+        fn base58_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(base58_decode(&base58_encode(&bytes)).unwrap(), bytes);
+        }
+
         #[test]
         fn amount_text_round_trips(limbs in any::<[u64; 4]>()) {
             let v = U256::from_limbs(limbs);

@@ -9,7 +9,7 @@ use std::{
 use alloy::primitives::{Address, U256, address};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{TokenKey, parse_address, parse_amount};
+use crate::ids::{ChainFamily, TokenKey, parse_address_any, parse_amount};
 
 /// Canonical Multicall3 deployment, the same address on every chain that has it.
 pub const MULTICALL3: Address = address!("0xcA11bde05977b3631167028862bE2a173976CA11");
@@ -47,23 +47,27 @@ pub struct DomainConfig {
     pub rpc_budget: RpcBudgetConfig,
 }
 
-/// One EVM chain.
+/// One chain: EVM, or TRON through its Ethereum-compatible JSON-RPC.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainConfig {
     pub chain_id: u64,
     pub name: String,
+    /// `evm` (default) or `tron`: how the node is read and how addresses are written.
+    #[serde(default)]
+    pub family: ChainFamily,
     /// One or more RPC URLs; later ones are fallbacks.
     pub rpc_urls: Vec<String>,
     /// Blocks on top of a transaction's block before it counts as confirmed.
     #[serde(default = "default_confirmations")]
     pub confirmations: u64,
-    /// Balances are read at `head - balance_lag_blocks` (0 = the latest block).
+    /// Balances are read at `head - balance_lag_blocks` (0 = the latest block). TRON: only 0.
     #[serde(default)]
     pub balance_lag_blocks: u64,
-    /// Multicall3 contract used for batched reads.
-    #[serde(default = "default_multicall")]
-    pub multicall_address: String,
+    /// Multicall3 contract used for batched reads (EVM default: the canonical Multicall3).
+    /// TRON has no default: without one, reads go out as JSON-RPC batches of `eth_call`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicall_address: Option<String>,
     /// Calls per Multicall3 `aggregate3` request.
     #[serde(default = "default_batch_size")]
     pub multicall_batch_size: usize,
@@ -110,9 +114,6 @@ pub struct ChainConfig {
 
 fn default_confirmations() -> u64 {
     12
-}
-fn default_multicall() -> String {
-    format!("{MULTICALL3:#x}")
 }
 fn default_batch_size() -> usize {
     1000
@@ -256,7 +257,7 @@ impl DomainConfig {
         self.points.validate()?;
         for (i, g) in self.ingest.iter().enumerate() {
             let key = format!("ingest[{i}]");
-            g.validate(&key)?;
+            g.validate(&key, self.family(g.chain_id))?;
             if !self.chains.iter().any(|c| c.chain_id == g.chain_id) {
                 return Err(format!(
                     "{key}.chain_id: chain {} is not configured",
@@ -287,7 +288,13 @@ impl DomainConfig {
             if t.symbol.trim().is_empty() {
                 return Err(format!("{key}.symbol: must not be empty"));
             }
-            let token = t.key().map_err(|e| format!("{key}.address: {e}"))?;
+            let family = self.family(t.chain_id);
+            let token = match t.address.as_deref() {
+                None => TokenKey::Native,
+                Some(a) => {
+                    TokenKey::parse_for(family, a).map_err(|e| format!("{key}.address: {e}"))?
+                }
+            };
             match (token, t.asset_class) {
                 (TokenKey::Native, AssetClass::Native) => {}
                 (TokenKey::Native, other) => {
@@ -335,6 +342,11 @@ impl DomainConfig {
     pub fn chain(&self, chain_id: u64) -> Option<&ChainConfig> {
         self.chains.iter().find(|c| c.chain_id == chain_id)
     }
+
+    /// The family of a configured chain (EVM for a chain that is not configured).
+    pub fn family(&self, chain_id: u64) -> ChainFamily {
+        self.chain(chain_id).map_or(ChainFamily::Evm, |c| c.family)
+    }
 }
 
 impl ChainConfig {
@@ -348,8 +360,13 @@ impl ChainConfig {
         for (j, u) in self.rpc_urls.iter().enumerate() {
             parse_rpc_url(u).map_err(|e| format!("{key}.rpc_urls[{j}]: {e}"))?;
         }
-        parse_address(&self.multicall_address)
+        self.multicall()
             .map_err(|e| format!("{key}.multicall_address: {e}"))?;
+        if self.family == ChainFamily::Tron && self.balance_lag_blocks != 0 {
+            return Err(format!(
+                "{key}.balance_lag_blocks: TRON nodes serve state only at the latest block; must be 0"
+            ));
+        }
         if !(1..=10_000).contains(&self.multicall_batch_size) {
             return Err(format!(
                 "{key}.multicall_batch_size: must be in 1..=10000, got {}",
@@ -400,16 +417,21 @@ impl ChainConfig {
         Ok(())
     }
 
-    /// The Multicall3 address; `Err` only for a config that did not pass validation.
-    pub fn multicall(&self) -> Result<Address, String> {
-        parse_address(&self.multicall_address)
+    /// The Multicall3 address: the configured one, else on EVM chains the canonical one, on
+    /// TRON none. `Err` only for a config that did not pass validation.
+    pub fn multicall(&self) -> Result<Option<Address>, String> {
+        match (&self.multicall_address, self.family) {
+            (Some(a), family) => family.parse_address(a).map(Some),
+            (None, ChainFamily::Evm) => Ok(Some(MULTICALL3)),
+            (None, ChainFamily::Tron) => Ok(None),
+        }
     }
 }
 
 impl TrackingConfig {
     fn validate(&self) -> Result<(), String> {
         for (i, a) in self.addresses.iter().enumerate() {
-            parse_address(a).map_err(|e| format!("tracking.addresses[{i}]: {e}"))?;
+            parse_address_any(a).map_err(|e| format!("tracking.addresses[{i}]: {e}"))?;
         }
         if let Some(q) = &self.query {
             check_query(q).map_err(|e| format!("tracking.query: {e}"))?;
@@ -641,14 +663,16 @@ fn default_poll() -> Duration {
 }
 
 impl IngestConfig {
-    pub fn validate(&self, key: &str) -> Result<(), String> {
+    pub fn validate(&self, key: &str, family: ChainFamily) -> Result<(), String> {
         if self.contracts.is_empty() {
             return Err(format!(
                 "{key}.contracts: at least one contract is required"
             ));
         }
         for (i, c) in self.contracts.iter().enumerate() {
-            parse_address(&c.address).map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
+            family
+                .parse_address(&c.address)
+                .map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
             for (j, e) in c.events.iter().enumerate() {
                 crate::ingest::decode::CustomEvent::parse(e)
                     .map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
@@ -709,7 +733,7 @@ mod tests {
         let c = base();
         c.validate().unwrap();
         let chain = c.chain(31337).unwrap();
-        assert_eq!(chain.multicall().unwrap(), MULTICALL3);
+        assert_eq!(chain.multicall().unwrap(), Some(MULTICALL3));
         assert_eq!(chain.multicall_batch_size, 1000);
         assert!(c.tracking.use_table);
         assert!(!c.reconcile.auto_repair);
@@ -815,6 +839,69 @@ mod tests {
         for (err, key) in cases {
             assert!(err.starts_with(key), "{err:?} does not start with {key:?}");
         }
+    }
+
+    #[test]
+    fn tron_chains_take_tron_addresses() {
+        let mut v = base_json();
+        v["chains"].as_array_mut().unwrap().push(serde_json::json!(
+            {"chain_id": 728126428, "name": "tron", "family": "tron",
+             "rpc_urls": ["http://127.0.0.1:8545/jsonrpc"]}));
+        v["tokens"].as_array_mut().unwrap().extend([
+            serde_json::json!({"chain_id": 728126428, "symbol": "TRX", "decimals": 6,
+                               "asset_class": "native"}),
+            serde_json::json!({"chain_id": 728126428, "symbol": "USDT", "decimals": 6,
+                               "asset_class": "major",
+                               "address": "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"}),
+        ]);
+        v["tracking"]["addresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                "41a614f803b6fd780986a42c78ec9c7f77e6ded13c"
+            ));
+        let c: DomainConfig = serde_json::from_value(v.clone()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.family(728126428), ChainFamily::Tron);
+        assert_eq!(c.family(31337), ChainFamily::Evm);
+        assert_eq!(c.chain(728126428).unwrap().multicall().unwrap(), None);
+        assert_eq!(
+            c.tokens[3].key().unwrap().text(),
+            "0xa614f803b6fd780986a42c78ec9c7f77e6ded13c"
+        );
+        // A mistyped base58 address names its key and says the checksum is wrong.
+        let mut bad = v.clone();
+        bad["tokens"][3]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6u");
+        let e = serde_json::from_value::<DomainConfig>(bad)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.starts_with("tokens[3].address") && e.contains("checksum"),
+            "{e}"
+        );
+        // A base58 address on an EVM chain is refused with the reason.
+        let mut evm = v.clone();
+        evm["tokens"][1]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t");
+        let e = serde_json::from_value::<DomainConfig>(evm)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.starts_with("tokens[1].address") && e.contains("tron"),
+            "{e}"
+        );
+        let mut lag = v.clone();
+        lag["chains"][1]["balance_lag_blocks"] = serde_json::json!(3);
+        let e = serde_json::from_value::<DomainConfig>(lag)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.starts_with("chains[1].balance_lag_blocks"), "{e}");
+        let mut fam = v;
+        fam["chains"][1]["family"] = serde_json::json!("solana");
+        let e = serde_json::from_value::<DomainConfig>(fam).unwrap_err();
+        assert!(e.to_string().contains("solana"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::{
     JobError,
-    ids::{address_text, hash_text, parse_address, parse_hash},
+    ids::{address_text, hash_text, parse_address, parse_address_any, parse_hash},
     settings::DomainConfig,
 };
 
@@ -29,7 +29,7 @@ pub async fn track_address(
     address: &str,
     label: Option<&str>,
 ) -> Result<bool, TrackingError> {
-    let a = parse_address(address).map_err(TrackingError::Invalid)?;
+    let a = parse_address_any(address).map_err(TrackingError::Invalid)?;
     let r = sqlx::query(
         "INSERT INTO chainsync.tracked_addresses (address, label, source) VALUES ($1, $2, 'api') \
          ON CONFLICT (address) DO NOTHING",
@@ -43,7 +43,7 @@ pub async fn track_address(
 
 /// Removes an address; `Ok(false)` when it was not tracked. Stored balances are kept.
 pub async fn untrack_address(db: &PgPool, address: &str) -> Result<bool, TrackingError> {
-    let a = parse_address(address).map_err(TrackingError::Invalid)?;
+    let a = parse_address_any(address).map_err(TrackingError::Invalid)?;
     let r = sqlx::query("DELETE FROM chainsync.tracked_addresses WHERE address = $1")
         .bind(address_text(&a))
         .execute(db)
@@ -76,7 +76,7 @@ pub async fn import_addresses(db: &PgPool, text: &str) -> Result<ImportReport, T
             .next()
             .unwrap_or_default()
             .trim_matches('"');
-        match parse_address(field) {
+        match parse_address_any(field) {
             Ok(a) => {
                 set.insert(address_text(&a));
             }
@@ -113,7 +113,7 @@ pub async fn track_tx(
     let mut list = BTreeSet::new();
     for a in addresses {
         list.insert(address_text(
-            &parse_address(a).map_err(TrackingError::Invalid)?,
+            &parse_address_any(a).map_err(TrackingError::Invalid)?,
         ));
     }
     let list: Vec<String> = list.into_iter().collect();
@@ -204,7 +204,7 @@ pub async fn tracked_addresses(
     let mut set = BTreeSet::new();
     for (i, a) in t.addresses.iter().enumerate() {
         set.insert(
-            parse_address(a)
+            parse_address_any(a)
                 .map_err(|e| JobError::Fatal(format!("tracking.addresses[{i}]: {e}")))?,
         );
     }
@@ -237,7 +237,7 @@ pub async fn tracked_addresses(
         for row in rows {
             let v: Result<Option<String>, _> = row.try_get(0);
             match v {
-                Ok(Some(s)) => match parse_address(&s) {
+                Ok(Some(s)) => match parse_address_any(&s) {
                     Ok(a) => {
                         set.insert(a);
                     }

@@ -1,6 +1,9 @@
 //! `GET /v1/balances/{chain}/{address}?token=&realtime=`: Redis first, then Postgres (filling the
 //! cache), or the chain itself with `realtime=true` (stored in both). Redis being away is never an
 //! error: the answer comes from Postgres.
+//!
+//! Addresses are taken in the chain's forms (on TRON chains base58check `T…` and `41…` hex too)
+//! and shown in the chain's form (base58check on TRON chains).
 
 use axum::{
     Json,
@@ -9,7 +12,7 @@ use axum::{
 };
 use chainsync_jobs::{
     balance_sync::sync_holder,
-    ids::{TokenKey, address_text, parse_address},
+    ids::{ChainFamily, TokenKey, address_text},
     store::cache_key,
 };
 use chrono::{DateTime, Utc};
@@ -46,11 +49,18 @@ pub struct BalanceOut {
     source: &'static str,
 }
 
-fn out(chain_id: u64, address: &str, token: &str, c: Cached, source: &'static str) -> BalanceOut {
+fn out(
+    family: ChainFamily,
+    chain_id: u64,
+    address: &str,
+    token: &str,
+    c: Cached,
+    source: &'static str,
+) -> BalanceOut {
     BalanceOut {
         chain_id,
-        address: address.to_string(),
-        token: token.to_string(),
+        address: family.show_stored(address),
+        token: family.show_stored(token),
         sync_lag_seconds: age_secs(c.updated_at),
         amount: c.amount,
         block_number: c.block_number,
@@ -90,10 +100,15 @@ pub async fn get_balance(
             format!("chain {chain_id} is not configured"),
         ));
     }
-    let address = address_text(&parse_address(&address).map_err(|e| ApiError::bad("address", e))?);
+    let family = s.app.config.domain.family(chain_id);
+    let address = address_text(
+        &family
+            .parse_address(&address)
+            .map_err(|e| ApiError::bad("address", e))?,
+    );
     let token = match q.token.as_deref() {
         None => None,
-        Some(t) => Some(resolve_token(&s, chain_id, t)?),
+        Some(t) => Some(resolve_token(&s, chain_id, family, t)?),
     };
     i64::try_from(chain_id).map_err(|_| ApiError::bad("chain", "too large"))?;
 
@@ -110,7 +125,7 @@ pub async fn get_balance(
         && let Some(c) = cache_get(&s, chain_id, t, &address).await
     {
         metrics::counter!("chainsync_cache_requests_total", "result" => "hit").increment(1);
-        return Ok(Json(json!(out(chain_id, &address, t, c, "cache"))));
+        return Ok(Json(json!(out(family, chain_id, &address, t, c, "cache"))));
     }
     let rows =
         chainsync_jobs::store::holder_balances(s.app.pool(), chain_id, &address, token.as_deref())
@@ -130,21 +145,30 @@ pub async fn get_balance(
         if !q.realtime {
             cache_put(&s, chain_id, &t, &address, &c).await;
         }
-        list.push(out(chain_id, &address, &t, c, source));
+        list.push(out(family, chain_id, &address, &t, c, source));
     }
     match (token, list.len()) {
         (Some(t), 0) => Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
-            format!("no stored balance of {t} for {address} on chain {chain_id}"),
+            format!(
+                "no stored balance of {} for {} on chain {chain_id}",
+                family.show_stored(&t),
+                family.show_stored(&address)
+            ),
         )),
         (Some(_), _) => Ok(Json(json!(list.remove(0)))),
         (None, _) => Ok(Json(
-            json!({"chain_id": chain_id, "address": address, "balances": list}),
+            json!({"chain_id": chain_id, "address": family.show_stored(&address), "balances": list}),
         )),
     }
 }
 
-fn resolve_token(s: &HttpState, chain_id: u64, t: &str) -> Result<String, ApiError> {
+fn resolve_token(
+    s: &HttpState,
+    chain_id: u64,
+    family: ChainFamily,
+    t: &str,
+) -> Result<String, ApiError> {
     if let Some(cfg) = s
         .app
         .config
@@ -158,7 +182,7 @@ fn resolve_token(s: &HttpState, chain_id: u64, t: &str) -> Result<String, ApiErr
             .map(|k| k.text())
             .map_err(|e| ApiError::bad("token", e));
     }
-    TokenKey::parse(t)
+    TokenKey::parse_for(family, t)
         .map(|k| k.text())
         .map_err(|e| ApiError::bad("token", e))
 }

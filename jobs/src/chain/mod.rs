@@ -6,19 +6,26 @@
 //! on top retries rate-limited requests inside the job attempt (each retry passes the budget
 //! again). What is still failing after that is classified once, in [`error::classify`], into
 //! Retry / Snooze / Fatal.
+//!
+//! The chain's family decides what a read can be pinned to ([`StateAccess`]): an EVM node serves
+//! state at any block (reads go to the pinned block's hash), a TRON node only at `latest` (reads
+//! go to `latest`, bracketed by the head, see `balance_sync::read_consistent`). The differences of
+//! the wire format live in [`tron`]; nothing outside this module asks for the family.
 
 pub mod budget;
 pub mod error;
 pub mod fallback;
 pub mod multicall;
+pub mod tron;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use alloy::{
-    eips::BlockNumberOrTag,
-    primitives::{Address, B256},
+    eips::{BlockId, BlockNumberOrTag},
+    primitives::{Address, B256, Bytes},
     providers::{Provider, RootProvider},
     rpc::client::ClientBuilder,
+    rpc::types::{TransactionInput, TransactionRequest},
     transports::{
         BoxTransport, TransportError,
         http::{Http, reqwest},
@@ -27,7 +34,7 @@ use alloy::{
 };
 use tower::Layer;
 
-use crate::{JobError, settings::ChainConfig, settings::DomainConfig};
+use crate::{JobError, ids::ChainFamily, settings::ChainConfig, settings::DomainConfig};
 pub use error::classify;
 use fallback::{Endpoint, FallbackTransport};
 
@@ -60,11 +67,21 @@ impl PinnedBlock {
     }
 }
 
+/// What state a chain's node serves to calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateAccess {
+    /// State at any (recent) block: every read of a run is pinned to one block.
+    AnyBlock,
+    /// Only the latest state (TRON): a read is placed at the head it was taken at.
+    LatestOnly,
+}
+
 /// One chain's provider and settings.
 pub struct ChainClient {
     pub config: ChainConfig,
     pub provider: RootProvider,
-    pub multicall: Address,
+    /// Multicall3 for batched reads; `None`: JSON-RPC batches (TRON without a configured one).
+    pub multicall: Option<Address>,
     /// The budget of each endpoint, in `rpc_urls` order; empty when `rpc_budget` is 0.
     pub budgets: Vec<Arc<budget::EndpointBudget>>,
 }
@@ -154,6 +171,50 @@ impl ChainClient {
         self.config.chain_id
     }
 
+    pub fn family(&self) -> ChainFamily {
+        self.config.family
+    }
+
+    /// What state the node serves.
+    pub fn state_access(&self) -> StateAccess {
+        match self.config.family {
+            ChainFamily::Evm => StateAccess::AnyBlock,
+            ChainFamily::Tron => StateAccess::LatestOnly,
+        }
+    }
+
+    /// `eth_call` of `input` on `to` at `block`: pinned to the block's hash on EVM chains; at
+    /// `latest` on TRON, the only state it serves (the caller places the read, see
+    /// [`StateAccess`]).
+    pub async fn eth_call(
+        &self,
+        to: Address,
+        input: Bytes,
+        block: &PinnedBlock,
+    ) -> Result<Bytes, TransportError> {
+        match self.config.family {
+            ChainFamily::Evm => {
+                let tx = TransactionRequest::default()
+                    .to(to)
+                    .input(TransactionInput::new(input));
+                self.provider
+                    .call(tx)
+                    .block(BlockId::from(block.hash))
+                    .await
+            }
+            ChainFamily::Tron => tron::call_latest(&self.provider, to, input).await,
+        }
+    }
+
+    /// The block parameter of a raw call at `block`: its hash (EIP-1898) on EVM chains,
+    /// `latest` on TRON.
+    pub fn call_params(&self, block: &PinnedBlock) -> serde_json::Value {
+        match self.config.family {
+            ChainFamily::Evm => serde_json::json!({ "blockHash": block.hash }),
+            ChainFamily::Tron => serde_json::json!("latest"),
+        }
+    }
+
     /// Converts an RPC error of this chain into a job result.
     pub fn rpc_error(&self, what: &str, e: &TransportError) -> JobError {
         error::classify_for(&self.config.name, self.config.chain_id, what, e)
@@ -169,6 +230,11 @@ impl ChainClient {
 
     /// The block at `number`, or `None` when the node does not have it (yet).
     pub async fn block_at(&self, number: u64) -> Result<Option<PinnedBlock>, JobError> {
+        if self.config.family == ChainFamily::Tron {
+            return tron::block(&self.provider, BlockNumberOrTag::Number(number))
+                .await
+                .map_err(|e| self.rpc_error("eth_getBlockByNumber", &e));
+        }
         let block = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
@@ -181,8 +247,20 @@ impl ChainClient {
         }))
     }
 
-    /// The block balance reads are pinned to: `head - balance_lag_blocks`.
+    /// The block balance reads are pinned to: `head - balance_lag_blocks`. On TRON the latest
+    /// block (the one state it serves).
     pub async fn pin_block(&self) -> Result<PinnedBlock, JobError> {
+        if self.config.family == ChainFamily::Tron {
+            return tron::block(&self.provider, BlockNumberOrTag::Latest)
+                .await
+                .map_err(|e| self.rpc_error("eth_getBlockByNumber", &e))?
+                .ok_or_else(|| {
+                    JobError::Retry(format!(
+                        "chain {}: the node returned no latest block",
+                        self.chain_id()
+                    ))
+                });
+        }
         let head = self.head().await?;
         let number = head.saturating_sub(self.config.balance_lag_blocks);
         self.block_at(number).await?.ok_or_else(|| {

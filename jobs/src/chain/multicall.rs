@@ -6,12 +6,13 @@
 //!
 //! A batch the node cannot execute as a whole (out of gas, a node-side limit) is split in halves
 //! and retried, down to single calls.
+//!
+//! A chain without a Multicall3 (a TRON chain that names none) gets the same reads as one
+//! JSON-RPC batch request of `eth_call`s (`balanceOf`) and `eth_getBalance`s, each failing alone.
 
 use alloy::providers::Provider;
 use alloy::{
-    eips::BlockId,
     primitives::{Address, Bytes, U256},
-    rpc::types::{TransactionInput, TransactionRequest},
     sol,
     sol_types::{SolCall, decode_revert_reason},
     transports::RpcError,
@@ -125,18 +126,12 @@ pub fn read_balances<'a>(
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let calls: Vec<IMulticall3::Call3> =
-            queries.iter().map(|q| encode(chain.multicall, q)).collect();
+        let Some(multicall) = chain.multicall else {
+            return read_balances_batched(chain, queries, block).await;
+        };
+        let calls: Vec<IMulticall3::Call3> = queries.iter().map(|q| encode(multicall, q)).collect();
         let input = IMulticall3::aggregate3Call { calls }.abi_encode();
-        let tx = TransactionRequest::default()
-            .to(chain.multicall)
-            .input(TransactionInput::new(input.into()));
-        let out = match chain
-            .provider
-            .call(tx)
-            .block(BlockId::from(block.hash))
-            .await
-        {
+        let out = match chain.eth_call(multicall, input.into(), block).await {
             Ok(out) => out,
             Err(e) if queries.len() > 1 && batch_too_big(&e) => {
                 let mid = queries.len() / 2;
@@ -159,9 +154,9 @@ pub fn read_balances<'a>(
         };
         if out.is_empty() {
             return Err(JobError::Fatal(format!(
-                "chain {}: no Multicall3 contract at {:#x} (block {}); deploy it or set multicall_address",
+                "chain {}: no Multicall3 contract at {} (block {}); deploy it or set multicall_address",
                 chain.chain_id(),
-                chain.multicall,
+                chain.family().show_address(&multicall),
                 block.number
             )));
         }
@@ -194,25 +189,23 @@ pub async fn read_balances_timed(
     queries: &[BalanceQuery],
     block: &PinnedBlock,
 ) -> Result<(PinnedBlock, Vec<BalanceRead>), JobError> {
+    let Some(multicall) = chain.multicall else {
+        return Err(JobError::Fatal(format!(
+            "chain {}: block-timed reads need a Multicall3 (multicall_address)",
+            chain.chain_id()
+        )));
+    };
     let mut calls = Vec::with_capacity(queries.len() + 1);
     calls.push(IMulticall3::Call3 {
-        target: chain.multicall,
+        target: multicall,
         allowFailure: false,
         callData: IMulticall3::getCurrentBlockTimestampCall {}
             .abi_encode()
             .into(),
     });
-    calls.extend(queries.iter().map(|q| encode(chain.multicall, q)));
+    calls.extend(queries.iter().map(|q| encode(multicall, q)));
     let input = IMulticall3::aggregate3Call { calls }.abi_encode();
-    let tx = TransactionRequest::default()
-        .to(chain.multicall)
-        .input(TransactionInput::new(input.into()));
-    let out = match chain
-        .provider
-        .call(tx)
-        .block(BlockId::from(block.hash))
-        .await
-    {
+    let out = match chain.eth_call(multicall, input.into(), block).await {
         Ok(out) => out,
         Err(e) if batch_too_big(&e) => {
             let Some(b) = chain.block_at(block.number).await? else {
@@ -236,9 +229,9 @@ pub async fn read_balances_timed(
     };
     if out.is_empty() {
         return Err(JobError::Fatal(format!(
-            "chain {}: no Multicall3 contract at {:#x} (block {}); deploy it or set multicall_address",
+            "chain {}: no Multicall3 contract at {} (block {}); deploy it or set multicall_address",
             chain.chain_id(),
-            chain.multicall,
+            chain.family().show_address(&multicall),
             block.number
         )));
     }
@@ -267,6 +260,79 @@ pub async fn read_balances_timed(
         ..*block
     };
     Ok((pinned, results[1..].iter().map(decode_one).collect()))
+}
+
+/// The reads of [`read_balances`] without a Multicall3: one JSON-RPC batch request, a
+/// `balanceOf` `eth_call` per token query and an `eth_getBalance` per native one, at `block` as
+/// [`ChainClient::eth_call`] places it. An error answer to one call (a revert) fails that call;
+/// a failure of the request itself fails the whole read.
+async fn read_balances_batched(
+    chain: &ChainClient,
+    queries: &[BalanceQuery],
+    block: &PinnedBlock,
+) -> Result<Vec<BalanceRead>, JobError> {
+    use std::future::Future;
+    use std::pin::Pin;
+    type One = Pin<Box<dyn Future<Output = Result<BalanceRead, JobError>> + Send>>;
+    let mut batch = alloy::rpc::client::BatchRequest::new(chain.provider.client());
+    let params = chain.call_params(block);
+    let mut waiters: Vec<One> = Vec::with_capacity(queries.len());
+    for q in queries {
+        let what = match q.token {
+            TokenKey::Native => "eth_getBalance",
+            TokenKey::Contract(_) => "eth_call balanceOf",
+        };
+        let label = (chain.config.name.clone(), chain.chain_id(), what);
+        let classify =
+            move |e: alloy::transports::TransportError| -> Result<BalanceRead, JobError> {
+                match e {
+                    RpcError::ErrorResp(p) if p.code != -32005 && p.code != 429 => {
+                        Ok(Err(format!("reverted: {}", p.message)))
+                    }
+                    e => Err(super::error::classify_for(&label.0, label.1, label.2, &e)),
+                }
+            };
+        let w: One = match q.token {
+            TokenKey::Native => {
+                let w = batch
+                    .add_call::<_, U256>("eth_getBalance", &(q.holder, params.clone()))
+                    .map_err(|e| chain.rpc_error("eth_getBalance", &e))?;
+                Box::pin(async move { w.await.map(Ok).or_else(classify) })
+            }
+            TokenKey::Contract(token) => {
+                let data: Bytes = IERC20::balanceOfCall { owner: q.holder }
+                    .abi_encode()
+                    .into();
+                let w = batch
+                    .add_call::<_, Bytes>(
+                        "eth_call",
+                        &(super::tron::CallArgs { to: token, data }, params.clone()),
+                    )
+                    .map_err(|e| chain.rpc_error("eth_call", &e))?;
+                Box::pin(async move {
+                    w.await
+                        .map(|out| match out.len() {
+                            0 => {
+                                Err("empty return data (no contract at the token address?)".into())
+                            }
+                            n if n >= 32 => Ok(U256::from_be_slice(&out[..32])),
+                            n => Err(format!("return data of {n} bytes is not a uint256")),
+                        })
+                        .or_else(classify)
+                })
+            }
+        };
+        waiters.push(w);
+    }
+    batch
+        .send()
+        .await
+        .map_err(|e| chain.rpc_error("batched balance reads", &e))?;
+    let mut out = Vec::with_capacity(waiters.len());
+    for w in waiters {
+        out.push(w.await?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

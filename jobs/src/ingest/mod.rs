@@ -8,9 +8,11 @@
 //! amounts come from the logs' deltas, checked per range against two `balanceOf` reads (before
 //! the range and at its end, batched through Multicall3); a holder whose deltas do not explain
 //! its reads is read at each block that touched it instead (see [`record_touched`]). The end read
-//! goes to `balances`.
+//! goes to `balances`. On a chain that serves no historical state (TRON), no read can be pinned
+//! to those blocks: the history comes from the transfer amounts alone ([`deltas`]).
 
 pub mod decode;
+pub mod deltas;
 pub mod range;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +32,7 @@ use crate::{
     JobError, Services,
     balance_sync::read_many,
     chain::{
-        ChainClient, PinnedBlock,
+        ChainClient, PinnedBlock, StateAccess,
         multicall::{BalanceQuery, read_balances_timed},
     },
     ids::{TokenKey, address_text, hash_text, parse_address},
@@ -166,7 +168,7 @@ pub async fn ingest_pass(
     let addresses: Vec<Address> = cfg
         .contracts
         .iter()
-        .filter_map(|c| parse_address(&c.address).ok())
+        .filter_map(|c| chain.family().parse_address(&c.address).ok())
         .collect();
     let custom: Vec<CustomEvent> = cfg
         .contracts
@@ -277,8 +279,15 @@ pub async fn ingest_pass(
         }
         // History first: a pass that dies after it and before the checkpoint replays the range,
         // and the replay writes nothing twice.
-        let (reads, written) =
-            record_touched(services, &chain, from, &end, &touched, &touched_blocks).await?;
+        let (reads, written) = match chain.state_access() {
+            StateAccess::AnyBlock => {
+                record_touched(services, &chain, from, &end, &touched, &touched_blocks).await?
+            }
+            StateAccess::LatestOnly => {
+                let flows = deltas::collect(&logs, &tokens, tracked.as_ref());
+                deltas::record(services, &chain, &flows).await?
+            }
+        };
         report.history_reads += reads;
         report.history_rows += written;
         let stored = store(
@@ -516,7 +525,9 @@ async fn reset_orphaned_balances(
             })
         })
         .collect();
-    let reads = read_many(&chain, &queries, &block).await?;
+    // At the ancestor; where the node serves only the latest state, at the head.
+    let (block, reads) =
+        crate::balance_sync::read_consistent(&chain, &queries, Some(&block)).await?;
     let mut obs = Vec::with_capacity(queries.len());
     for (q, r) in queries.iter().zip(reads) {
         if let Ok(amount) = r {
@@ -529,7 +540,7 @@ async fn reset_orphaned_balances(
         }
     }
     sqlx::query(
-        "UPDATE chainsync.balances b SET amount = t.amount::numeric, block_number = $2,
+        "UPDATE chainsync.balances b SET amount = t.amount::numeric, block_number = $7,
              block_hash = $3, updated_at = now()
          FROM UNNEST($4::text[], $5::text[], $6::text[]) AS t(token, address, amount)
          WHERE b.chain_id = $1 AND b.token = t.token AND b.address = t.address
@@ -545,6 +556,7 @@ async fn reset_orphaned_balances(
             .collect::<Vec<_>>(),
     )
     .bind(obs.iter().map(|o| o.amount.to_string()).collect::<Vec<_>>())
+    .bind(db_block(block.number)?)
     .execute(&services.db)
     .await?;
     record_history(services, chain_id, Source::Read, &obs).await?;

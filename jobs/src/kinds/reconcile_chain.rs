@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError,
-    balance_sync::{ResolvedToken, TokenSelector, read_many, resolve_tokens},
+    balance_sync::{ResolvedToken, TokenSelector, read_consistent, resolve_tokens},
     chain::{PinnedBlock, multicall::BalanceQuery},
     ids::{TokenKey, address_text, hash_text},
     kinds::sync_balances::check_selector,
@@ -183,13 +183,20 @@ impl Job for ReconcileChain {
         };
         let tokens = resolve_tokens(&services.settings, self.chain_id, &sel)?;
         let keys: Vec<TokenKey> = tokens.iter().map(|t| t.key).collect();
-        let block = chain.pin_block().await?;
+        // Where the chain can pin reads, to one block now; where it cannot (TRON), the stored
+        // rows are compared with reads taken within one head, whose block is known only after
+        // the reads: rows stored at a newer block than that are left out below, as here.
+        let pinned = match chain.state_access() {
+            crate::chain::StateAccess::AnyBlock => Some(chain.pin_block().await?),
+            crate::chain::StateAccess::LatestOnly => None,
+        };
+        let limit = pinned.map_or(u64::MAX, |b| b.number);
 
         // Stored rows (not newer than the block) plus tracked addresses without a row.
         let mut items: BTreeMap<BalanceQuery, Option<(U256, u64)>> = BTreeMap::new();
         let mut newer = 0usize;
         for s in load_balances(&services.db, self.chain_id, &keys).await? {
-            if s.block_number > block.number {
+            if s.block_number > limit {
                 newer += 1;
                 continue;
             }
@@ -211,7 +218,14 @@ impl Job for ReconcileChain {
         }
         let items: Vec<(BalanceQuery, Option<(U256, u64)>)> = items.into_iter().collect();
         let queries: Vec<BalanceQuery> = items.iter().map(|(q, _)| *q).collect();
-        let reads = read_many(&chain, &queries, &block).await?;
+        let (block, reads) = read_consistent(&chain, &queries, pinned.as_ref()).await?;
+        // Read at the head (TRON): a row a sync stored meanwhile at a newer block is not compared.
+        let (items, reads): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .zip(reads)
+            .filter(|((_, stored), _)| stored.is_none_or(|(_, b)| b <= block.number))
+            .unzip();
+        let queries: Vec<BalanceQuery> = items.iter().map(|(q, _)| *q).collect();
         let observed: Vec<Observation> = queries
             .iter()
             .zip(&reads)

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Job, JobContext, JobError,
     balance_sync::sync_holder,
-    ids::{TokenKey, normalize_address, parse_address},
+    ids::{TokenKey, normalize_address_any, parse_address_any},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncUserBalance {
     pub chain_id: u64,
-    /// The holder, `0x` + 40 hex digits.
+    /// The holder: `0x` + 40 hex digits; on TRON chains also base58check `T…` or `41…` hex.
     pub address: String,
     /// `native`, a token address or a configured symbol; absent = every token of the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +53,7 @@ impl Job for SyncUserBalance {
     const KIND: &'static str = "sync-user-balance";
 
     fn validate(&self) -> Result<(), String> {
-        parse_address(&self.address).map_err(|e| format!("address: {e}"))?;
+        parse_address_any(&self.address).map_err(|e| format!("address: {e}"))?;
         if let Some(t) = &self.token
             && t.trim().is_empty()
         {
@@ -65,7 +65,7 @@ impl Job for SyncUserBalance {
     /// One queued job per (chain, holder, token): a burst of events collapses into one read,
     /// while an enqueue during a run gets a job of its own that reads a newer block.
     fn unique_key(&self) -> Option<String> {
-        let address = normalize_address(&self.address).ok()?;
+        let address = normalize_address_any(&self.address).ok()?;
         let token = match &self.token {
             None => "*".to_string(),
             Some(t) => TokenKey::parse(t).map_or_else(|_| t.to_ascii_lowercase(), |k| k.text()),

@@ -61,7 +61,7 @@ pub async fn closed_until(
             c.chain_id == chain_id
                 && c.contracts
                     .iter()
-                    .any(|k| crate::ids::parse_address(&k.address).is_ok_and(|x| x == *a))
+                    .any(|k| crate::ids::parse_address_any(&k.address).is_ok_and(|x| x == *a))
         }),
         TokenKey::Native => false,
     };

@@ -1491,12 +1491,13 @@ pub async fn chain(
     let mut b = format!(
         "<form method=\"get\" action=\"/admin/chain\" class=\"filters\" role=\"search\">{}\
          <button type=\"submit\">Look up</button></form>",
-        input("address", "Address", "text", given, "0x…")
+        input("address", "Address", "text", given, "0x… or T…")
     );
     if given.is_empty() {
         return super::html(StatusCode::OK, page("Chain data", Nav::Chain, Some(&v), &b));
     }
-    let address = match chainsync_jobs::ids::parse_address(given) {
+    // Any form: the lookup spans every chain, and a TRON account is the same 20 bytes.
+    let address = match chainsync_jobs::ids::parse_address_any(given) {
         Ok(a) => chainsync_jobs::ids::address_text(&a),
         Err(e) => {
             b.push_str(&message("error", &format!("address: {e}")));
@@ -1538,15 +1539,30 @@ pub async fn chain(
             .find(|c| i64::try_from(c.chain_id).ok() == Some(id))
             .map_or_else(|| id.to_string(), |c| format!("{} ({id})", c.name))
     };
+    // Addresses in each chain's own form: base58check on TRON chains.
+    let family = |chain_id: i64| domain.family(u64::try_from(chain_id).unwrap_or(0));
     let tok = |chain_id: i64, token: &str| {
+        let shown = family(chain_id).show_stored(token);
         token_of(chain_id, token).map_or_else(
-            || format!("<code>{}</code>", esc(token)),
-            |(sym, _)| format!("{} <code class=\"raw\">{}</code>", esc(&sym), esc(token)),
+            || format!("<code>{}</code>", esc(&shown)),
+            |(sym, _)| format!("{} <code class=\"raw\">{}</code>", esc(&sym), esc(&shown)),
         )
+    };
+    let tron_form = if domain
+        .chains
+        .iter()
+        .any(|c| c.family == chainsync_jobs::ids::ChainFamily::Tron)
+    {
+        format!(
+            " (<code>{}</code> on TRON chains)",
+            esc(&chainsync_jobs::ids::ChainFamily::Tron.show_stored(&address))
+        )
+    } else {
+        String::new()
     };
     let _ = write!(
         b,
-        "<p>Address <code>{}</code> — {}.</p>",
+        "<p>Address <code>{}</code>{tron_form} — {}.</p>",
         esc(&address),
         if r.tracked {
             "tracked"
