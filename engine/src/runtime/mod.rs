@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     Invalid, Registry,
-    queue::{Fetched, Queue},
+    queue::{Fetched, Listen, Queue},
 };
 pub use backend::LeasedJobs;
 use completer::{QueueWriter, ToCompleter};
@@ -176,6 +176,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let (job_tx, job_rx) = mpsc::channel::<Fetched>(settings.concurrency.max(1));
     let (done_tx, done_rx) = mpsc::unbounded_channel::<ToCompleter>();
     let aux = CancellationToken::new();
+    let aux_listen = aux.clone();
 
     let writer = QueueWriter {
         queue: queue.clone(),
@@ -200,7 +201,19 @@ async fn run<S: Clone + Send + Sync + 'static>(
         .flat_map(|q| (0..settings.fetchers).map(move |_| (q.clone(), Arc::new(Notify::new()))))
         .collect();
     let wakeups: Vec<Arc<Notify>> = loops.iter().map(|(_, w)| w.clone()).collect();
-    let listener = tokio::spawn(listen(queue.clone(), wakeups, aux.clone()));
+    let listen_pool = match queue.listen() {
+        Listen::Pool => Some(queue.pool().clone()),
+        Listen::On(pool) => Some(pool.clone()),
+        Listen::Off => {
+            info!(poll_interval = ?settings.poll_interval, "no LISTEN connection: new jobs are found by polling");
+            None
+        }
+    };
+    let listener = tokio::spawn(async move {
+        if let Some(pool) = listen_pool {
+            listen(pool, wakeups, aux_listen).await;
+        }
+    });
     let fetchers: Vec<_> = loops
         .iter()
         .map(|(q, wake)| {
@@ -274,11 +287,11 @@ async fn run<S: Clone + Send + Sync + 'static>(
     info!(worker = %owner, "worker stopped");
 }
 
-async fn listen(queue: Queue, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
+async fn listen(pool: sqlx::PgPool, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
         let listener = async {
-            let mut l = PgListener::connect_with(queue.pool()).await?;
+            let mut l = PgListener::connect_with(&pool).await?;
             l.listen("chainsync_jobs").await?;
             Ok::<_, sqlx::Error>(l)
         };

@@ -102,6 +102,13 @@ impl PgArguments {
 
     // Apply patches
     // This should only go out and ask postgres if we have not seen the type name yet
+    /// Brings the types of the argument holes into the connection's cache (queries only for
+    /// types not resolved before).
+    pub(crate) async fn resolve_hole_types(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        conn.resolve_types(&self.buffer.hole_types).await?;
+        Ok(())
+    }
+
     pub(crate) async fn apply_patches(
         &mut self,
         conn: &mut PgConnection,

@@ -20,6 +20,18 @@ use sqlx_core::sql_str::SqlStr;
 use sqlx_core::Either;
 use std::{pin::pin, sync::Arc};
 
+/// How a prepared statement's round trip ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PrepareEnd {
+    /// `Sync`: the statement is complete on its own (explicit prepares, named statements).
+    Sync,
+    /// `Flush`: an unnamed statement that the caller binds and executes next, in the same
+    /// extended-protocol sequence (one `Sync` at the end). A transaction-mode pooler (PgBouncer)
+    /// hands the server connection to another client at every `ReadyForQuery` outside a
+    /// transaction, so a `Sync` between Parse and Bind would bind on another server.
+    Flush,
+}
+
 async fn prepare(
     conn: &mut PgConnection,
     sql: &str,
@@ -27,6 +39,7 @@ async fn prepare(
     metadata: Option<Arc<PgStatementMetadata>>,
     persistent: bool,
     resolve_column_origin: bool,
+    end: PrepareEnd,
 ) -> Result<(StatementId, Arc<PgStatementMetadata>), Error> {
     let id = if persistent {
         let id = conn.inner.next_statement_id;
@@ -35,46 +48,85 @@ async fn prepare(
     } else {
         StatementId::UNNAMED
     };
+    // Only an unnamed statement can be left open for the caller's Bind.
+    let end = if persistent { PrepareEnd::Sync } else { end };
 
     // build a list of type OIDs to send to the database in the PARSE command
     // we have not yet started the query sequence, so we are *safe* to cleanly make
     // additional queries here to get any missing OIDs
     let param_types = conn.resolve_types(arg_types).await?;
 
-    // flush and wait until we are re-ready
-    conn.wait_until_ready().await?;
+    // At most twice: a Flush-ended prepare whose description names types this connection has
+    // not resolved yet ends the sequence, resolves them (queries) and parses again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
 
-    // next we send the PARSE command to the server
-    conn.inner.stream.write_msg(Parse {
-        param_types: &param_types,
-        query: sql,
-        statement: id,
-    })?;
+        // flush and wait until we are re-ready
+        conn.wait_until_ready().await?;
 
-    if metadata.is_none() {
-        // get the statement columns and parameters
-        conn.inner
-            .stream
-            .write_msg(message::Describe::Statement(id))?;
-    }
+        // next we send the PARSE command to the server
+        conn.inner.stream.write_msg(Parse {
+            param_types: &param_types,
+            query: sql,
+            statement: id,
+        })?;
 
-    // we ask for the server to immediately send us the result of the PARSE command
-    conn.write_sync();
-    conn.inner.stream.flush().await?;
+        if metadata.is_none() {
+            // get the statement columns and parameters
+            conn.inner
+                .stream
+                .write_msg(message::Describe::Statement(id))?;
+        }
 
-    // indicates that the SQL query string is now successfully parsed and has semantic validity
-    conn.inner.stream.recv_expect::<ParseComplete>().await?;
+        match end {
+            // we ask for the server to immediately send us the result of the PARSE command
+            PrepareEnd::Sync => conn.write_sync(),
+            PrepareEnd::Flush => conn.inner.stream.write_msg(message::Flush)?,
+        }
+        conn.inner.stream.flush().await?;
 
-    let metadata = if let Some(metadata) = metadata {
-        // each SYNC produces one READY FOR QUERY
-        conn.recv_ready_for_query().await?;
+        let described = recv_prepared(conn, metadata.is_none()).await;
+        let described = match (end, described) {
+            (_, Ok(d)) => d,
+            (PrepareEnd::Sync, Err(e)) => return Err(e),
+            (PrepareEnd::Flush, Err(e)) => {
+                // The server skips everything up to the next Sync after an error: end the
+                // sequence now (its ReadyForQuery is awaited before the next query).
+                conn.write_sync();
+                conn.inner.stream.flush().await?;
+                return Err(e);
+            }
+        };
 
-        // we already have metadata
-        metadata
-    } else {
-        let parameters = recv_desc_params(conn).await?;
+        let Some((parameters, row_desc)) = described else {
+            // the caller gave the metadata
+            if end == PrepareEnd::Sync {
+                conn.recv_ready_for_query().await?;
+            }
+            // `metadata` is `Some` here
+            return match metadata {
+                Some(m) => Ok((id, m)),
+                None => Err(err_protocol!("prepare: statement metadata missing")),
+            };
+        };
 
-        let row_desc = recv_desc_rows(conn).await?;
+        if end == PrepareEnd::Flush {
+            if attempt == 1 && conn.needs_type_queries(&parameters, row_desc.as_ref()) {
+                conn.write_sync();
+                conn.inner.stream.flush().await?;
+                conn.recv_ready_for_query().await?;
+                conn.resolve_statement_metadata::<true>(Some(parameters), row_desc, false)
+                    .await?;
+                conn.wait_until_ready().await?;
+                continue;
+            }
+            // No queries now: the sequence stays open for the caller's Bind/Execute/Sync.
+            let metadata = conn
+                .resolve_statement_metadata::<false>(Some(parameters), row_desc, false)
+                .await?;
+            return Ok((id, metadata));
+        }
 
         // each SYNC produces one READY FOR QUERY
         conn.recv_ready_for_query().await?;
@@ -87,10 +139,23 @@ async fn prepare(
         // continuing
         conn.wait_until_ready().await?;
 
-        metadata
-    };
+        return Ok((id, metadata));
+    }
+}
 
-    Ok((id, metadata))
+/// ParseComplete, then (when described) the parameters and the rows of the statement.
+async fn recv_prepared(
+    conn: &mut PgConnection,
+    described: bool,
+) -> Result<Option<(ParameterDescription, Option<RowDescription>)>, Error> {
+    // indicates that the SQL query string is now successfully parsed and has semantic validity
+    conn.inner.stream.recv_expect::<ParseComplete>().await?;
+    if !described {
+        return Ok(None);
+    }
+    let parameters = recv_desc_params(conn).await?;
+    let row_desc = recv_desc_rows(conn).await?;
+    Ok(Some((parameters, row_desc)))
 }
 
 async fn recv_desc_params(conn: &mut PgConnection) -> Result<ParameterDescription, Error> {
@@ -166,10 +231,15 @@ impl PgConnection {
         // a statement object
         metadata: Option<Arc<PgStatementMetadata>>,
         resolve_column_origin: bool,
+        end: PrepareEnd,
     ) -> Result<(StatementId, Arc<PgStatementMetadata>), Error> {
         if let Some(statement) = self.inner.cache_statement.get_mut(sql) {
             return Ok((*statement).clone());
         }
+
+        // Without a statement cache nothing would ever close a named statement: use the
+        // unnamed one (replaced by the next Parse), as a transaction-mode pooler requires.
+        let persistent = persistent && self.inner.cache_statement.is_enabled();
 
         let statement = prepare(
             self,
@@ -178,6 +248,7 @@ impl PgConnection {
             metadata,
             persistent,
             resolve_column_origin,
+            end,
         )
         .await?;
 
@@ -225,10 +296,21 @@ impl PgConnection {
                 )
             })?;
 
+            // Resolve the types of argument holes now: after a Flush-ended prepare no query
+            // may run before Bind (`apply_patches` then finds them cached).
+            arguments.resolve_hole_types(self).await?;
+
             // prepare the statement if this our first time executing it
             // always return the statement ID here
             let (statement, metadata_) = self
-                .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false)
+                .get_or_prepare(
+                    sql,
+                    &arguments.types,
+                    persistent,
+                    metadata_opt,
+                    false,
+                    PrepareEnd::Flush,
+                )
                 .await?;
 
             metadata = metadata_;
@@ -453,7 +535,7 @@ impl<'c> Executor<'c> for &'c mut PgConnection {
             self.wait_until_ready().await?;
 
             let (_, metadata) = self
-                .get_or_prepare(sql.as_str(), parameters, true, None, true)
+                .get_or_prepare(sql.as_str(), parameters, true, None, true, PrepareEnd::Sync)
                 .await?;
 
             Ok(PgStatement { sql, metadata })
@@ -472,7 +554,7 @@ impl<'c> Executor<'c> for &'c mut PgConnection {
             self.wait_until_ready().await?;
 
             let (stmt_id, metadata) = self
-                .get_or_prepare(sql.as_str(), &[], true, None, true)
+                .get_or_prepare(sql.as_str(), &[], true, None, true, PrepareEnd::Sync)
                 .await?;
 
             let nullable = self.get_nullable_for_columns(stmt_id, &metadata).await?;

@@ -211,6 +211,19 @@ impl PgConnection {
         }
     }
 
+    /// Whether [`Self::resolve_statement_metadata`] would run queries to know these types.
+    pub(super) fn needs_type_queries(
+        &self,
+        params: &ParameterDescription,
+        rows: Option<&RowDescription>,
+    ) -> bool {
+        params
+            .types
+            .iter()
+            .chain(rows.iter().flat_map(|r| r.fields.iter().map(|f| &f.data_type_id)))
+            .any(|oid| self.try_oid_to_type(*oid).is_none())
+    }
+
     fn try_oid_to_type(&self, oid: Oid) -> Option<PgTypeInfo> {
         PgTypeInfo::try_from_oid(oid).or_else(|| self.inner.cache_type_info.get(&oid).cloned())
     }

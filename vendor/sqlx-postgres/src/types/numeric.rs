@@ -77,6 +77,7 @@ impl PgNumericSign {
 
 impl PgNumeric {
     /// Equivalent value of `0::numeric`.
+    #[allow(dead_code)] // unused in the published crate too (shown here, outside the registry)
     pub const ZERO: Self = PgNumeric::Number {
         sign: PgNumericSign::Positive,
         digits: vec![],
