@@ -48,7 +48,8 @@ impl Daemon {
             // The config file names the database; an inherited DATABASE_URL would override it.
             .env_remove("DATABASE_URL")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            // The daemon logs (JSON) to stdout, panics go to stderr: both into the log.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
