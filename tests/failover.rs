@@ -38,9 +38,6 @@ shutdown_timeout = "5s"
 rescue_interval = "1s"
 "#;
 
-/// Every acknowledged commit is on the standby too.
-const SYNC: &[(&str, &str)] = &[("synchronous_standby_names", "'*'")];
-
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
@@ -57,9 +54,12 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// A primary (with `settings`) with database `failover`, and its streaming replica, caught up.
-async fn pair(settings: &[(&str, &str)]) -> (PrivatePg, PrivatePg) {
-    let primary = PrivatePg::start_with(settings);
+/// A primary with database `failover` and its streaming replica, caught up. `sync`: commits on
+/// the primary then wait until the standby has flushed them (`synchronous_standby_names = '*'`,
+/// with the default `synchronous_commit = on`); set once the standby streams, since a primary
+/// with no standby yet would wait forever.
+async fn pair(sync: bool) -> (PrivatePg, PrivatePg) {
+    let primary = PrivatePg::start();
     let admin = pool(&primary.url("postgres")).await;
     sqlx::query("CREATE DATABASE failover")
         .execute(&admin)
@@ -81,6 +81,18 @@ async fn pair(settings: &[(&str, &str)]) -> (PrivatePg, PrivatePg) {
         })
         .await;
     standby.close().await;
+    if sync {
+        let p = pool(&primary.url("postgres")).await;
+        sqlx::query("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            .execute(&p)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&p)
+            .await
+            .unwrap();
+        p.close().await;
+    }
     (primary, replica)
 }
 
@@ -108,7 +120,7 @@ async fn metric_sum(port: u16, name: &str) -> u64 {
 
 #[tokio::test]
 async fn primary_crash_promoted_replica_daemons_follow_and_lose_nothing() {
-    let (primary, replica) = pair(SYNC).await;
+    let (primary, replica) = pair(true).await;
     let url = both(&primary, &replica);
     let cfg = format!("database_url = \"{url}\"\n[database]\nfailover_check = \"200ms\"\n{FAST}");
     let app = App::connect(Config::from_toml(&cfg).unwrap())
@@ -253,8 +265,8 @@ async fn enqueue_acknowledged(app: &App, n: usize, patience: Duration) -> Vec<Uu
 
 #[tokio::test]
 async fn jobs_acknowledged_but_not_replicated_are_lost_unless_commits_wait_for_the_standby() {
-    for (settings, sync) in [(&[][..], false), (SYNC, true)] {
-        let (primary, replica) = pair(settings).await;
+    for sync in [false, true] {
+        let (primary, replica) = pair(sync).await;
         let cfg = format!("database_url = \"{}\"\n", primary.url("failover"));
         let app = App::connect(Config::from_toml(&cfg).unwrap())
             .await

@@ -102,6 +102,34 @@ impl WorkerSettings {
     }
 }
 
+/// The jobs a runtime holds: fetched, and their outcome not yet written. The heartbeat extends
+/// exactly these leases.
+#[derive(Clone, Default)]
+pub(crate) struct Held(Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>);
+
+impl Held {
+    fn add(&self, ids: impl Iterator<Item = Uuid>) {
+        if let Ok(mut h) = self.0.lock() {
+            h.extend(ids);
+        }
+    }
+
+    fn remove(&self, ids: impl Iterator<Item = Uuid>) {
+        if let Ok(mut h) = self.0.lock() {
+            for id in ids {
+                h.remove(&id);
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        self.0
+            .lock()
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A running worker runtime. `stop()` shuts it down gracefully.
 pub struct Runtime {
     owner: Uuid,
@@ -178,10 +206,12 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let aux = CancellationToken::new();
     let aux_listen = aux.clone();
 
+    let held = Held::default();
     let writer = QueueWriter {
         queue: queue.clone(),
         owner,
         retain: queue.retain_completed(),
+        held: held.clone(),
     };
     let completer = tokio::spawn(completer::run(
         writer,
@@ -192,6 +222,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let heartbeat = tokio::spawn(heartbeat(
         queue.clone(),
         owner,
+        held.clone(),
         settings.clone(),
         aux.clone(),
     ));
@@ -222,6 +253,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
                 name: q.clone(),
                 owner,
                 lease: settings.lease,
+                held: held.clone(),
             };
             let fetch = FetchLoop {
                 name: q.clone(),
@@ -327,7 +359,13 @@ async fn listen(pool: sqlx::PgPool, wakeups: Vec<Arc<Notify>>, stop: Cancellatio
     }
 }
 
-async fn heartbeat(queue: Queue, owner: Uuid, settings: WorkerSettings, stop: CancellationToken) {
+async fn heartbeat(
+    queue: Queue,
+    owner: Uuid,
+    held: Held,
+    settings: WorkerSettings,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(settings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -335,7 +373,7 @@ async fn heartbeat(queue: Queue, owner: Uuid, settings: WorkerSettings, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = queue.heartbeat(owner, settings.lease).await {
+        if let Err(e) = queue.heartbeat(owner, &held.ids(), settings.lease).await {
             warn!(error = %e, "lease heartbeat failed");
         }
     }
