@@ -4,16 +4,20 @@
 # in front of the server of DATABASE_URL, then REPS times, interleaved: `chainsync bench queue`
 # direct, through the pooler with LISTEN on a direct connection, and through the pooler polling
 # only (misc: single enqueue + enqueue-to-start latency; drain: CONFIGS). Prints medians.
-# Usage: scripts/bench-pooler.sh   (env: REPS=3 CONFIGS="c500-b500" POOL_SIZE=20 JOBS=100000)
+# Usage: scripts/bench-pooler.sh   (env: REPS=3 CONFIGS="c500-b500" POOL_SIZE=20 JOBS=100000 BENCH_DB=bench_pooler BIN=…)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPS="${REPS:-3}"; CONFIGS="${CONFIGS:-c500-b500}"; POOL_SIZE="${POOL_SIZE:-20}"; JOBS="${JOBS:-100000}"
+DB="${BENCH_DB:-bench_pooler}"  # scratch database, dropped and re-created by each unit
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chainsync-target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
 PGBOUNCER="${PGBOUNCER_BIN:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}"
 
-cargo build --release --quiet --features dev --manifest-path "$ROOT/Cargo.toml" --bin chainsync
-BIN="$CARGO_TARGET_DIR/release/chainsync"
+# BIN: a chainsync binary built with --features dev (default: a release build made here)
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --features dev --manifest-path "$ROOT/Cargo.toml" --bin chainsync
+  BIN="$CARGO_TARGET_DIR/release/chainsync"
+fi
 OUT="$ROOT/target/bench-pooler/$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT"
 
 # host and port of the server behind DATABASE_URL (postgres://user@host:port/db)
@@ -48,7 +52,7 @@ echo "pgbouncer $("$PGBOUNCER" --version | head -1) on port $pport, default_pool
 : > "$OUT/raw.jsonl"
 run() {  # label, args...
   local label="$1"; shift
-  res="$(timeout 300 "$BIN" bench queue --jobs "$JOBS" "$@" | grep '^RESULT ' | tail -1)" || true
+  res="$(timeout 300 "$BIN" bench queue --database "$DB" --jobs "$JOBS" "$@" | grep '^RESULT ' | tail -1)" || true
   if [ -n "$res" ]; then
     echo "${res#RESULT }" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["label"]=sys.argv[1]; print(json.dumps(d))' "$label" >> "$OUT/raw.jsonl"
     echo "   $label: ${res:0:220}" >&2

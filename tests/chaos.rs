@@ -8,6 +8,7 @@ use common::{TokenChain, db_url, pgbouncer::PgBouncer, track_holders, try_count,
 
 mod chaos {
     pub mod rpc_faults;
+    #[allow(dead_code)]
     pub mod support;
 }
 

@@ -11,6 +11,7 @@ mod common;
 use common::wait;
 
 #[path = "chaos/support.rs"]
+#[allow(dead_code)]
 mod support;
 use support::{Daemon, PrivatePg};
 

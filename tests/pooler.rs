@@ -7,6 +7,7 @@ mod common;
 use common::{db_url, pgbouncer::PgBouncer, try_count, wait};
 
 #[path = "chaos/support.rs"]
+#[allow(dead_code)]
 mod support;
 use support::Daemon;
 

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // each test file uses a part of it
 //! Real daemon processes, a private Postgres cluster, a private Redis: things the chaos tests
 //! may kill without touching the shared services.
 
