@@ -339,3 +339,52 @@ async fn jobs_acknowledged_but_not_replicated_are_lost_unless_commits_wait_for_t
         drop(app);
     }
 }
+
+#[tokio::test]
+async fn balances_are_read_from_the_replica_with_its_lag() {
+    let (primary, replica) = pair(false).await;
+    let cfg = format!(
+        "database_url = \"{}\"\n[database]\nreplica_url = \"{}\"\n[[chains]]\nchain_id = 1\nname = \"main\"\nrpc_urls = [\"http://127.0.0.1:1\"]\n",
+        primary.url("failover"),
+        replica.url("failover")
+    );
+    let app = App::connect(Config::from_toml(&cfg).unwrap())
+        .await
+        .unwrap();
+    app.migrate().await.unwrap();
+    sqlx::query(
+        "INSERT INTO chainsync.balances (chain_id, token, address, amount, block_number, block_hash)
+         VALUES (1, 'native', '0x00000000000000000000000000000000000000b1', 42, 7, '0x0')",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), "d", &cfg);
+    let url = format!(
+        "http://127.0.0.1:{}/v1/balances/1/0x00000000000000000000000000000000000000b1?token=native",
+        d.http_port
+    );
+    let v: serde_json::Value = wait("the balance from the replica", Duration::from_secs(30))
+        .every(Duration::from_millis(100))
+        .until_ok(async || {
+            let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+            let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            if v["amount"] == "42" {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        })
+        .await;
+    assert_eq!(v["source"], "replica", "{v}");
+    let lag = v["replication_lag_seconds"].as_f64().unwrap();
+    assert!(
+        (0.0..5.0).contains(&lag),
+        "a streaming replica on loopback: {v}"
+    );
+    assert!(
+        v["sync_lag_seconds"].as_i64().unwrap() >= lag.floor() as i64,
+        "{v}"
+    );
+}
