@@ -8,6 +8,8 @@
 #   - Chromium (Debian's package) and playwright-core (npm, into $CHAINSYNC_TOOLS) for the test of
 #     the admin page in a real browser
 #   - promtool (Debian's prometheus package) for `promtool check rules deploy/prometheus/alerts.yml`
+#   - PgBouncer (Debian's package; not started as a service) for the tests and benchmarks that run
+#     chainsync behind a transaction-mode pooler
 # Idempotent: a second run changes nothing and prints what it found.
 set -euo pipefail
 
@@ -49,6 +51,7 @@ command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || packages+=(pgbouncer)
 if [ "${#packages[@]}" -gt 0 ]; then
     apt_install "${packages[@]}"
 fi

@@ -24,6 +24,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/test";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub database_url: String,
+    /// `[database]`: pooler, direct URL, migrations at start-up, read replica, failover check.
+    #[serde(default)]
+    pub database: crate::db::DatabaseSettings,
     /// Optional Redis: balance cache and shared RPC rate limit.
     #[serde(default)]
     pub redis_url: Option<String>,
@@ -59,6 +62,7 @@ fn default_pool_size() -> u32 {
 /// Keys of the engine part; the domain part's keys come from `DomainConfig` itself.
 const ENGINE_KEYS: &[&str] = &[
     "database_url",
+    "database",
     "redis_url",
     "pool_size",
     "worker",
@@ -164,14 +168,9 @@ impl Config {
 
     /// Checks everything that does not need a connection.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
-        {
-            return Err(ConfigError::at(
-                "database_url",
-                "must start with postgres://",
-            ));
-        }
+        self.database
+            .validate(&self.database_url)
+            .map_err(ConfigError::new)?;
         if self.pool_size < 2 {
             return Err(ConfigError::at("pool_size", "must be at least 2"));
         }

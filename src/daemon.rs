@@ -12,7 +12,18 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     // The recorder first: metrics registered before it is installed would be lost.
     let metrics = crate::http::metrics_handle();
     chainsync_engine::metrics::describe(&app.queue.kinds().names());
-    app.migrate().await?;
+    app.check_database().await?;
+    app.prepare_schema().await?;
+    let stop = CancellationToken::new();
+    let follower_db = app.follow_primary(stop.clone());
+    let listen = app.listen_source(&stop).await?;
+    if matches!(listen, chainsync_engine::queue::Listen::Off) {
+        tracing::warn!(
+            poll_interval = ?app.config.worker.poll_interval,
+            "behind a transaction-mode pooler without database.direct_url: no LISTEN; new \
+             jobs wait for the next poll"
+        );
+    }
     let services = app.services().await?;
     let domain = Domain::new(services.clone());
     domain.describe_metrics();
@@ -33,9 +44,8 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "start-up check failed"),
     }
-    let stop = CancellationToken::new();
     let runtime = Runtime::start(
-        app.queue.clone(),
+        app.queue.clone().listening(listen),
         app.registry.clone(),
         services.clone(),
         app.config.worker.clone(),
@@ -93,6 +103,9 @@ pub async fn run(app: App) -> anyhow::Result<()> {
     }
     if let Some(h) = http {
         let _ = h.await;
+    }
+    if let Some(f) = follower_db {
+        let _ = f.await;
     }
     Ok(())
 }

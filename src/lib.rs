@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod db;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod health;

@@ -4,10 +4,11 @@
 //! load instead of the default 50,000.
 
 mod common;
-use common::{TokenChain, db_url, track_holders, try_count, wait};
+use common::{TokenChain, db_url, pgbouncer::PgBouncer, track_holders, try_count, wait};
 
 mod chaos {
     pub mod rpc_faults;
+    #[allow(dead_code)]
     pub mod support;
 }
 
@@ -74,6 +75,17 @@ async fn rpc_faults_snooze_retry_dead_letter_then_replay(pool: PgPool) {
 
 #[tokio::test]
 async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
+    restart_and_kill(20_000, false).await;
+}
+
+/// The same through PgBouncer in transaction mode: the daemons' pools go through the pooler,
+/// their migrations and LISTEN connections straight to Postgres.
+#[tokio::test]
+async fn through_pgbouncer_postgres_restart_and_a_killed_daemon_lose_nothing() {
+    restart_and_kill(10_000, true).await;
+}
+
+async fn restart_and_kill(n: usize, pooler: bool) {
     let pg = PrivatePg::start();
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -86,10 +98,16 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
         .unwrap();
     admin.close().await;
     let url = pg.url("chaos");
-    let n = 20_000;
     enqueue_noops(&url, n).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!("database_url = \"{url}\"\n{FAST}");
+    let pgb = pooler.then(|| PgBouncer::start(pg.port, 6));
+    let cfg = match &pgb {
+        None => format!("database_url = \"{url}\"\n{FAST}"),
+        Some(b) => format!(
+            "database_url = \"{}\"\n[database]\npooler = \"transaction\"\ndirect_url = \"{url}\"\n{FAST}",
+            b.url("chaos")
+        ),
+    };
     let mut a = Daemon::start(dir.path(), "a", &cfg);
     let mut b = Daemon::start(dir.path(), "b", &cfg);
     let pool = PgPoolOptions::new()
@@ -98,7 +116,7 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
         .await
         .unwrap();
     let done = "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'";
-    wait_until(&pool, done, 3000, Duration::from_secs(60)).await;
+    wait_until(&pool, done, n as i64 * 3 / 20, Duration::from_secs(60)).await;
 
     // The database goes away for a few seconds; the API says 503 meanwhile, not a crash.
     pg.down();
@@ -115,7 +133,7 @@ async fn postgres_restart_and_a_killed_daemon_lose_nothing() {
     pg.up();
 
     // One daemon is killed outright mid-drain; its leased jobs are rescued by the other.
-    wait_until(&pool, done, 10_000, Duration::from_secs(120)).await;
+    wait_until(&pool, done, n as i64 / 2, Duration::from_secs(120)).await;
     b.kill9();
     wait_until(&pool, done, n as i64, Duration::from_secs(180)).await;
     a.stop();

@@ -5,13 +5,14 @@
 //! cancellation, rescue after SIGKILL. One database per test (`#[sqlx::test]`).
 
 mod common;
-use common::{count, db_url, own_pool, wait, wait_count};
+use common::{count, db_url, own_pool, pgbouncer::PgBouncer, wait, wait_count};
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chainsync::{
-    queue::{Completion, DlqFilter, Outcome, Policies, Queue, QueueError},
+    db::Pooler,
+    queue::{Completion, DlqFilter, Listen, Outcome, Policies, Queue, QueueError},
     runtime::{Runtime, WorkerSettings},
 };
 use chainsync_engine::Registry;
@@ -740,5 +741,143 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     assert_eq!(
         count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await,
         0
+    );
+}
+
+// ---- Through a transaction-mode pooler ----------------------------------------------------
+
+/// A pool on the test's database through a private PgBouncer in `pool_mode = transaction`
+/// with `servers` server connections, connected as `database.pooler = "transaction"` connects.
+async fn through_pgbouncer(pool: &PgPool, servers: u32, clients: u32) -> (PgBouncer, PgPool) {
+    let o = pool.connect_options();
+    let pgb = PgBouncer::start(o.get_port(), servers);
+    let url = pgb.url(o.get_database().unwrap());
+    let opts = chainsync::db::pool_options(url.parse().unwrap(), Pooler::Transaction);
+    let pooled = PgPoolOptions::new()
+        .max_connections(clients)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    (pgb, pooled)
+}
+
+fn queue_on(pool: PgPool) -> Queue {
+    let reg = registry();
+    Queue::new(
+        pool,
+        reg.kinds().clone(),
+        Arc::new(Policies::from_kinds(reg.kinds())),
+    )
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn through_pgbouncer_jobs_run_retry_dead_letter_and_replay(pool: PgPool) {
+    setup(&pool).await;
+    // More clients than server connections: every transaction may land on another server.
+    let (_pgb, pooled) = through_pgbouncer(&pool, 2, 10).await;
+    let q = queue_on(pooled.clone()).listening(Listen::Off);
+    sqlx::query("INSERT INTO test_flags VALUES ('flaky')")
+        .execute(&pooled)
+        .await
+        .unwrap();
+    let ok = q.enqueue(record("a")).await.unwrap();
+    let flaky = q.enqueue(record("flaky")).await.unwrap();
+    // An enqueue in the caller's transaction through the pooler, rolled back with it.
+    let mut tx = pooled.begin().await.unwrap();
+    q.enqueue_in(&mut tx, record("rolled-back")).await.unwrap();
+    tx.rollback().await.unwrap();
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.dead_letters",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(q.get_job(ok.id).await.unwrap().state, "completed");
+    let dl = q.get_dead(flaky.id).await.unwrap();
+    assert_eq!((dl.reason.as_str(), dl.attempt), ("exhausted", 3));
+    sqlx::query("DELETE FROM test_flags")
+        .execute(&pooled)
+        .await
+        .unwrap();
+    assert_eq!(q.replay(flaky.id).await.unwrap(), flaky.id);
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    rt.stop().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM test_runs WHERE tag = 'flaky'").await,
+        4,
+        "three attempts, then one after the replay"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM test_runs WHERE tag = 'rolled-back'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 2);
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn through_pgbouncer_two_runtimes_run_every_job_once(pool: PgPool) {
+    let direct = setup(&pool).await;
+    let (_pgb, enqueuer) = through_pgbouncer(&pool, 4, 4).await;
+    let n = 5_000;
+    let jobs: Vec<NewJob> = (0..n).map(|i| record(&format!("j{i}"))).collect();
+    for chunk in jobs.chunks(1000) {
+        queue_on(enqueuer.clone())
+            .enqueue_many(chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    let mut rts = Vec::new();
+    // Two daemons' worth of pools (16 clients) on 4 server connections; one runtime LISTENs on
+    // a direct connection of its own, the other polls.
+    for listen in [Listen::On(direct.pool().clone()), Listen::Off] {
+        let url = format!(
+            "postgres://root@127.0.0.1:{}/{}",
+            _pgb.port,
+            pool.connect_options().get_database().unwrap()
+        );
+        let opts = chainsync::db::pool_options(url.parse().unwrap(), Pooler::Transaction);
+        let own = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let qq = queue_on(own).listening(listen);
+        rts.push(Runtime::start(
+            qq.clone(),
+            registry(),
+            services(&qq),
+            WorkerSettings {
+                concurrency: 50,
+                fetch_batch: 50,
+                ..fast_settings()
+            },
+        ));
+    }
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        n,
+        Duration::from_secs(120),
+    )
+    .await;
+    for rt in rts {
+        rt.stop().await;
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM test_runs").await, n);
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT job_id) FROM test_runs").await,
+        n
     );
 }

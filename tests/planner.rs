@@ -101,7 +101,7 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
                     .bind(vec!["fatal"; 500]),
                 "prune" => q.bind(2.0f64).bind(20_000i64),
                 "rescue" => q.bind(1000i64),
-                "heartbeat" => q.bind(owner).bind(60_000i64),
+                "heartbeat" => q.bind(owner).bind(60_000i64).bind(&ids),
                 _ => q.bind(owner),
             };
             let plan = q.fetch_one(&mut *conn).await.unwrap();
@@ -209,7 +209,7 @@ async fn daemon_pools_plan_each_run_of_the_hot_statements(pool: PgPool) {
                 .await
                 .unwrap();
             assert!(got.is_empty());
-            q.heartbeat(Uuid::now_v7(), Duration::from_secs(60))
+            q.heartbeat(Uuid::now_v7(), &[Uuid::now_v7()], Duration::from_secs(60))
                 .await
                 .unwrap();
         }

@@ -201,7 +201,25 @@ async fn heartbeat_extends_its_owners_leases_and_release_gives_them_back_unused(
     let mine = q.fetch("default", 3, a, LEASE).await.unwrap();
     let theirs = q.fetch("default", 2, b, LEASE).await.unwrap();
 
-    assert_eq!(q.heartbeat(a, Duration::from_secs(600)).await.unwrap(), 3);
+    // Only the jobs held are extended: not another owner's, not one `a` no longer holds.
+    let all: Vec<Uuid> = mine.iter().chain(&theirs).map(|j| j.id).collect();
+    assert_eq!(
+        q.heartbeat(a, &all[..2], Duration::from_secs(600))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(
+        row(&pool, mine[2].id).await.lease_expires_at.unwrap() - now(&pool).await
+            <= chrono::Duration::seconds(30),
+        "a job not held is not extended"
+    );
+    assert_eq!(
+        q.heartbeat(a, &all, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        3
+    );
     let t = now(&pool).await;
     for j in &mine {
         let left = row(&pool, j.id).await.lease_expires_at.unwrap() - t;
@@ -230,7 +248,7 @@ async fn heartbeat_extends_its_owners_leases_and_release_gives_them_back_unused(
         assert_eq!(row(&pool, j.id).await.lease_owner, Some(b));
     }
     assert_eq!(q.release(a).await.unwrap(), 0);
-    assert_eq!(q.heartbeat(a, LEASE).await.unwrap(), 0);
+    assert_eq!(q.heartbeat(a, &all, LEASE).await.unwrap(), 0);
 }
 
 /// One job per outcome, fetched by `owner`; `last` runs its last attempt.

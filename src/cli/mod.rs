@@ -248,6 +248,15 @@ pub enum BenchCmd {
         /// Scratch database, dropped and re-created.
         #[arg(long, default_value = "bench_chainsync")]
         database: String,
+        /// The same server through a transaction-mode pooler (e.g. PgBouncer), as
+        /// `postgres://user@host:port` (the scratch database's name is appended): the queue's
+        /// pool goes through it, connected as `database.pooler = "transaction"`.
+        #[arg(long)]
+        pooler_url: Option<String>,
+        /// With --pooler-url: LISTEN on a direct connection (`direct`, as with
+        /// `database.direct_url`) or not at all (`off`: polling only).
+        #[arg(long, default_value = "direct")]
+        listen: String,
     },
 }
 

@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub async fn migrate(app: &App, out: &Out) -> anyhow::Result<()> {
+    app.check_database().await?;
     app.migrate().await.context("migration failed")?;
     let kinds = app.queue.kinds().names();
     out.message(

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{
-    queue::{Policies, Queue},
+    queue::{Listen, Policies, Queue},
     runtime::{Runtime, WorkerSettings},
 };
 
@@ -82,6 +82,10 @@ pub struct BenchOptions {
     pub mode: String,
     pub config: String,
     pub jobs: usize,
+    /// `postgres://user@host:port` of a transaction-mode pooler in front of the same server.
+    pub pooler_url: Option<String>,
+    /// Behind the pooler: LISTEN on a direct connection (else polling only).
+    pub listen_direct: bool,
 }
 
 /// A drain config: `c<concurrency>-b<fetch batch>[-f<fetch loops>][-w<writers>][-keep]`;
@@ -137,10 +141,31 @@ fn registry() -> Arc<Registry<Services>> {
     Arc::new(chainsync_jobs::registry().register::<BenchNoop>())
 }
 
-fn queue(pool: &PgPool, keep: bool) -> Queue {
+/// The queue: on `pool`, or through the pooler (with LISTEN on `pool` or none).
+async fn queue(pool: &PgPool, keep: bool, opts: &BenchOptions) -> anyhow::Result<Queue> {
     let registry = registry();
     let policies = Arc::new(Policies::from_kinds(registry.kinds()));
-    Queue::new(pool.clone(), registry.kinds().clone(), policies).retaining_completed(keep)
+    let Some(base) = &opts.pooler_url else {
+        return Ok(
+            Queue::new(pool.clone(), registry.kinds().clone(), policies).retaining_completed(keep)
+        );
+    };
+    let url = format!("{}/{}", base.trim_end_matches('/'), opts.database);
+    let pooled = PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(crate::db::pool_options(
+            url.parse()?,
+            crate::db::Pooler::Transaction,
+        ))
+        .await?;
+    let listen = if opts.listen_direct {
+        Listen::On(pool.clone())
+    } else {
+        Listen::Off
+    };
+    Ok(Queue::new(pooled, registry.kinds().clone(), policies)
+        .retaining_completed(keep)
+        .listening(listen))
 }
 
 fn services(q: &Queue) -> anyhow::Result<Services> {
@@ -175,10 +200,15 @@ pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "mode": opts.mode,
         "batch_size": 1000,
+        "via": match (&opts.pooler_url, opts.listen_direct) {
+            (None, _) => "direct",
+            (Some(_), true) => "pooler",
+            (Some(_), false) => "pooler-poll",
+        },
     });
     if opts.mode == "drain" {
         let cfg = parse_config(&opts.config).map_err(anyhow::Error::msg)?;
-        let q = queue(&pool, cfg.keep);
+        let q = queue(&pool, cfg.keep, opts).await?;
         q.sync_kinds().await?;
         let t0 = Instant::now();
         let mut i = 0u64;
@@ -219,7 +249,7 @@ pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
         out["handled_all_s"] = handled.as_secs_f64().into();
         out["config"] = opts.config.clone().into();
     } else {
-        let q = queue(&pool, false);
+        let q = queue(&pool, false, opts).await?;
         q.sync_kinds().await?;
         let single_n = 5000u64;
         let t0 = Instant::now();

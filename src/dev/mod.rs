@@ -54,10 +54,15 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             drain_config,
             jobs,
             database,
+            pooler_url,
+            listen,
         }) => {
             crate::telemetry::init(false, "warn");
             if mode != "drain" && mode != "misc" {
                 anyhow::bail!("--mode must be drain or misc, got {mode:?}");
+            }
+            if listen != "direct" && listen != "off" {
+                anyhow::bail!("--listen must be direct or off, got {listen:?}");
             }
             let opts = bench_queue::BenchOptions {
                 admin_url,
@@ -65,6 +70,8 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
                 mode: mode.clone(),
                 config: drain_config.clone(),
                 jobs: *jobs,
+                pooler_url: pooler_url.clone(),
+                listen_direct: listen == "direct",
             };
             println!("RESULT {}", bench_queue::run_unit(&opts).await?);
         }

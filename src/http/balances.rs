@@ -47,6 +47,10 @@ pub struct BalanceOut {
     last_updated: DateTime<Utc>,
     sync_lag_seconds: i64,
     source: &'static str,
+    /// Served from the read replica: how far it is behind the primary (already part of
+    /// `sync_lag_seconds`: a row seen there is at least that old).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication_lag_seconds: Option<f64>,
 }
 
 fn out(
@@ -66,6 +70,7 @@ fn out(
         block_number: c.block_number,
         last_updated: c.updated_at,
         source,
+        replication_lag_seconds: None,
     }
 }
 
@@ -127,10 +132,21 @@ pub async fn get_balance(
         metrics::counter!("chainsync_cache_requests_total", "result" => "hit").increment(1);
         return Ok(Json(json!(out(family, chain_id, &address, t, c, "cache"))));
     }
+    // A chain read just stored the balance on the primary; otherwise the replica serves reads
+    // when one is configured.
+    let replica = s.app.replica.as_ref().filter(|_| !q.realtime);
+    let pool = replica.unwrap_or(s.app.pool());
     let rows =
-        chainsync_jobs::store::holder_balances(s.app.pool(), chain_id, &address, token.as_deref())
-            .await?;
-    let source = if q.realtime { "chain" } else { "database" };
+        chainsync_jobs::store::holder_balances(pool, chain_id, &address, token.as_deref()).await?;
+    let lag = match replica {
+        Some(r) => Some(crate::db::replication_lag(r).await?),
+        None => None,
+    };
+    let source = match (q.realtime, replica) {
+        (true, _) => "chain",
+        (false, Some(_)) => "replica",
+        (false, None) => "database",
+    };
     if !q.realtime && token.is_some() {
         metrics::counter!("chainsync_cache_requests_total", "result" => "miss").increment(1);
     }
@@ -142,10 +158,13 @@ pub async fn get_balance(
             block_number: r.block_number,
             updated_at: r.updated_at,
         };
-        if !q.realtime {
+        // A lagging replica's row never goes into the cache (it could replace a newer one).
+        if !q.realtime && replica.is_none() {
             cache_put(&s, chain_id, &t, &address, &c).await;
         }
-        list.push(out(family, chain_id, &address, &t, c, source));
+        let mut o = out(family, chain_id, &address, &t, c, source);
+        o.replication_lag_seconds = lag;
+        list.push(o);
     }
     match (token, list.len()) {
         (Some(t), 0) => Err(ApiError::new(

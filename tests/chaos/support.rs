@@ -25,6 +25,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, name: &str, config: &str) -> Self {
+        Self::start_env(dir, name, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `CHAINSYNC_HTTP__ADMIN_TOKEN`).
+    pub fn start_env(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -41,7 +46,9 @@ impl Daemon {
             .env("RUST_LOG", "warn")
             // The config file names the database; an inherited DATABASE_URL would override it.
             .env_remove("DATABASE_URL")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            // The daemon logs (JSON) to stdout, panics go to stderr: both into the log.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -67,6 +74,11 @@ impl Daemon {
                 tail.join("\n")
             );
         }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn kill9(&mut self) {
@@ -107,6 +119,8 @@ pub struct PrivatePg {
     dir: PathBuf,
     pub port: u16,
     bin: PathBuf,
+    /// `-c name=value` server settings given at each start.
+    settings: String,
 }
 
 fn pg_bin() -> PathBuf {
@@ -132,22 +146,39 @@ fn as_postgres(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+fn private_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "chainsync-pg-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    dir
+}
+
+fn settings_text(settings: &[(&str, &str)]) -> String {
+    settings
+        .iter()
+        .map(|(k, v)| format!(" -c {k}={v}"))
+        .collect()
+}
+
 impl PrivatePg {
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "chainsync-pg-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(
-            Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success()
-        );
+        Self::start_with(&[])
+    }
+
+    /// A new cluster started with these server settings (`-c name=value`).
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
+        let dir = private_dir();
         let bin = pg_bin();
         let data = dir.join("data");
         assert!(
@@ -166,9 +197,73 @@ impl PrivatePg {
             dir,
             port: free_port(),
             bin,
+            settings: settings_text(settings),
         };
         pg.up();
         pg
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started on a port of its own.
+    pub fn replica_of(primary: &PrivatePg, settings: &[(&str, &str)]) -> Self {
+        let dir = private_dir();
+        let bin = pg_bin();
+        let data = dir.join("data");
+        assert!(
+            as_postgres(&[
+                bin.join("pg_basebackup").to_str().unwrap(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "root",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ]),
+            "pg_basebackup failed"
+        );
+        let pg = Self {
+            dir,
+            port: free_port(),
+            bin,
+            settings: settings_text(settings),
+        };
+        pg.up();
+        pg
+    }
+
+    /// Promotes this standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let data = self.dir.join("data");
+        assert!(
+            as_postgres(&[
+                self.bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+                "promote",
+            ]),
+            "pg_ctl promote failed"
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no shutdown
+    /// checkpoint, nothing more sent to standbys).
+    pub fn crash(&self) {
+        let data = self.dir.join("data");
+        as_postgres(&[
+            self.bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -178,9 +273,10 @@ impl PrivatePg {
     pub fn up(&self) {
         let data = self.dir.join("data");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         assert!(
             as_postgres(&[

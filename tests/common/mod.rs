@@ -6,6 +6,7 @@
 //!   and `count(pool, sql)`;
 //! - [`wait`]: waiting for a condition with a deadline that fails with what was awaited and what
 //!   was last seen (tests have no unbounded loops);
+//! - [`pgbouncer`]: a private PgBouncer in transaction mode in front of a server;
 //! - [`chain`]: anvil with Multicall3 and a token minted to N holders, and its config text.
 //!
 //! Each test file uses a part of the kit; the rest is dead code there.
@@ -13,6 +14,7 @@
 
 pub mod chain;
 pub mod db;
+pub mod pgbouncer;
 pub mod wait;
 
 pub use chain::{TokenChain, track_holders};

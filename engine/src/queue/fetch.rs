@@ -47,11 +47,20 @@ impl Queue {
             .await?)
     }
 
-    /// Extends the lease of every job `owner` runs; returns how many.
-    pub async fn heartbeat(&self, owner: Uuid, lease: Duration) -> Result<u64, QueueError> {
+    /// Extends the leases of the jobs `held` that `owner` still runs; returns how many.
+    pub async fn heartbeat(
+        &self,
+        owner: Uuid,
+        held: &[Uuid],
+        lease: Duration,
+    ) -> Result<u64, QueueError> {
+        if held.is_empty() {
+            return Ok(0);
+        }
         Ok(sqlx::query(HEARTBEAT)
             .bind(owner)
             .bind(millis(lease))
+            .bind(held)
             .execute(&self.pool)
             .await?
             .rows_affected())

@@ -48,6 +48,19 @@ pub enum QueueError {
     Db(#[from] sqlx::Error),
 }
 
+/// Where a worker runtime listens for `NOTIFY chainsync_jobs` (new jobs) between polls.
+#[derive(Clone, Debug, Default)]
+pub enum Listen {
+    /// A connection of its own made with the queue pool's connect options (the default).
+    #[default]
+    Pool,
+    /// A connection of its own made with this pool's options: a direct connection when the
+    /// queue pool goes through a transaction-mode pooler, which cannot deliver notifications.
+    On(PgPool),
+    /// No LISTEN: fetch loops poll every `poll_interval` only.
+    Off,
+}
+
 /// Handle on the queue: a pool, the known kinds and their effective policies.
 #[derive(Clone)]
 pub struct Queue {
@@ -55,6 +68,7 @@ pub struct Queue {
     kinds: Arc<Kinds>,
     policies: Arc<Policies>,
     retain_completed: bool,
+    listen: Listen,
 }
 
 impl Queue {
@@ -64,7 +78,18 @@ impl Queue {
             kinds,
             policies,
             retain_completed: true,
+            listen: Listen::Pool,
         }
+    }
+
+    /// Where worker runtimes on this queue listen for new jobs (see [`Listen`]).
+    pub fn listening(mut self, listen: Listen) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    pub fn listen(&self) -> &Listen {
+        &self.listen
     }
 
     /// Keep successful jobs as `completed` until the pruner removes them (`true`, the default),

@@ -27,11 +27,14 @@ pub(super) struct QueueWriter {
     pub queue: Queue,
     pub owner: Uuid,
     pub retain: bool,
+    /// Written (or given up): no longer held, so no longer extended by the heartbeat.
+    pub held: super::Held,
 }
 
 impl WriteOutcomes for QueueWriter {
     async fn write(&self, batch: Vec<Completion>) {
-        write_batch(&self.queue, self.owner, &batch, self.retain).await
+        write_batch(&self.queue, self.owner, &batch, self.retain).await;
+        self.held.remove(batch.iter().map(|c| c.id));
     }
 }
 
@@ -81,7 +84,8 @@ pub(super) async fn run(
 }
 
 /// Writes outcomes, retrying while the database is away. If it stays away past the lease,
-/// the rescuer requeues the jobs and fencing refuses these stale outcomes.
+/// the rescuer requeues the jobs and fencing refuses these stale outcomes; if it gives up, the
+/// jobs are no longer held, their leases run out and the rescuer requeues them.
 async fn write_batch(queue: &Queue, owner: Uuid, batch: &[Completion], retain: bool) {
     if batch.is_empty() {
         return;

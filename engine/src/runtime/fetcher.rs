@@ -24,13 +24,18 @@ pub(super) struct QueueLease {
     pub name: String,
     pub owner: Uuid,
     pub lease: Duration,
+    /// The jobs this runtime holds (their leases are extended by the heartbeat).
+    pub held: super::Held,
 }
 
 impl Lease for QueueLease {
     async fn lease(&self, limit: usize) -> Result<Vec<Fetched>, QueueError> {
-        self.queue
+        let jobs = self
+            .queue
             .fetch(&self.name, limit, self.owner, self.lease)
-            .await
+            .await?;
+        self.held.add(jobs.iter().map(|j| j.id));
+        Ok(jobs)
     }
 }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     Invalid, Registry,
-    queue::{Fetched, Queue},
+    queue::{Fetched, Listen, Queue},
 };
 pub use backend::LeasedJobs;
 use completer::{QueueWriter, ToCompleter};
@@ -102,6 +102,34 @@ impl WorkerSettings {
     }
 }
 
+/// The jobs a runtime holds: fetched, and their outcome not yet written. The heartbeat extends
+/// exactly these leases.
+#[derive(Clone, Default)]
+pub(crate) struct Held(Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>);
+
+impl Held {
+    fn add(&self, ids: impl Iterator<Item = Uuid>) {
+        if let Ok(mut h) = self.0.lock() {
+            h.extend(ids);
+        }
+    }
+
+    fn remove(&self, ids: impl Iterator<Item = Uuid>) {
+        if let Ok(mut h) = self.0.lock() {
+            for id in ids {
+                h.remove(&id);
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        self.0
+            .lock()
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A running worker runtime. `stop()` shuts it down gracefully.
 pub struct Runtime {
     owner: Uuid,
@@ -176,11 +204,14 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let (job_tx, job_rx) = mpsc::channel::<Fetched>(settings.concurrency.max(1));
     let (done_tx, done_rx) = mpsc::unbounded_channel::<ToCompleter>();
     let aux = CancellationToken::new();
+    let aux_listen = aux.clone();
 
+    let held = Held::default();
     let writer = QueueWriter {
         queue: queue.clone(),
         owner,
         retain: queue.retain_completed(),
+        held: held.clone(),
     };
     let completer = tokio::spawn(completer::run(
         writer,
@@ -191,6 +222,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let heartbeat = tokio::spawn(heartbeat(
         queue.clone(),
         owner,
+        held.clone(),
         settings.clone(),
         aux.clone(),
     ));
@@ -200,7 +232,19 @@ async fn run<S: Clone + Send + Sync + 'static>(
         .flat_map(|q| (0..settings.fetchers).map(move |_| (q.clone(), Arc::new(Notify::new()))))
         .collect();
     let wakeups: Vec<Arc<Notify>> = loops.iter().map(|(_, w)| w.clone()).collect();
-    let listener = tokio::spawn(listen(queue.clone(), wakeups, aux.clone()));
+    let listen_pool = match queue.listen() {
+        Listen::Pool => Some(queue.pool().clone()),
+        Listen::On(pool) => Some(pool.clone()),
+        Listen::Off => {
+            info!(poll_interval = ?settings.poll_interval, "no LISTEN connection: new jobs are found by polling");
+            None
+        }
+    };
+    let listener = tokio::spawn(async move {
+        if let Some(pool) = listen_pool {
+            listen(pool, wakeups, aux_listen).await;
+        }
+    });
     let fetchers: Vec<_> = loops
         .iter()
         .map(|(q, wake)| {
@@ -209,6 +253,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
                 name: q.clone(),
                 owner,
                 lease: settings.lease,
+                held: held.clone(),
             };
             let fetch = FetchLoop {
                 name: q.clone(),
@@ -274,11 +319,11 @@ async fn run<S: Clone + Send + Sync + 'static>(
     info!(worker = %owner, "worker stopped");
 }
 
-async fn listen(queue: Queue, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
+async fn listen(pool: sqlx::PgPool, wakeups: Vec<Arc<Notify>>, stop: CancellationToken) {
     let mut failures = 0u32;
     loop {
         let listener = async {
-            let mut l = PgListener::connect_with(queue.pool()).await?;
+            let mut l = PgListener::connect_with(&pool).await?;
             l.listen("chainsync_jobs").await?;
             Ok::<_, sqlx::Error>(l)
         };
@@ -314,7 +359,13 @@ async fn listen(queue: Queue, wakeups: Vec<Arc<Notify>>, stop: CancellationToken
     }
 }
 
-async fn heartbeat(queue: Queue, owner: Uuid, settings: WorkerSettings, stop: CancellationToken) {
+async fn heartbeat(
+    queue: Queue,
+    owner: Uuid,
+    held: Held,
+    settings: WorkerSettings,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(settings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -322,7 +373,7 @@ async fn heartbeat(queue: Queue, owner: Uuid, settings: WorkerSettings, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = queue.heartbeat(owner, settings.lease).await {
+        if let Err(e) = queue.heartbeat(owner, &held.ids(), settings.lease).await {
             warn!(error = %e, "lease heartbeat failed");
         }
     }

@@ -1513,14 +1513,15 @@ pub async fn chain(
         .iter()
         .filter_map(|c| i64::try_from(c.chain_id).ok())
         .collect();
-    let r =
-        match chainsync_jobs::console::address_report(s.app.pool(), &chains, &address, 100).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "console: address lookup failed");
-                return unavailable();
-            }
-        };
+    let r = match chainsync_jobs::console::address_report(s.app.read_pool(), &chains, &address, 100)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "console: address lookup failed");
+            return unavailable();
+        }
+    };
     let token_of = |chain_id: i64, token: &str| -> Option<(String, u8)> {
         domain.tokens.iter().find_map(|t| {
             let key = t.key().ok()?.text();
