@@ -3,7 +3,9 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::warn;
 use uuid::Uuid;
 
@@ -27,11 +29,16 @@ pub(super) struct QueueWriter {
     pub queue: Queue,
     pub owner: Uuid,
     pub retain: bool,
+    /// Told when outcomes of jobs taken under a limit are written.
+    pub limited_done: Arc<Notify>,
 }
 
 impl WriteOutcomes for QueueWriter {
     async fn write(&self, batch: Vec<Completion>) {
-        write_batch(&self.queue, self.owner, &batch, self.retain).await
+        write_batch(&self.queue, self.owner, &batch, self.retain).await;
+        if batch.iter().any(|c| c.limited) {
+            self.limited_done.notify_waiters();
+        }
     }
 }
 
@@ -133,6 +140,7 @@ mod tests {
             backoff_base_ms: None,
             backoff_cap_ms: None,
             outcome: Outcome::Done,
+            limited: false,
         })
     }
 

@@ -177,10 +177,12 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let (done_tx, done_rx) = mpsc::unbounded_channel::<ToCompleter>();
     let aux = CancellationToken::new();
 
+    let limited_done = Arc::new(Notify::new());
     let writer = QueueWriter {
         queue: queue.clone(),
         owner,
         retain: queue.retain_completed(),
+        limited_done: limited_done.clone(),
     };
     let completer = tokio::spawn(completer::run(
         writer,
@@ -216,6 +218,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
                 poll_interval: settings.poll_interval,
                 permits: permits.clone(),
                 wake: wake.clone(),
+                limited_done: limited_done.clone(),
                 jobs: job_tx.clone(),
                 cancel: cancel.clone(),
             };
