@@ -111,7 +111,7 @@ fn edited(mut l: LimitConfig, a: &LimitArgs) -> anyhow::Result<LimitConfig> {
     }
     if let Some(r) = value::<f64>("rate", a.rate.as_deref())? {
         if let Some(r) = r
-            && !(r > 0.0)
+            && (r.is_nan() || r <= 0.0)
         {
             bail!("--rate: must be above 0 jobs per second, got {r}");
         }
@@ -119,7 +119,7 @@ fn edited(mut l: LimitConfig, a: &LimitArgs) -> anyhow::Result<LimitConfig> {
     }
     if let Some(b) = value::<f64>("burst", a.burst.as_deref())? {
         if let Some(b) = b
-            && !(b >= 1.0)
+            && (b.is_nan() || b < 1.0)
         {
             bail!("--burst: must be at least 1, got {b}");
         }

@@ -70,7 +70,7 @@ impl LimitConfig {
             ));
         }
         if let Some(r) = self.rate
-            && !(r > 0.0 && r <= 1_000_000.0)
+            && (r.is_nan() || r <= 0.0 || r > 1_000_000.0)
         {
             return Err(format!(
                 "{key}.rate_limit: must be above 0 and at most 1000000 jobs per second, got {r}"
@@ -80,7 +80,7 @@ impl LimitConfig {
             if self.rate.is_none() {
                 return Err(format!("{key}.rate_burst: needs rate_limit"));
             }
-            if !(b >= 1.0) {
+            if b.is_nan() || b < 1.0 {
                 return Err(format!("{key}.rate_burst: must be at least 1, got {b}"));
             }
         }
