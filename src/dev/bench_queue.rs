@@ -140,13 +140,7 @@ fn parse_config(name: &str) -> Result<DrainConfig, String> {
             "lqueue" => c.limits = Limits::Queue,
             "lrate" => c.limits = Limits::Rate,
             _ if p.starts_with("bind") => {
-                c.limits = Limits::Bind(
-                    p[4..]
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(bad)?,
-                )
+                c.limits = Limits::Bind(p[4..].parse().ok().filter(|n| *n > 0).ok_or_else(bad)?)
             }
             _ => match p.chars().next() {
                 Some('f') => c.fetchers = num(Some(p), 'f')?,
@@ -353,7 +347,10 @@ mod tests {
         assert!(parse_config("c0-b10").is_err());
         assert!(parse_config("c50").is_err());
         assert!(parse_config("c50-b10-x").is_err());
-        assert_eq!(parse_config("c500-b500-lkind").unwrap().limits, Limits::Kind);
+        assert_eq!(
+            parse_config("c500-b500-lkind").unwrap().limits,
+            Limits::Kind
+        );
         assert_eq!(
             parse_config("c500-b500-bind50").unwrap().limits,
             Limits::Bind(50)
