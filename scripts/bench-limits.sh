@@ -4,7 +4,7 @@
 # repetition runs every unit once, in an order rotated by one from the previous repetition, so
 # machine noise falls on all alike. Prints the median drain of each unit and its ratio to the
 # first unit (the baseline without limits).
-# Usage: scripts/bench-limits.sh BIN   (env: REPS=5 UNITS="c500-b500 c500-b500-lother …")
+# Usage: scripts/bench-limits.sh BIN   (env: REPS=5 JOBS=100000 UNITS="c500-b500 c500-b500-lother …")
 set -euo pipefail
 BIN="${1:?usage: bench-limits.sh BIN}"
 REPS="${REPS:-5}"
@@ -18,7 +18,7 @@ for rep in $(seq 1 "$REPS"); do
   echo "== rep $rep" >&2
   for i in $(seq 0 $((n - 1))); do
     unit="${units[$(((i + rep - 1) % n))]}"
-    res="$(timeout 300 "$BIN" bench queue --mode drain --drain-config "$unit" 2>/dev/null | grep '^RESULT ' | tail -1)" || true
+    res="$(timeout 300 "$BIN" bench queue --mode drain --drain-config "$unit" ${JOBS:+--jobs "$JOBS"} 2>/dev/null | grep '^RESULT ' | tail -1)" || true
     if [ -n "$res" ]; then
       echo "${res#RESULT }" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["unit"]=sys.argv[1]; d["rep"]=int(sys.argv[2]); print(json.dumps(d))' "$unit" "$rep" >> "$OUT"
       echo "   $unit: ${res:7:120}" >&2

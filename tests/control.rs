@@ -216,14 +216,13 @@ overlap = "queue"
             .then_some(())
     })
     .await;
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE (args->>'payload') IS NOT NULL AND state <> 'completed'"
-        )
-        .await,
-        0
-    );
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE (args->>'payload') IS NOT NULL AND state <> 'completed'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
     for d in &mut daemons {
         d.assert_running();
     }
