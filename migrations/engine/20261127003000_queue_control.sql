@@ -516,22 +516,28 @@ BEGIN
             END IF;
         END LOOP;
 
-        -- Every other kind: its first `budget` due jobs, merged in order below.
-        FOR k IN SELECT kk.kind FROM chainsync.kinds kk WHERE kk.kind <> ALL(limited_kinds) LOOP
-            SELECT c_id || coalesce(array_agg(t.id), '{}'), c_pri || coalesce(array_agg(t.priority), '{}'),
-                   c_run || coalesce(array_agg(t.run_at), '{}')
-            INTO c_id, c_pri, c_run
-            FROM (SELECT j.id, j.priority, j.run_at FROM chainsync.jobs j
-                  WHERE j.kind = k AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
-                  ORDER BY j.priority, j.run_at, j.id
-                  LIMIT budget
-                  FOR UPDATE SKIP LOCKED) t;
-        END LOOP;
+        -- Every other kind: its first `budget` due jobs (from the index by kind, so that a
+        -- limited kind's backlog is never walked), merged in order with the limited kinds'.
+        chosen := ARRAY(
+            SELECT m.id FROM (
+                SELECT t.id, t.pri AS priority, t.run AS run_at
+                FROM unnest(c_id, c_pri, c_run) AS t(id, pri, run)
+                UNION ALL
+                SELECT o.id, o.priority, o.run_at
+                FROM chainsync.kinds kk
+                CROSS JOIN LATERAL (
+                    SELECT j.id, j.priority, j.run_at FROM chainsync.jobs j
+                    WHERE j.kind = kk.kind AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
+                    ORDER BY j.priority, j.run_at, j.id
+                    LIMIT budget
+                    FOR UPDATE OF j SKIP LOCKED) o
+                WHERE kk.kind <> ALL(limited_kinds)) m
+            ORDER BY m.priority, m.run_at, m.id
+            LIMIT budget);
     END IF;
 
-    IF cardinality(c_id) > 0 THEN
-        chosen := ARRAY(SELECT t.id FROM unnest(c_id, c_pri, c_run) AS t(id, pri, run)
-                        ORDER BY t.pri, t.run, t.id LIMIT budget);
+    -- Take the chosen jobs, charge the buckets with what was started, and return both.
+    RETURN QUERY
         WITH up AS (
             UPDATE chainsync.jobs j
             SET state = 'running',
@@ -539,28 +545,25 @@ BEGIN
                 lease_owner = owner,
                 lease_expires_at = now() + make_interval(secs => lease_ms::double precision / 1000),
                 started_at = now()
-            WHERE j.id = ANY(chosen) AND j.state = 'available'
-            RETURNING j AS job)
-        SELECT array_agg(up.job) INTO taken FROM up;
-    END IF;
-    taken := coalesce(taken, '{}');
-
-    -- Charge the buckets with what was started.
-    IF qr.rate IS NOT NULL THEN
-        UPDATE chainsync.queues c SET tokens = qtok - cardinality(taken), refilled_at = qts WHERE c.queue = q;
-    END IF;
-    FOREACH k IN ARRAY locked LOOP
-        SELECT count(*) INTO got FROM unnest(taken) t WHERE t.kind = k;
-        UPDATE chainsync.kind_limits l
-        SET tokens = least(l.burst, l.tokens + greatest(extract(epoch FROM clock_timestamp() - l.refilled_at), 0) * l.rate) - got,
-            refilled_at = clock_timestamp()
-        WHERE l.kind = k AND l.rate IS NOT NULL;
-    END LOOP;
-
-    RETURN QUERY
-        SELECT t.id, t.kind, t.queue, t.args, t.attempt, t.max_attempts, t.backoff_base_ms,
-               t.backoff_cap_ms, (queue_limited OR t.kind = ANY(locked)), NULL::text, NULL::int
-        FROM unnest(taken) t
+            WHERE j.id = ANY(coalesce(chosen, '{}')) AND j.state = 'available'
+            RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.backoff_base_ms,
+                      j.backoff_cap_ms),
+        per_kind AS (
+            SELECT up.kind, count(*) AS n FROM up WHERE up.kind = ANY(locked) GROUP BY up.kind),
+        kind_charge AS (
+            UPDATE chainsync.kind_limits l
+            SET tokens = least(l.burst, l.tokens + greatest(extract(epoch FROM clock_timestamp() - l.refilled_at), 0) * l.rate) - pk.n,
+                refilled_at = clock_timestamp()
+            FROM per_kind pk
+            WHERE l.kind = pk.kind AND l.rate IS NOT NULL
+            RETURNING 1),
+        queue_charge AS (
+            UPDATE chainsync.queues c SET tokens = qtok - (SELECT count(*) FROM up), refilled_at = qts
+            WHERE c.queue = q AND qr.rate IS NOT NULL
+            RETURNING 1)
+        SELECT up.id, up.kind, up.queue, up.args, up.attempt, up.max_attempts, up.backoff_base_ms,
+               up.backoff_cap_ms, (queue_limited OR up.kind = ANY(locked)), NULL::text, NULL::int
+        FROM up
         UNION ALL
         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                CASE WHEN held THEN 'held' ELSE 'open' END, CASE WHEN held THEN hint END;
