@@ -384,6 +384,7 @@ DECLARE
     got int;
     pick uuid[];
     qts timestamptz;
+    limited_due boolean := false;
 BEGIN
     SELECT * INTO qr FROM chainsync.queues c WHERE c.queue = q;
     IF coalesce(qr.paused, false) THEN
@@ -434,6 +435,7 @@ BEGIN
             CONTINUE WHEN NOT EXISTS (
                 SELECT 1 FROM chainsync.jobs j
                 WHERE j.kind = k AND j.queue = q AND j.state = 'available' AND j.run_at <= now());
+            limited_due := true;
             SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = k AND l.active
                 FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
@@ -516,6 +518,17 @@ BEGIN
             END IF;
         END LOOP;
 
+        IF NOT limited_due THEN
+            -- No limited kind waits in this queue: the plain scan in queue order (a limited
+            -- kind's job enqueued meanwhile is left to the next fetch).
+            chosen := ARRAY(
+                SELECT j.id FROM chainsync.jobs j
+                WHERE j.state = 'available' AND j.queue = q AND j.run_at <= now()
+                  AND j.kind <> ALL(limited_kinds)
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT budget
+                FOR UPDATE SKIP LOCKED);
+        ELSE
         -- Every other kind: its first `budget` due jobs (from the index by kind, so that a
         -- limited kind's backlog is never walked), merged in order with the limited kinds'.
         chosen := ARRAY(
@@ -534,6 +547,7 @@ BEGIN
                 WHERE kk.kind <> ALL(limited_kinds)) m
             ORDER BY m.priority, m.run_at, m.id
             LIMIT budget);
+        END IF;
     END IF;
 
     -- Take the chosen jobs, charge the buckets with what was started, and return both.
