@@ -156,6 +156,16 @@ impl App {
             }
         }
         self.queue.sync_kinds().await?;
+        self.apply_limits().await
+    }
+
+    /// Writes the config's cluster-wide limits (`[queues.*]`, `[kinds.*]`) to Postgres, where
+    /// every daemon's next fetch reads them; limits set at runtime stay in force.
+    pub async fn apply_limits(&self) -> Result<(), AppError> {
+        let queues = self.config.queue_limits(self.queue.kinds())?;
+        self.queue
+            .apply_config_limits(&queues, self.queue.policies().kind_limits())
+            .await?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    queue::{KindOverride, Policies},
+    queue::{KindOverride, LimitConfig, Policies},
     runtime::{WorkerSettings, maintenance::MaintenanceSettings},
 };
 
@@ -40,6 +40,9 @@ pub struct Config {
     /// Per-kind overrides: `[kinds.sync-balances] max_attempts = 5`.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindOverride>,
+    /// Cluster-wide limits per queue: `[queues.default] global_concurrency = 100`.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueOverride>,
     /// Periodic jobs.
     #[serde(default)]
     pub schedule: Vec<crate::scheduler::ScheduleConfig>,
@@ -68,6 +71,7 @@ const ENGINE_KEYS: &[&str] = &[
     "worker",
     "maintenance",
     "kinds",
+    "queues",
     "schedule",
     "scheduler",
     "http",
@@ -180,6 +184,7 @@ impl Config {
         self.maintenance.validate()?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
+        self.queue_limits(registry.kinds())?;
         self.schedules(registry.kinds())?;
         if self.scheduler.poll_interval.is_zero() {
             return Err(ConfigError::at(
@@ -197,6 +202,32 @@ impl Config {
         registry: &Kinds,
     ) -> Result<Vec<crate::scheduler::Schedule>, ConfigError> {
         Ok(crate::scheduler::validate(&self.schedule, registry)?)
+    }
+
+    /// The cluster-wide limits of `[queues.<name>]`, checked: a queue must be one some kind
+    /// runs on or one `worker.queues` names.
+    pub fn queue_limits(
+        &self,
+        registry: &Kinds,
+    ) -> Result<BTreeMap<String, LimitConfig>, ConfigError> {
+        let mut known = self.policies(registry)?.queues();
+        known.extend(self.worker.queues.iter().cloned());
+        known.sort();
+        known.dedup();
+        let mut out = BTreeMap::new();
+        for (name, q) in &self.queues {
+            if !known.contains(name) {
+                return Err(ConfigError::at(
+                    format!("queues.{name}"),
+                    format!("unknown queue (known: {})", known.join(", ")),
+                ));
+            }
+            let l = q.limits();
+            l.validate(&format!("queues.{name}"), None)
+                .map_err(ConfigError::new)?;
+            out.insert(name.clone(), l);
+        }
+        Ok(out)
     }
 
     /// Effective per-kind policies.
@@ -217,6 +248,29 @@ fn flatten_err(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `[queues.<name>]` in config: cluster-wide limits of one queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueOverride {
+    /// Running jobs of the queue in the whole cluster.
+    pub global_concurrency: Option<u32>,
+    /// Jobs of the queue started per second in the whole cluster.
+    pub rate_limit: Option<f64>,
+    /// Jobs that may start at once after a quiet spell (default: a tenth of a second's).
+    pub rate_burst: Option<f64>,
+}
+
+impl QueueOverride {
+    pub fn limits(&self) -> LimitConfig {
+        LimitConfig {
+            concurrency: self.global_concurrency,
+            rate: self.rate_limit,
+            burst: self.rate_burst,
+            ..LimitConfig::default()
+        }
+    }
 }
 
 /// `[http]` in config.

@@ -72,6 +72,11 @@ pub struct NewJob {
     pub backoff_base_ms: Option<i64>,
     #[serde(default)]
     pub backoff_cap_ms: Option<i64>,
+    /// Window of the unique key (milliseconds): while it lasts, enqueues of the same key return
+    /// the job that opened it, whatever became of that job (debounce). `None`: the key only
+    /// deduplicates against a job that has not started yet.
+    #[serde(default)]
+    pub unique_for_ms: Option<i64>,
 }
 
 impl NewJob {
@@ -89,6 +94,19 @@ impl NewJob {
             unique_key: job.unique_key(),
             ..Self::default()
         })
+    }
+
+    /// At most one job of this unique key per `window` (debounce): an enqueue while the window
+    /// of the key is open returns the job that opened it. Needs a unique key.
+    pub fn unique_for(mut self, window: std::time::Duration) -> Self {
+        self.unique_for_ms = Some(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// Sets the unique key (replacing the kind's).
+    pub fn with_unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
     }
 
     pub fn untyped(kind: impl Into<String>, args: Value) -> Self {

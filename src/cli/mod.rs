@@ -2,6 +2,7 @@
 //! printed as tables or `--json`. Exit code 0 on success, 1 with a one-line reason on error.
 
 mod chain_cmds;
+mod control_cmds;
 pub mod output;
 pub use output::table;
 mod queue_cmds;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// Queues: list, pause, resume, and cluster-wide limits (per queue, per kind).
+    #[command(subcommand)]
+    Queue(control_cmds::QueueCmd),
     /// List the job kinds this binary knows, with their policies.
     Kinds,
     /// Health report and score 0-100; exit code 1 below 60.
@@ -269,6 +273,10 @@ pub struct EnqueueArgs {
     pub args: String,
     #[arg(long)]
     pub unique_key: Option<String>,
+    /// Window of the unique key ("10m"): while it lasts, enqueues of the key return the job
+    /// that opened it (debounce).
+    #[arg(long, requires = "unique_key")]
+    pub unique_for: Option<String>,
     #[arg(long)]
     pub priority: Option<i16>,
     #[arg(long)]
@@ -359,6 +367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(a) => queue_cmds::enqueue(&app, &out, a).await,
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,
+        Command::Queue(c) => control_cmds::run(&app, &out, c).await,
         Command::Kinds => queue_cmds::kinds(&app, &out),
         Command::Health => {
             let r = crate::health::report(&app).await;

@@ -34,7 +34,22 @@ pub async fn enqueue(app: &App, out: &Out, a: EnqueueArgs) -> anyhow::Result<()>
     if !args.is_object() {
         bail!("--args must be a JSON object, e.g. '{{\"chain_id\": 1}}'");
     }
+    let unique_for_ms = a
+        .unique_for
+        .as_deref()
+        .map(|s| {
+            crate::duration::parse_duration(s)
+                .map_err(|e| anyhow::anyhow!("--unique-for: {e}"))
+                .and_then(|d| {
+                    if d.is_zero() {
+                        bail!("--unique-for: must be positive")
+                    }
+                    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                })
+        })
+        .transpose()?;
     let job = NewJob {
+        unique_for_ms,
         kind: a.kind,
         args,
         queue: a.queue,

@@ -88,8 +88,15 @@ pub struct BenchOptions {
     pub listen_direct: bool,
 }
 
-/// A drain config: `c<concurrency>-b<fetch batch>[-f<fetch loops>][-w<writers>][-keep]`;
-/// `-keep` retains completed rows (the daemon's default) instead of deleting them.
+/// A drain config: `c<concurrency>-b<fetch batch>[-f<fetch loops>][-w<writers>][-keep][-l<limits>]`;
+/// `-keep` retains completed rows (the daemon's default) instead of deleting them. Limits
+/// (cluster-wide, stored in Postgres before the drain starts):
+/// - `-lother`: a concurrency limit of 1 on another kind of the queue (`sync-balances`), so the
+///   queue is fetched under control while the drained kind has no limit;
+/// - `-lkind`: a concurrency limit on the drained kind that never binds (100,000);
+/// - `-lqueue`: a concurrency limit on the queue that never binds (100,000);
+/// - `-lrate`: a rate limit on the drained kind that never binds (1,000,000 jobs/s);
+/// - `-bind<N>`: a concurrency limit of N on the drained kind (binding when N < concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DrainConfig {
     concurrency: usize,
@@ -97,6 +104,17 @@ struct DrainConfig {
     fetchers: usize,
     writers: usize,
     keep: bool,
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    None,
+    Other,
+    Kind,
+    Queue,
+    Rate,
+    Bind(u32),
 }
 
 fn parse_config(name: &str) -> Result<DrainConfig, String> {
@@ -116,16 +134,54 @@ fn parse_config(name: &str) -> Result<DrainConfig, String> {
         fetchers: 1,
         writers: 2,
         keep: false,
+        limits: Limits::None,
     };
     for p in parts {
-        match p.chars().next() {
-            Some('f') => c.fetchers = num(Some(p), 'f')?,
-            Some('w') => c.writers = num(Some(p), 'w')?,
-            _ if p == "keep" => c.keep = true,
-            _ => return Err(bad()),
+        match p {
+            "keep" => c.keep = true,
+            "lother" => c.limits = Limits::Other,
+            "lkind" => c.limits = Limits::Kind,
+            "lqueue" => c.limits = Limits::Queue,
+            "lrate" => c.limits = Limits::Rate,
+            _ if p.starts_with("bind") => {
+                c.limits = Limits::Bind(p[4..].parse().ok().filter(|n| *n > 0).ok_or_else(bad)?)
+            }
+            _ => match p.chars().next() {
+                Some('f') => c.fetchers = num(Some(p), 'f')?,
+                Some('w') => c.writers = num(Some(p), 'w')?,
+                _ => return Err(bad()),
+            },
         }
     }
     Ok(c)
+}
+
+/// Stores the limits of a drain config.
+async fn set_limits(q: &Queue, limits: Limits) -> anyhow::Result<()> {
+    use crate::queue::LimitConfig;
+    let conc = |n: u32| LimitConfig {
+        concurrency: Some(n),
+        ..LimitConfig::default()
+    };
+    match limits {
+        Limits::None => {}
+        Limits::Other => q.set_kind_limit("sync-balances", &conc(1)).await?,
+        Limits::Kind => q.set_kind_limit(BenchNoop::KIND, &conc(100_000)).await?,
+        Limits::Queue => q.set_queue_limit("default", &conc(100_000)).await?,
+        Limits::Rate => {
+            q.set_kind_limit(
+                BenchNoop::KIND,
+                &LimitConfig {
+                    rate: Some(1_000_000.0),
+                    burst: Some(1_000_000.0),
+                    ..LimitConfig::default()
+                },
+            )
+            .await?
+        }
+        Limits::Bind(n) => q.set_kind_limit(BenchNoop::KIND, &conc(n)).await?,
+    }
+    Ok(())
 }
 
 async fn fresh_db(opts: &BenchOptions) -> anyhow::Result<PgPool> {
@@ -210,6 +266,7 @@ pub async fn run_unit(opts: &BenchOptions) -> anyhow::Result<Value> {
         let cfg = parse_config(&opts.config).map_err(anyhow::Error::msg)?;
         let q = queue(&pool, cfg.keep, opts).await?;
         q.sync_kinds().await?;
+        set_limits(&q, cfg.limits).await?;
         let t0 = Instant::now();
         let mut i = 0u64;
         while (i as usize) < opts.jobs {
@@ -320,5 +377,14 @@ mod tests {
         assert!(parse_config("c0-b10").is_err());
         assert!(parse_config("c50").is_err());
         assert!(parse_config("c50-b10-x").is_err());
+        assert_eq!(
+            parse_config("c500-b500-lkind").unwrap().limits,
+            Limits::Kind
+        );
+        assert_eq!(
+            parse_config("c500-b500-bind50").unwrap().limits,
+            Limits::Bind(50)
+        );
+        assert!(parse_config("c500-b500-bind0").is_err());
     }
 }

@@ -27,10 +27,11 @@ fn parse_enqueue(body: &[u8]) -> Result<NewJob, ApiError> {
     let Value::Object(mut o) = v else {
         return Err(ApiError::bad("body", "expected a JSON object"));
     };
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "kind",
         "args",
         "unique_key",
+        "unique_for",
         "run_at",
         "priority",
         "queue",
@@ -64,6 +65,21 @@ fn parse_enqueue(body: &[u8]) -> Result<NewJob, ApiError> {
         Some(_) => Err(ApiError::bad(f, "must be an integer")),
     };
     let unique_key = string(&mut o, "unique_key")?;
+    let unique_for_ms = string(&mut o, "unique_for")?
+        .map(|s| {
+            crate::duration::parse_duration(&s)
+                .map_err(|e| ApiError::bad("unique_for", format!("{e} (e.g. \"10m\")")))
+                .and_then(|d| {
+                    if d.is_zero() {
+                        return Err(ApiError::bad("unique_for", "must be positive"));
+                    }
+                    if unique_key.is_none() {
+                        return Err(ApiError::bad("unique_for", "needs a unique_key"));
+                    }
+                    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                })
+        })
+        .transpose()?;
     let queue = string(&mut o, "queue")?;
     let run_at = string(&mut o, "run_at")?
         .map(|s| {
@@ -86,6 +102,7 @@ fn parse_enqueue(body: &[u8]) -> Result<NewJob, ApiError> {
         run_at,
         priority,
         max_attempts,
+        unique_for_ms,
         ..NewJob::default()
     })
 }

@@ -6,6 +6,7 @@
 mod api;
 mod balances;
 pub mod console;
+mod control;
 
 use std::{net::SocketAddr, sync::OnceLock};
 
@@ -15,7 +16,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use chainsync_jobs::Services;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -201,6 +202,18 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/dlq/replay", post(api::replay_filter))
         .route("/v1/dlq/{id}", get(api::get_dead).delete(api::purge_dead))
         .route("/v1/dlq/{id}/replay", post(api::replay_one))
+        .route("/v1/queues", get(control::list_queues))
+        .route("/v1/queues/{name}/pause", post(control::pause))
+        .route("/v1/queues/{name}/resume", post(control::resume))
+        .route("/v1/limits", get(control::list_limits))
+        .route(
+            "/v1/limits/queues/{name}",
+            put(control::set_queue_limit).delete(control::reset_queue_limit),
+        )
+        .route(
+            "/v1/limits/kinds/{kind}",
+            put(control::set_kind_limit).delete(control::reset_kind_limit),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let maybe_public = Router::new()
         .route("/v1/balances/{chain}/{address}", get(balances::get_balance))

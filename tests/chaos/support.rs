@@ -32,11 +32,13 @@ impl Daemon {
     pub fn start_env(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
         let path = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!("{config}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
-        )
-        .unwrap();
+        let listen = format!("listen = \"127.0.0.1:{http_port}\"\n");
+        // Into the config's own [http] table when it has one.
+        let text = match config.find("[http]\n") {
+            Some(i) => format!("{}{listen}{}", &config[..i + 7], &config[i + 7..]),
+            None => format!("{config}\n[http]\n{listen}"),
+        };
+        std::fs::write(&path, text).unwrap();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chainsync"))

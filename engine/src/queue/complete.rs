@@ -49,6 +49,8 @@ pub struct Completion {
     pub backoff_base_ms: Option<i64>,
     pub backoff_cap_ms: Option<i64>,
     pub outcome: Outcome,
+    /// The job was taken under a cluster-wide limit (see [`Fetched::limited`]).
+    pub limited: bool,
 }
 
 impl Completion {
@@ -61,6 +63,7 @@ impl Completion {
             backoff_base_ms: job.backoff_base_ms,
             backoff_cap_ms: job.backoff_cap_ms,
             outcome,
+            limited: job.limited,
         }
     }
 }
@@ -295,6 +298,7 @@ mod tests {
             backoff_base_ms: None,
             backoff_cap_ms: None,
             outcome,
+            limited: false,
         }
     }
 

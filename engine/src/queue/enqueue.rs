@@ -26,6 +26,7 @@ struct Row {
     backoff_base_ms: Option<i64>,
     backoff_cap_ms: Option<i64>,
     unique_while_running: bool,
+    unique_for_ms: Option<i64>,
 }
 
 impl Queue {
@@ -38,6 +39,16 @@ impl Queue {
         let policy = self.policies.get(&job.kind);
         if job.queue.as_deref() == Some("") {
             return Err(QueueError::Invalid("queue must not be empty".into()));
+        }
+        if let Some(ms) = job.unique_for_ms {
+            if ms <= 0 {
+                return Err(QueueError::Invalid(format!(
+                    "unique_for: must be positive, got {ms} ms"
+                )));
+            }
+            if job.unique_key.is_none() {
+                return Err(QueueError::Invalid("unique_for: needs a unique_key".into()));
+            }
         }
         Ok(Row {
             id: Uuid::now_v7(),
@@ -53,6 +64,7 @@ impl Queue {
             backoff_base_ms: job.backoff_base_ms,
             backoff_cap_ms: job.backoff_cap_ms,
             unique_while_running,
+            unique_for_ms: job.unique_for_ms,
         })
     }
 
@@ -106,7 +118,67 @@ impl Queue {
     }
 }
 
+/// Inserts rows; those with a unique window first claim it (`chainsync.claim_unique_window`),
+/// in one transaction (a savepoint inside the caller's) with the insert.
 async fn insert_rows(conn: &mut PgConnection, rows: Vec<Row>) -> Result<Vec<Enqueued>, QueueError> {
+    if rows.iter().all(|r| r.unique_for_ms.is_none()) {
+        return insert_unwindowed(conn, rows).await;
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let n = rows.len();
+    let mut out: Vec<Option<Enqueued>> = vec![None; n];
+    let mut keep = Vec::with_capacity(n);
+    let mut keep_idx = Vec::with_capacity(n);
+    let mut opened = Vec::new();
+    for (i, r) in rows.into_iter().enumerate() {
+        if let (Some(ms), Some(key)) = (r.unique_for_ms, r.unique_key.as_deref()) {
+            let holder: Option<Uuid> = sqlx::query_scalar(
+                "SELECT chainsync.claim_unique_window($1, $2, make_interval(secs => $3::double precision / 1000))",
+            )
+            .bind(key)
+            .bind(r.id)
+            .bind(ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            match holder {
+                Some(h) if h != r.id => {
+                    out[i] = Some(Enqueued {
+                        id: h,
+                        inserted: false,
+                    });
+                    continue;
+                }
+                _ => opened.push((i, key.to_string(), r.id)),
+            }
+        }
+        keep_idx.push(i);
+        keep.push(r);
+    }
+    let done = insert_unwindowed(&mut tx, keep).await?;
+    for (i, e) in keep_idx.into_iter().zip(done) {
+        out[i] = Some(e);
+    }
+    // A window opened by a row that a queued job of the same key absorbed belongs to that job.
+    for (i, key, id) in opened {
+        if let Some(e) = out[i].filter(|e| !e.inserted) {
+            sqlx::query(
+                "UPDATE chainsync.unique_windows SET job_id = $3 WHERE unique_key = $1 AND job_id = $2",
+            )
+            .bind(&key)
+            .bind(id)
+            .bind(e.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+async fn insert_unwindowed(
+    conn: &mut PgConnection,
+    rows: Vec<Row>,
+) -> Result<Vec<Enqueued>, QueueError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -227,6 +299,27 @@ pub async fn enqueue_sql<'e>(
         .bind(unique_key)
         .fetch_one(exec)
         .await
+}
+
+/// [`enqueue_sql`] with a unique window: `chainsync.enqueue(kind, args, unique_key => key,
+/// unique_for => window)`.
+pub async fn enqueue_sql_for<'e>(
+    exec: impl PgExecutor<'e>,
+    kind: &str,
+    args: &Value,
+    unique_key: &str,
+    window: std::time::Duration,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT chainsync.enqueue($1, $2, unique_key => $3,
+                                 unique_for => make_interval(secs => $4::double precision / 1000))",
+    )
+    .bind(kind)
+    .bind(args)
+    .bind(unique_key)
+    .bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+    .fetch_one(exec)
+    .await
 }
 
 #[async_trait]

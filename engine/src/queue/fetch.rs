@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{Queue, QueueError};
 
 const FETCH: &str = include_str!("sql/fetch.sql");
+const FETCH_CONTROLLED: &str = "SELECT * FROM chainsync.fetch_controlled($1, $2::int, $3, $4)";
 const HEARTBEAT: &str = include_str!("sql/heartbeat.sql");
 const RELEASE: &str = include_str!("sql/release.sql");
 
@@ -23,6 +24,45 @@ pub struct Fetched {
     pub max_attempts: i32,
     pub backoff_base_ms: Option<i64>,
     pub backoff_cap_ms: Option<i64>,
+    /// Taken under a cluster-wide limit (of its queue or kind): its end may let another start.
+    #[sqlx(default)]
+    pub limited: bool,
+}
+
+/// What stands between a fetch and the jobs of its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Nothing: the plain fetch statement serves the queue.
+    None,
+    /// The queue is paused: nothing was taken.
+    Paused,
+    /// Limits apply (fetch through `chainsync.fetch_controlled`) and held nothing back.
+    Open,
+    /// Limits held jobs back: fetch again when a token comes (`retry`), or when a limited job
+    /// ends (`None`).
+    Held { retry: Option<Duration> },
+}
+
+/// One fetch: the jobs taken and what controls the queue.
+#[derive(Debug, Clone)]
+pub struct FetchBatch {
+    pub jobs: Vec<Fetched>,
+    pub control: Control,
+}
+
+#[derive(sqlx::FromRow)]
+struct FetchRow {
+    id: Option<Uuid>,
+    kind: Option<String>,
+    queue: Option<String>,
+    args: Option<Value>,
+    attempt: Option<i32>,
+    max_attempts: Option<i32>,
+    backoff_base_ms: Option<i64>,
+    backoff_cap_ms: Option<i64>,
+    limited: Option<bool>,
+    control: Option<String>,
+    retry_ms: Option<i32>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -30,7 +70,8 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl Queue {
-    /// Leases up to `limit` runnable jobs of `queue` to `owner` for `lease`.
+    /// Leases up to `limit` runnable jobs of `queue` to `owner` for `lease`, whatever controls
+    /// the queue (pause, limits).
     pub async fn fetch(
         &self,
         queue: &str,
@@ -38,13 +79,70 @@ impl Queue {
         owner: Uuid,
         lease: Duration,
     ) -> Result<Vec<Fetched>, QueueError> {
-        Ok(sqlx::query_as(FETCH)
+        let mut batch = self.fetch_batch(queue, limit, owner, lease, false).await?;
+        if batch.control != Control::None && batch.jobs.is_empty() {
+            batch = self.fetch_batch(queue, limit, owner, lease, true).await?;
+        }
+        Ok(batch.jobs)
+    }
+
+    /// One fetch statement: the plain one (`controlled = false`), which takes nothing from a
+    /// queue under control and says so (`Control::Open`), or `chainsync.fetch_controlled`, which
+    /// applies pause and limits and says `Control::None` once none applies.
+    pub async fn fetch_batch(
+        &self,
+        queue: &str,
+        limit: usize,
+        owner: Uuid,
+        lease: Duration,
+        controlled: bool,
+    ) -> Result<FetchBatch, QueueError> {
+        let sql = if controlled { FETCH_CONTROLLED } else { FETCH };
+        let rows: Vec<FetchRow> = sqlx::query_as(sql)
             .bind(queue)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(
+                i64::try_from(limit)
+                    .unwrap_or(i64::MAX)
+                    .min(i64::from(i32::MAX)),
+            )
             .bind(owner)
             .bind(millis(lease))
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut control = Control::None;
+        for r in rows {
+            if let Some(c) = r.control {
+                control = match c.as_str() {
+                    "paused" => Control::Paused,
+                    "held" => Control::Held {
+                        retry: r
+                            .retry_ms
+                            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+                    },
+                    "none" => Control::None,
+                    _ => Control::Open,
+                };
+                continue;
+            }
+            let (Some(id), Some(kind), Some(queue), Some(args), Some(attempt), Some(max_attempts)) =
+                (r.id, r.kind, r.queue, r.args, r.attempt, r.max_attempts)
+            else {
+                continue;
+            };
+            jobs.push(Fetched {
+                id,
+                kind,
+                queue,
+                args,
+                attempt,
+                max_attempts,
+                backoff_base_ms: r.backoff_base_ms,
+                backoff_cap_ms: r.backoff_cap_ms,
+                limited: r.limited.unwrap_or(false),
+            });
+        }
+        Ok(FetchBatch { jobs, control })
     }
 
     /// Extends the leases of the jobs `held` that `owner` still runs; returns how many.

@@ -44,6 +44,14 @@ impl Queue {
                 break;
             }
         }
+        // Unique windows that have closed (bounded like the jobs).
+        sqlx::query(
+            "DELETE FROM chainsync.unique_windows WHERE unique_key = ANY(ARRAY(
+                 SELECT unique_key FROM chainsync.unique_windows WHERE expires_at < now() LIMIT $1))",
+        )
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
         Ok(total)
     }
 }

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod browse;
 pub mod complete;
+pub mod control;
 pub mod enqueue;
 pub mod fetch;
 pub mod maintenance;
@@ -30,7 +31,8 @@ pub use browse::{
     BulkJobAction, DeadCursor, DeadQuery, GroupCount, JobQuery, Latency, MinuteActivity,
 };
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
-pub use fetch::Fetched;
+pub use control::{KindLimits, LimitConfig, QueueLimits, QueueStatus};
+pub use fetch::{Control, FetchBatch, Fetched};
 pub use policy::{KindOverride, Policies};
 pub use stats::{DeadLetterCount, QueueBacklog};
 

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use super::control::LimitConfig;
 use crate::{Kinds, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,29 @@ pub struct KindOverride {
     /// Longest a single run may take before it counts as a failed attempt.
     #[serde(default, with = "crate::duration::opt_text")]
     pub timeout: Option<Duration>,
+    /// Running jobs of the kind in the whole cluster (every daemon, every queue).
+    pub global_concurrency: Option<u32>,
+    /// Top-level args fields that partition the kind's running jobs, e.g. `["chain_id"]` …
+    pub partition_by: Option<Vec<String>>,
+    /// … and how many may run per partition.
+    pub partition_concurrency: Option<u32>,
+    /// Jobs of the kind started per second in the whole cluster.
+    pub rate_limit: Option<f64>,
+    /// Jobs that may start at once after a quiet spell (default: a tenth of a second's).
+    pub rate_burst: Option<f64>,
+}
+
+impl KindOverride {
+    /// The cluster-wide limits this override states.
+    pub fn limits(&self) -> LimitConfig {
+        LimitConfig {
+            concurrency: self.global_concurrency,
+            partition_by: self.partition_by.clone(),
+            partition_concurrency: self.partition_concurrency,
+            rate: self.rate_limit,
+            burst: self.rate_burst,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +58,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     by_kind: BTreeMap<String, KindPolicy>,
+    /// Cluster-wide limits per kind from the config (`[kinds.<kind>] global_concurrency`, …).
+    limits: BTreeMap<String, LimitConfig>,
 }
 
 impl Policies {
@@ -52,6 +78,7 @@ impl Policies {
                     )
                 })
                 .collect(),
+            limits: BTreeMap::new(),
         }
     }
 
@@ -96,8 +123,23 @@ impl Policies {
                 .retry
                 .validate()
                 .map_err(|e| format!("kinds.{kind}: {e}"))?;
+            let limits = o.limits();
+            if !limits.is_empty() {
+                let fields: Option<Vec<String>> = registry
+                    .get(kind)
+                    .and_then(|spec| spec.args_schema.get("properties"))
+                    .and_then(|p| p.as_object())
+                    .map(|p| p.keys().cloned().collect());
+                limits.validate(&format!("kinds.{kind}"), fields.as_deref())?;
+                p.limits.insert(kind.clone(), limits);
+            }
         }
         Ok(p)
+    }
+
+    /// The config's cluster-wide limits per kind.
+    pub fn kind_limits(&self) -> &BTreeMap<String, LimitConfig> {
+        &self.limits
     }
 
     /// Policy of `kind`; unknown kinds (rows from a newer or older binary) get the defaults.

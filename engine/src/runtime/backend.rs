@@ -107,6 +107,7 @@ mod tests {
             max_attempts: 3,
             backoff_base_ms: Some(10),
             backoff_cap_ms: None,
+            limited: false,
         }
     }
 

@@ -3,7 +3,9 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::warn;
 use uuid::Uuid;
 
@@ -29,12 +31,17 @@ pub(super) struct QueueWriter {
     pub retain: bool,
     /// Written (or given up): no longer held, so no longer extended by the heartbeat.
     pub held: super::Held,
+    /// Told when outcomes of jobs taken under a limit are written.
+    pub limited_done: Arc<Notify>,
 }
 
 impl WriteOutcomes for QueueWriter {
     async fn write(&self, batch: Vec<Completion>) {
         write_batch(&self.queue, self.owner, &batch, self.retain).await;
         self.held.remove(batch.iter().map(|c| c.id));
+        if batch.iter().any(|c| c.limited) {
+            self.limited_done.notify_waiters();
+        }
     }
 }
 
@@ -137,6 +144,7 @@ mod tests {
             backoff_base_ms: None,
             backoff_cap_ms: None,
             outcome: Outcome::Done,
+            limited: false,
         })
     }
 

@@ -10,12 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::queue::{Fetched, Queue, QueueError};
+use crate::queue::{Control, FetchBatch, Fetched, Queue, QueueError};
 
 /// Where a fetcher leases jobs from: the queue in production, a fake in the unit tests.
 pub(super) trait Lease: Send + Sync + 'static {
-    /// Leases up to `limit` runnable jobs.
-    fn lease(&self, limit: usize) -> impl Future<Output = Result<Vec<Fetched>, QueueError>> + Send;
+    /// Leases up to `limit` runnable jobs, with the plain statement or (`controlled`) the one
+    /// that applies pause and limits.
+    fn lease(
+        &self,
+        limit: usize,
+        controlled: bool,
+    ) -> impl Future<Output = Result<FetchBatch, QueueError>> + Send;
 }
 
 /// Jobs of one named queue, leased to `owner` for `lease`.
@@ -29,13 +34,13 @@ pub(super) struct QueueLease {
 }
 
 impl Lease for QueueLease {
-    async fn lease(&self, limit: usize) -> Result<Vec<Fetched>, QueueError> {
-        let jobs = self
+    async fn lease(&self, limit: usize, controlled: bool) -> Result<FetchBatch, QueueError> {
+        let batch = self
             .queue
-            .fetch(&self.name, limit, self.owner, self.lease)
+            .fetch_batch(&self.name, limit, self.owner, self.lease, controlled)
             .await?;
-        self.held.add(jobs.iter().map(|j| j.id));
-        Ok(jobs)
+        self.held.add(batch.jobs.iter().map(|j| j.id));
+        Ok(batch)
     }
 }
 
@@ -51,6 +56,9 @@ pub(super) struct FetchLoop {
     pub permits: Arc<Semaphore>,
     /// Notified when jobs may have become available.
     pub wake: Arc<Notify>,
+    /// Notified (to every waiter) when outcomes of jobs taken under a limit were written: a
+    /// fetch that limits held back may take more now.
+    pub limited_done: Arc<Notify>,
     /// To the worker.
     pub jobs: mpsc::Sender<Fetched>,
     pub cancel: CancellationToken,
@@ -67,6 +75,10 @@ impl FetchLoop {
     pub async fn run(self, source: impl Lease) {
         let mut failures = 0u32;
         let mut backlog = false;
+        // Whether the queue is under control (pause, limits): then fetches go through
+        // chainsync.fetch_controlled, until it says no control applies.
+        let mut controlled = false;
+        let mut switched = false;
         loop {
             // Take at least one free slot, then as many more as are free, up to a batch.
             let first = tokio::select! {
@@ -76,7 +88,11 @@ impl FetchLoop {
             let Ok(first) = first else { return };
             first.forget();
             let want = 1 + fill(&self.permits, self.batch - 1, self.batch / 2, backlog).await;
-            let batch = match source.lease(want).await {
+            // Armed before the fetch, so that a limited job ending meanwhile is not missed.
+            let ended = self.limited_done.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let batch = match source.lease(want, controlled).await {
                 Ok(b) => {
                     failures = 0;
                     b
@@ -92,12 +108,11 @@ impl FetchLoop {
                     }
                 }
             };
-            let got = batch.len();
-            backlog = got == want;
+            let got = batch.jobs.len();
             if got < want {
                 self.permits.add_permits(want - got);
             }
-            for job in batch {
+            for job in batch.jobs {
                 if let Err(lost) = self.jobs.send(job).await {
                     // The worker is gone: give the slot back; release() returns the job at
                     // shutdown.
@@ -105,12 +120,35 @@ impl FetchLoop {
                     debug!(job = %lost.0.id, "worker stopped before the job could run");
                 }
             }
+            let now_controlled = batch.control != Control::None;
+            if now_controlled != controlled {
+                debug!(queue = %self.name, controlled = now_controlled, "fetch mode changed");
+                controlled = now_controlled;
+                // Fetch again at once in the other mode (once: a control that comes and goes
+                // between the two statements waits for the next round).
+                if got == 0 && !switched {
+                    switched = true;
+                    continue;
+                }
+            }
+            switched = false;
+            backlog = got == want;
             if got < want {
-                // Drained for now: wait for a notification, the poll interval, or shutdown.
+                // Drained for now, paused or held by limits: wait for a notification, the
+                // poll interval, or shutdown; when limits held jobs back, also for a limited
+                // job's end or the next token of a rate.
+                let (retry, held) = match batch.control {
+                    Control::Held { retry } => (
+                        retry.map_or(self.poll_interval, |r| r.min(self.poll_interval)),
+                        true,
+                    ),
+                    _ => (self.poll_interval, false),
+                };
                 tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = &mut ended, if held => {}
+                    _ = tokio::time::sleep(retry) => {}
                 }
             }
         }
@@ -167,6 +205,7 @@ mod tests {
             max_attempts: 3,
             backoff_base_ms: None,
             backoff_cap_ms: None,
+            limited: false,
         }
     }
 
@@ -232,7 +271,7 @@ mod tests {
     }
 
     impl Lease for Arc<Fake> {
-        async fn lease(&self, limit: usize) -> Result<Vec<Fetched>, QueueError> {
+        async fn lease(&self, limit: usize, _: bool) -> Result<FetchBatch, QueueError> {
             let n = {
                 let mut asked = self.asked.lock().unwrap();
                 asked.push(limit);
@@ -244,7 +283,10 @@ mod tests {
             let mut left = self.backlog.lock().unwrap();
             let take = (limit as u128).min(*left);
             *left -= take;
-            Ok((0..take).map(|i| job(*left + i)).collect())
+            Ok(FetchBatch {
+                jobs: (0..take).map(|i| job(*left + i)).collect(),
+                control: Control::None,
+            })
         }
     }
 
@@ -265,6 +307,7 @@ mod tests {
             poll_interval: Duration::from_secs(3600),
             permits: permits.clone(),
             wake: Arc::new(Notify::new()),
+            limited_done: Arc::new(Notify::new()),
             jobs: tx,
             cancel: cancel.clone(),
         };
@@ -376,6 +419,7 @@ mod tests {
             poll_interval: Duration::from_secs(3600),
             permits: permits.clone(),
             wake: wake.clone(),
+            limited_done: Arc::new(Notify::new()),
             jobs: tx,
             cancel: cancel.clone(),
         };

@@ -207,11 +207,13 @@ async fn run<S: Clone + Send + Sync + 'static>(
     let aux_listen = aux.clone();
 
     let held = Held::default();
+    let limited_done = Arc::new(Notify::new());
     let writer = QueueWriter {
         queue: queue.clone(),
         owner,
         retain: queue.retain_completed(),
         held: held.clone(),
+        limited_done: limited_done.clone(),
     };
     let completer = tokio::spawn(completer::run(
         writer,
@@ -261,6 +263,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
                 poll_interval: settings.poll_interval,
                 permits: permits.clone(),
                 wake: wake.clone(),
+                limited_done: limited_done.clone(),
                 jobs: job_tx.clone(),
                 cancel: cancel.clone(),
             };

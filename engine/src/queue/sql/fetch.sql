@@ -3,17 +3,34 @@
 -- attempt bump plus lease_owner is the fencing token a completion must present.
 -- The ids are gathered first (an InitPlan) and the update finds them by primary key: no join for
 -- the planner to turn into a scan of the whole table when the statistics are stale.
-UPDATE chainsync.jobs
-SET state = 'running',
-    attempt = attempt + 1,
-    lease_owner = $3,
-    lease_expires_at = now() + make_interval(secs => $4::double precision / 1000),
-    started_at = now()
-WHERE id = ANY(ARRAY(
-    SELECT id FROM chainsync.jobs
-    WHERE state = 'available' AND queue = $1 AND run_at <= now()
-    ORDER BY priority, run_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms
+-- A queue under control (paused or limited in chainsync.queues, or any kind limited in
+-- chainsync.kind_limits) is not fetched here: the statement then takes nothing and returns one
+-- row with `control = 'controlled'`, and the caller uses chainsync.fetch_controlled() instead.
+-- The check is two probes of small tables, evaluated once per statement.
+WITH control AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM chainsync.queues c WHERE c.queue = $1 AND c.controlled)
+        OR EXISTS (SELECT 1 FROM chainsync.kind_limits l WHERE l.active) AS controlled
+),
+taken AS (
+    UPDATE chainsync.jobs
+    SET state = 'running',
+        attempt = attempt + 1,
+        lease_owner = $3,
+        lease_expires_at = now() + make_interval(secs => $4::double precision / 1000),
+        started_at = now()
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM chainsync.jobs
+        WHERE state = 'available' AND queue = $1 AND run_at <= now()
+          AND NOT (SELECT controlled FROM control)
+        ORDER BY priority, run_at, id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms
+)
+SELECT id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
+       false AS limited, NULL::text AS control, NULL::int AS retry_ms
+FROM taken
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'controlled', NULL
+FROM control WHERE controlled
