@@ -208,6 +208,10 @@ pub enum BenchCmd {
         events: usize,
         #[arg(long, default_value_t = 10_000)]
         blocks: usize,
+        /// Holders the events go to, in turn (each holder's balance changes events/holders
+        /// times; a holder appears at most once per block while holders ≥ events/blocks)
+        #[arg(long, default_value_t = 2_000)]
+        holders: usize,
         #[arg(long, default_value_t = 90)]
         transfers: usize,
         #[arg(long, default_value_t = 3)]

@@ -1,7 +1,8 @@
 //! `chainsync bench ingest`: event ingestion on anvil.
 //!
-//! 1. Throughput: N holders minted (one `Transfer` each) in small batches, one block each, so
-//!    that the events spread over at least `blocks` blocks; then ingestion passes from block 0 to
+//! 1. Throughput: N mints (one `Transfer` each) to a set of holders in turn, in small batches, one
+//!    block each, so that the events spread over at least `blocks` blocks and each holder's
+//!    balance changes many times; then ingestion passes from the token's deployment to
 //!    the head as `chainsync ingest` runs them: `eth_getLogs` in adaptive ranges, events stored
 //!    with their block hashes, each touched holder's balance history recorded at the blocks that
 //!    changed it (the logs' deltas, checked by Multicall3 reads before and after each range).
@@ -71,41 +72,71 @@ async fn count(pool: &PgPool, sql: &'static str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
 
-/// Runs both parts; `events` holders over at least `blocks` blocks for the throughput,
-/// `transfers` samples for the lag.
+/// The throughput part's sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// Transfer events (mints) in all.
+    pub events: usize,
+    /// Blocks they spread over (at least).
+    pub blocks: usize,
+    /// Holders they go to, in turn.
+    pub holders: usize,
+}
+
+/// Runs both parts; `sizes` for the throughput, `transfers` samples for the lag.
 pub async fn run(
     admin_url: &str,
-    events: usize,
-    blocks: usize,
+    sizes: Sizes,
     transfers: usize,
     reps: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let throughput = throughput(admin_url, events, blocks, reps.max(1)).await?;
+    let throughput = throughput(admin_url, sizes, reps.max(1)).await?;
     let lag = live_lag(admin_url, transfers).await?;
     Ok(json!({"throughput": throughput, "live": lag}))
 }
 
 async fn throughput(
     admin_url: &str,
-    events: usize,
-    blocks: usize,
+    sizes: Sizes,
     reps: usize,
 ) -> anyhow::Result<serde_json::Value> {
+    let Sizes {
+        events,
+        blocks,
+        holders,
+    } = sizes;
+    if holders == 0 {
+        bail!("--holders must be positive");
+    }
     let chain = DevChain::start().await?;
     chain.install_multicall3().await?;
     let token = chain.deploy_token("Ingest", "ING", 18).await?;
-    let holders = devchain::random_holders(5, events, devchain::units(100, 18));
+    // Event i mints to holder i mod `holders`: each holder's balance changes again and again
+    // (a history of events/holders rows each), and the chain's state stays the size of the
+    // holder set, as a token's does, however many events there are.
+    let set = devchain::random_holders(5, holders.min(events.max(1)), U256::from(1u64));
+    let amounts = devchain::random_holders(6, events, devchain::units(100, 18));
+    let mints: Vec<(alloy::primitives::Address, U256)> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| (set[i % set.len()].0, *v))
+        .collect();
+    // Every history row: holder → its balance after each of its mints, in order.
+    let mut expected: Vec<(String, String)> = Vec::with_capacity(events);
+    let mut running: std::collections::BTreeMap<alloy::primitives::Address, U256> =
+        std::collections::BTreeMap::new();
+    for (a, v) in &mints {
+        let b = running.entry(*a).or_default();
+        *b += *v;
+        expected.push((format!("{a:#x}"), b.to_string()));
+    }
+    expected.sort();
     // One mint transaction per block (automine): `per_block` events each.
     let per_block = events.div_ceil(blocks.max(1)).max(1);
     let first = chain.block_number().await?;
     let mint_started = Instant::now();
-    chain.mint_across_blocks(token, &holders, per_block).await?;
+    chain.mint_across_blocks(token, &mints, per_block).await?;
     let mint_secs = mint_started.elapsed().as_secs_f64();
-    let mut minted: Vec<(String, String)> = holders
-        .iter()
-        .map(|(a, v)| (format!("{a:#x}"), v.to_string()))
-        .collect();
-    minted.sort();
     let rpc = chain.url();
     let app = super::scratch_app(
         admin_url,
@@ -155,14 +186,14 @@ async fn throughput(
         if stored != events as i64 || history != events as i64 {
             bail!("stored {stored} events and {history} history rows, expected {events} of each");
         }
-        // Every holder's one change is its minted amount, to the wei.
+        // Every change of every holder is its balance after that mint, to the wei.
         let mut got: Vec<(String, String)> =
             sqlx::query_as("SELECT address, new_amount::text FROM chainsync.balance_changes")
                 .fetch_all(app.pool())
                 .await?;
         got.sort();
-        if got != minted {
-            bail!("the balance history differs from the minted amounts");
+        if got != expected {
+            bail!("the balance history differs from the running sums of the mints");
         }
         rates.push(events as f64 / secs);
     }
@@ -174,6 +205,7 @@ async fn throughput(
     .await?;
     Ok(json!({
         "events": events,
+        "holders": set.len(),
         "blocks": head,
         "blocks_with_events": with_events,
         "first_block": first,

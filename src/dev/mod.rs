@@ -82,11 +82,22 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Ingest {
             events,
             blocks,
+            holders,
             transfers,
             reps,
         }) => {
             crate::telemetry::init(false, "warn");
-            let r = bench_ingest::run(&admin_url, *events, *blocks, *transfers, *reps).await?;
+            let r = bench_ingest::run(
+                &admin_url,
+                bench_ingest::Sizes {
+                    events: *events,
+                    blocks: *blocks,
+                    holders: *holders,
+                },
+                *transfers,
+                *reps,
+            )
+            .await?;
             println!("RESULT {r}");
         }
         Command::Bench(BenchCmd::Rebuild {
