@@ -108,7 +108,16 @@ async fn throughput(
     if holders == 0 {
         bail!("--holders must be positive");
     }
-    let chain = DevChain::start().await?;
+    // anvil keeps the state of its last 500 blocks in memory and a few thousand more on disk;
+    // ingestion reads balances at old blocks (every range's boundaries), as from an archive node.
+    let chain = DevChain::start_with(DevChainOptions {
+        extra_args: vec![
+            "--max-persisted-states".into(),
+            (blocks + 1_000).to_string(),
+        ],
+        ..DevChainOptions::default()
+    })
+    .await?;
     chain.install_multicall3().await?;
     let token = chain.deploy_token("Ingest", "ING", 18).await?;
     // Event i mints to holder i mod `holders`: each holder's balance changes again and again
