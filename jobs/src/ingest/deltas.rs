@@ -20,17 +20,12 @@
 //! `balances` (never over a newer block). The block times come from one `eth_getBlockByNumber`
 //! per block with transfers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use alloy::{
-    primitives::{Address, B256, U256},
-    rpc::types::Log,
-    sol_types::SolEvent,
-};
+use alloy::primitives::{Address, B256, U256};
 use futures::StreamExt;
 use tracing::warn;
 
-use super::decode::Transfer;
 use crate::{
     JobError, Services,
     chain::{ChainClient, PinnedBlock},
@@ -48,56 +43,6 @@ pub struct Flow {
 
 /// (token, holder) → block → flow.
 pub type Deltas = BTreeMap<(Address, Address), BTreeMap<u64, Flow>>;
-
-/// The flows of `logs` for the holders of `tokens` (and only `tracked` ones when given).
-pub fn collect(
-    logs: &[Log],
-    tokens: &BTreeSet<Address>,
-    tracked: Option<&BTreeSet<Address>>,
-) -> Deltas {
-    let mut out = Deltas::new();
-    for log in logs {
-        let (Some(bn), Some(bh)) = (log.block_number, log.block_hash) else {
-            continue;
-        };
-        let topics = log.topics();
-        if !tokens.contains(&log.address())
-            || topics.first() != Some(&Transfer::SIGNATURE_HASH)
-            || !(topics.len() == 3 || topics.len() == 4)
-        {
-            continue;
-        }
-        let from = Address::from_word(topics[1]);
-        let to = Address::from_word(topics[2]);
-        let value = if topics.len() == 4 {
-            U256::from(1)
-        } else {
-            match Transfer::decode_log_data(log.data()) {
-                Ok(t) => t.value,
-                Err(_) => continue,
-            }
-        };
-        let mut add = |holder: Address, inflow: bool| {
-            if holder.is_zero() || tracked.is_some_and(|t| !t.contains(&holder)) {
-                return;
-            }
-            let f = out
-                .entry((log.address(), holder))
-                .or_default()
-                .entry(bn)
-                .or_default();
-            f.hash = bh;
-            if inflow {
-                f.inflow = f.inflow.saturating_add(value);
-            } else {
-                f.outflow = f.outflow.saturating_add(value);
-            }
-        };
-        add(from, false);
-        add(to, true);
-    }
-    out
-}
 
 /// Amounts seen on chain (not derived from transfers) that a walk over one key starts from or
 /// meets: (block, amount).

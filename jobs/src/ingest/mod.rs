@@ -284,8 +284,7 @@ pub async fn ingest_pass(
                 record_touched(services, &chain, from, &end, &touched, &touched_blocks).await?
             }
             StateAccess::LatestOnly => {
-                let flows = deltas::collect(&logs, &tokens, tracked.as_ref());
-                deltas::record(services, &chain, &flows).await?
+                deltas::record(services, &chain, &flows(&touched, &touched_blocks)).await?
             }
         };
         report.history_reads += reads;
@@ -610,6 +609,35 @@ impl Touch {
         }
         Some((out, balance))
     }
+}
+
+/// The flows the range's logs gave each touched (token, holder), per block with its hash: the
+/// input of a history from transfer amounts alone ([`deltas`], chains without historical state).
+fn flows(
+    touched: &BTreeMap<Key, Touch>,
+    blocks: &BTreeMap<u64, (B256, Option<u64>)>,
+) -> deltas::Deltas {
+    touched
+        .iter()
+        .map(|(key, t)| {
+            let per_block = t
+                .blocks
+                .iter()
+                .map(|(n, (inflow, outflow))| {
+                    let hash = blocks.get(n).map_or(B256::ZERO, |(h, _)| *h);
+                    (
+                        *n,
+                        deltas::Flow {
+                            hash,
+                            inflow: *inflow,
+                            outflow: *outflow,
+                        },
+                    )
+                })
+                .collect();
+            (*key, per_block)
+        })
+        .collect()
 }
 
 /// Records the history of every touched (token, holder) of the range `from..=end` at the blocks
