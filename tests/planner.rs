@@ -234,3 +234,94 @@ async fn daemon_pools_plan_each_run_of_the_hot_statements(pool: PgPool) {
     assert_eq!(daemon.1, 0, "daemon pool used a generic plan: {daemon:?}");
     assert!(daemon.2 >= 16, "daemon pool: {daemon:?}");
 }
+
+/// Rows read from `chainsync.jobs` so far (table scans plus entries of its indexes), as the
+/// statistics collector has them.
+async fn jobs_rows_read(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
+                 WHERE relid = 'chainsync.jobs'::regclass)
+              + (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                 WHERE relid = 'chainsync.jobs'::regclass)::bigint",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The fetch under limits (`chainsync.fetch_controlled`) with the statistics of a backlog of one
+/// kind: the "any due job of this kind?" probe of a limited kind with no jobs, and the scans of
+/// the other kinds beside a binding limit, each read a few index entries, never the backlog;
+/// whether the statements are planned with their arguments (the daemon's pools) or generically
+/// (a pooler that drops the start-up options, after five runs). Counted in rows read from the
+/// table, from the statistics collector.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_limited_fetch_never_walks_the_backlog_of_another_kind(pool: PgPool) {
+    let q = chainsync::app::builtin_queue(pool.clone());
+    q.sync_kinds().await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO chainsync.jobs (id, kind, args)
+         SELECT gen_random_uuid(), 'noop', '{}' FROM generate_series(1, 30000);
+         ANALYZE chainsync.jobs;
+         SELECT chainsync.set_kind_limit('sync-balances', concurrency => 1);
+         SELECT chainsync.set_kind_limit('noop', concurrency => 5);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let opts = (*pool.connect_options()).clone();
+    for custom in [false, true] {
+        let opts = if custom {
+            chainsync::app::force_custom_plans(opts.clone())
+        } else {
+            opts.clone()
+        };
+        let one = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let q = chainsync::app::builtin_queue(one.clone());
+        // Warm up past the switch to generic plans, then count the rows 10 fetches read.
+        let mut taken = 0;
+        let mut before = 0;
+        for i in 0..16 {
+            if i == 6 {
+                sqlx::query("SELECT pg_stat_force_next_flush()")
+                    .execute(&one)
+                    .await
+                    .unwrap();
+                before = jobs_rows_read(&pool).await;
+            }
+            let got = q
+                .fetch("default", 50, Uuid::now_v7(), Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 5, "the binding limit of 5 running noop jobs");
+            taken += got.len();
+            sqlx::query("DELETE FROM chainsync.jobs WHERE state = 'running'")
+                .execute(&one)
+                .await
+                .unwrap();
+        }
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&one)
+            .await
+            .unwrap();
+        // The flush happens when the connection goes idle: give it a moment, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut read = jobs_rows_read(&pool).await - before;
+        while read == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            read = jobs_rows_read(&pool).await - before;
+        }
+        assert_eq!(taken, 80);
+        // Each fetch reads the entries of the jobs taken so far (dead until vacuum) and the few
+        // it takes: hundreds; one walk of the backlog alone would be 30,000.
+        assert!(
+            read > 0 && read < 30_000,
+            "custom plans {custom}: {read} rows of chainsync.jobs read by 10 fetches"
+        );
+        one.close().await;
+    }
+}
