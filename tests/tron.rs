@@ -1,33 +1,35 @@
 #![allow(clippy::unwrap_used)]
 //! TRON chains (`family = "tron"`) on a real Postgres, with anvil behind a stand-in that answers
-//! like java-tron's JSON-RPC (`tron/standin.rs`: `latest`-only calls, hex-only addresses, strict
-//! call objects, java-tron's block shape). Every chainsync request goes through it and none may
-//! be refused: that is what shows the requests are ones a TRON node serves. Addresses are given
-//! in TRON's forms (base58check `T…`, `41…` hex) in config, SQL, jobs and HTTP.
+//! like java-tron's JSON-RPC (`chainsync_dev::tron_standin`: `latest`-only calls, hex-only
+//! addresses, strict call objects, java-tron's shapes of blocks, receipts and transactions).
+//! Every chainsync request goes through it and none may be refused: that is what shows the
+//! requests are ones a TRON node serves. Addresses are given in TRON's forms (base58check `T…`,
+//! `41…` hex) in config, SQL, jobs and HTTP. `chainsync demo --family tron` runs end to end too.
 
 mod common;
 use common::db_url;
 
-mod tron {
-    pub mod standin;
-}
-use tron::standin::StandIn;
-
-use std::net::SocketAddr;
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use alloy::{
-    primitives::{Address, U256},
+    network::TransactionBuilder,
+    primitives::{Address, B256, Bytes, U256},
     providers::Provider,
+    sol_types::SolCall,
 };
 use chainsync::{
     app::App,
     config::Config,
     http::{HttpState, metrics_handle, serve},
 };
-use chainsync_dev::{devchain::contracts::TestToken, scenario::TokenChain};
+use chainsync_dev::{
+    devchain::{DevChainError, contracts::TestToken},
+    scenario::TokenChain,
+    tron_standin::TronStandIn,
+};
 use chainsync_jobs::{
     JobContext, JobMeta,
-    ids::{ChainFamily, tron_base58},
+    ids::{ChainFamily, parse_tron_address, tron_base58},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -40,14 +42,21 @@ fn b58(a: &Address) -> String {
 
 struct Env {
     s: TokenChain,
-    standin: StandIn,
+    standin: TronStandIn,
     app: App,
 }
 
 /// anvil with a 6-decimal token minted to `holders` holders and some transfers between them; the
 /// stand-in in front; an app whose chain is `family = "tron"`, with the token and Multicall3
-/// named in base58check (or without a Multicall3: JSON-RPC batches).
-async fn setup(pool: &PgPool, holders: usize, multicall: bool, ingest: bool) -> Env {
+/// named in base58check (or without a Multicall3: JSON-RPC batches), and `confirmations` when
+/// given (else TRON's default).
+async fn setup(
+    pool: &PgPool,
+    holders: usize,
+    multicall: bool,
+    ingest: bool,
+    confirmations: Option<u64>,
+) -> Env {
     let s = TokenChain::builder("USDT")
         .decimals(6)
         .holders(holders)
@@ -62,7 +71,7 @@ async fn setup(pool: &PgPool, holders: usize, multicall: bool, ingest: bool) -> 
         .map(|(a, b)| (a.0, b.0, a.1 / U256::from(3)))
         .collect();
     s.chain.holder_transfers(s.token, &transfers).await.unwrap();
-    let standin = StandIn::start(&s.chain.url()).await;
+    let standin = TronStandIn::start(&s.chain.url()).await.unwrap();
     let ingest = if ingest {
         format!(
             "[[ingest]]\nchain_id = 31337\ninitial_range = 3\nmax_range = 50\nlive = false\n\
@@ -72,6 +81,9 @@ async fn setup(pool: &PgPool, holders: usize, multicall: bool, ingest: bool) -> 
     } else {
         String::new()
     };
+    let confirmations = confirmations
+        .map(|c| format!("confirmations = {c}\n"))
+        .unwrap_or_default();
     let mc = if multicall {
         format!("multicall_address = \"{}\"\n", b58(&MULTICALL3))
     } else {
@@ -85,9 +97,8 @@ chain_id = 31337
 name = "tron"
 family = "tron"
 rpc_urls = ["{}"]
-confirmations = 0
 multicall_batch_size = 25
-{mc}
+{confirmations}{mc}
 [[tokens]]
 chain_id = 31337
 symbol = "USDT"
@@ -101,7 +112,7 @@ decimals = 6
 asset_class = "native"
 {ingest}"#,
         db_url(pool),
-        standin.url,
+        standin.url(),
         b58(&s.token),
     );
     let app = App::with_pool(Config::from_toml(&config).unwrap(), pool.clone()).unwrap();
@@ -261,7 +272,7 @@ async fn check_balances_sync_and_reconcile(env: &Env) {
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn tron_balances_through_multicall_at_latest(pool: PgPool) {
-    let env = setup(&pool, 60, true, false).await;
+    let env = setup(&pool, 60, true, false, Some(0)).await;
     check_balances_sync_and_reconcile(&env).await;
     assert!(env.standin.calls("eth_call") > 0);
     assert_eq!(
@@ -282,7 +293,7 @@ async fn tron_balances_through_multicall_at_latest(pool: PgPool) {
         call(json!([{"to": to, "input": "0x"}, "latest"])),
     ] {
         let r: Value = http
-            .post(&env.standin.url)
+            .post(env.standin.url())
             .json(&bad)
             .send()
             .await
@@ -297,7 +308,7 @@ async fn tron_balances_through_multicall_at_latest(pool: PgPool) {
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn tron_balances_through_json_rpc_batches(pool: PgPool) {
-    let env = setup(&pool, 40, false, false).await;
+    let env = setup(&pool, 40, false, false, Some(0)).await;
     check_balances_sync_and_reconcile(&env).await;
     // One eth_call per holder and token, one eth_getBalance per holder: no Multicall3.
     assert!(env.standin.calls("eth_call") >= 40);
@@ -344,7 +355,7 @@ async fn assert_history_exact(env: &Env, holder: Address) -> usize {
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn tron_ingestion_derives_history_from_transfers(pool: PgPool) {
     // Ingested from block 0, so every holder's history starts at the token's deployment.
-    let env = setup(&pool, 12, true, true).await;
+    let env = setup(&pool, 12, true, true, Some(0)).await;
     let s = &env.s;
     let h: Vec<Address> = s.holders.iter().map(|x| x.0).collect();
     // Transfers in blocks of their own, some holders several times.
@@ -405,7 +416,7 @@ async fn tron_ingestion_derives_history_from_transfers(pool: PgPool) {
 /// Base58check addresses through the CLI, SQL and HTTP, shown in base58check for TRON chains.
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
-    let env = setup(&pool, 3, true, false).await;
+    let env = setup(&pool, 3, true, false, Some(0)).await;
     let usdt = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t";
     let typo = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6u";
     // The CLI: the interface of the issue, with chain 728126428 in the config.
@@ -546,4 +557,349 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
     stop.cancel();
     assert_eq!(ChainFamily::Tron.show_address(&holder), b58(&holder));
     env.assert_tron_compatible();
+}
+
+/// State, block and confirmations of a tracked transaction.
+async fn tx_row(pool: &PgPool, hash: B256) -> (String, Option<i64>, i64, Option<String>) {
+    sqlx::query_as(
+        "SELECT state, block_number, confirmations, error FROM chainsync.tracked_txs WHERE hash = $1",
+    )
+    .bind(format!("{hash:#x}"))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The addresses of the enqueued `sync-user-balance` jobs.
+async fn sync_job_addresses(pool: &PgPool) -> BTreeSet<String> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT args->>'address' FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+fn hex_of(a: &Address) -> String {
+    format!("{a:#x}")
+}
+
+/// check-pending-tx on a TRON chain through the stand-in: transaction ids as TRON writes them (no
+/// `0x`) and addresses in base58check when registered, receipts in java-tron's shape, no view of
+/// the node's pool, and confirmation at the solidified depth (19 blocks with its own, TRON's
+/// default `confirmations`) — not one block earlier.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn tron_pending_txs_confirm_at_solidified_depth(pool: PgPool) {
+    let env = setup(&pool, 6, true, false, None).await;
+    let s = &env.s;
+    let h: Vec<Address> = s.holders.iter().map(|x| x.0).collect();
+    let dev = s.chain.accounts();
+    // A TRC20 transfer between holders.
+    let ok = s
+        .chain
+        .transfer_from_holder(s.token, h[0], h[1], U256::from(1234u64))
+        .await
+        .unwrap()
+        .transaction_hash;
+    // A transfer of more than the sender holds: mined, reverted.
+    let call = TestToken::transferCall {
+        to: h[2],
+        amount: U256::from(10u64).pow(U256::from(30u64)),
+    };
+    let tx = s
+        .chain
+        .tx_from(1, s.token, call.abi_encode())
+        .unwrap()
+        .with_gas_limit(200_000);
+    let bad = match s.chain.send(tx).await {
+        Err(DevChainError::Reverted { hash }) => hash,
+        other => panic!("expected a revert, got {other:?}"),
+    };
+    // A TRX transfer that waits in the node's pool until a block is mined.
+    s.chain.set_automine(false).await.unwrap();
+    let trx = *s
+        .chain
+        .provider()
+        .send_transaction(
+            s.chain
+                .tx_from(0, h[3], Bytes::new())
+                .unwrap()
+                .with_value(U256::from(5_000_000u64)),
+        )
+        .await
+        .unwrap()
+        .tx_hash();
+    let unknown = B256::repeat_byte(0x77);
+
+    // Registered as an application would: a TRON transaction id and a base58check address
+    // straight into the table, the others through the Rust API in TRON's forms.
+    sqlx::query(
+        "INSERT INTO chainsync.tracked_txs (chain_id, hash, addresses) VALUES (31337, $1, $2)",
+    )
+    .bind(hex::encode(ok))
+    .bind(vec![b58(&h[0])])
+    .execute(&pool)
+    .await
+    .unwrap();
+    chainsync_jobs::tracking::track_tx(&pool, 31337, &hex::encode(bad), &[b58(&h[2]).as_str()])
+        .await
+        .unwrap();
+    let h3_41 = format!("41{}", hex::encode(h[3]));
+    chainsync_jobs::tracking::track_tx(&pool, 31337, &format!("{trx:#x}"), &[h3_41.as_str()])
+        .await
+        .unwrap();
+    chainsync_jobs::tracking::track_tx(&pool, 31337, &hex::encode(unknown), &[])
+        .await
+        .unwrap();
+    let rows: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT hash, addresses FROM chainsync.tracked_txs ORDER BY hash")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut want = vec![
+        (hex_of_hash(ok), vec![hex_of(&h[0])]),
+        (hex_of_hash(bad), vec![hex_of(&h[2])]),
+        (hex_of_hash(trx), vec![hex_of(&h[3])]),
+        (hex_of_hash(unknown), vec![]),
+    ];
+    want.sort();
+    assert_eq!(rows, want, "stored in the canonical forms");
+
+    let check = async || {
+        env.run("check-pending-tx", json!({"chain_id": 31337}))
+            .await
+    };
+    check().await;
+    let ok_block = tx_row(&pool, ok).await.1.unwrap();
+    assert_eq!(tx_row(&pool, ok).await.0, "submitted");
+    assert_eq!(tx_row(&pool, bad).await.0, "submitted");
+    // java-tron shows no transaction of its pool: still pending, not submitted.
+    assert_eq!(tx_row(&pool, trx).await.0, "pending");
+    assert_eq!(tx_row(&pool, unknown).await.0, "pending");
+    assert!(env.standin.calls("eth_getTransactionByHash") >= 2);
+
+    s.chain.mine(1).await.unwrap();
+    check().await;
+    let (state, trx_block, _, _) = tx_row(&pool, trx).await;
+    assert_eq!(state, "submitted");
+    let trx_block = trx_block.unwrap() as u64;
+
+    // One block short of the solidified depth: still submitted, nothing enqueued.
+    let head = s.chain.block_number().await.unwrap();
+    s.chain.mine(ok_block as u64 + 17 - head).await.unwrap();
+    check().await;
+    assert_eq!(
+        tx_row(&pool, ok).await,
+        ("submitted".to_string(), Some(ok_block), 18, None)
+    );
+    assert!(sync_job_addresses(&pool).await.is_empty());
+
+    // Solidified: confirmed, and every address it touched gets a balance sync.
+    s.chain.mine(1).await.unwrap();
+    check().await;
+    assert_eq!(
+        tx_row(&pool, ok).await,
+        ("confirmed".to_string(), Some(ok_block), 19, None)
+    );
+    assert_eq!(tx_row(&pool, bad).await.0, "submitted", "a block later");
+    let want: BTreeSet<String> = [h[0], h[1], s.token].iter().map(hex_of).collect();
+    assert_eq!(sync_job_addresses(&pool).await, want);
+
+    // The reverted one fails a block later: its sender and the registered address get a sync.
+    s.chain.mine(1).await.unwrap();
+    check().await;
+    let (state, _, _, error) = tx_row(&pool, bad).await;
+    assert_eq!(state, "failed");
+    assert!(error.unwrap().contains("reverted"));
+    let head = s.chain.block_number().await.unwrap();
+    s.chain.mine(trx_block + 18 - head).await.unwrap();
+    check().await;
+    assert_eq!(tx_row(&pool, trx).await.0, "confirmed");
+    assert_eq!(tx_row(&pool, unknown).await.0, "pending");
+    let want: BTreeSet<String> = [h[0], h[1], s.token, h[2], dev[1], h[3], dev[0]]
+        .iter()
+        .map(hex_of)
+        .collect();
+    assert_eq!(sync_job_addresses(&pool).await, want);
+
+    // The follow-up syncs store what the chain holds.
+    let jobs: Vec<Value> = sqlx::query_scalar(
+        "SELECT args FROM chainsync.jobs WHERE kind = 'sync-user-balance' ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for args in jobs {
+        env.run("sync-user-balance", args).await;
+    }
+    for holder in [h[0], h[1]] {
+        let (amount, _, _) = env.stored(&env.token(), &holder).await.unwrap();
+        assert_eq!(
+            amount,
+            s.chain
+                .balance_of(s.token, holder)
+                .await
+                .unwrap()
+                .to_string()
+        );
+    }
+    let (trx_amount, _, _) = env.stored("native", &h[3]).await.unwrap();
+    assert_eq!(
+        trx_amount,
+        s.chain.eth_balance(h[3]).await.unwrap().to_string()
+    );
+    assert!(env.standin.calls("eth_getTransactionReceipt") >= 8);
+    env.assert_tron_compatible();
+
+    // What the stand-in answered is java-tron's shape, which the receipts above were read from.
+    let ask = async |method: &str, hash: String| -> Value {
+        let r: Value = reqwest::Client::new()
+            .post(env.standin.url())
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": [hash]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["result"].clone()
+    };
+    let receipt = ask("eth_getTransactionReceipt", hex::encode(ok)).await;
+    assert_eq!(receipt["type"], "0x0");
+    assert_eq!(receipt["logsBloom"], format!("0x{}", "00".repeat(256)));
+    assert!(receipt.get("blobGasPrice").is_none(), "{receipt}");
+    assert_eq!(receipt["logs"][0]["address"], hex_of(&s.token));
+    let tx = ask("eth_getTransactionByHash", hex_of_hash(ok)).await;
+    assert_eq!(tx["nonce"], Value::Null, "{tx}");
+    assert!(tx.get("type").is_none(), "{tx}");
+}
+
+fn hex_of_hash(h: B256) -> String {
+    format!("{h:#x}")
+}
+
+/// Every `0x` + exactly 40 hex digits in `text`: an address written the EVM way.
+fn evm_addresses(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("0x") {
+        let start = from + at;
+        let digits = text[start + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        if digits == 40 {
+            found.push(text[start..start + 42].to_string());
+        }
+        from = start + 2;
+    }
+    found
+}
+
+/// `chainsync demo --family tron` end to end, on an anvil of the test's own so that the chain can
+/// be read after the demo: base58check addresses in its config, enqueued args, output and summary
+/// and no address written the EVM way; the balances its summary shows, and every balance it
+/// stored, equal the chain's; the stand-in refused nothing.
+#[cfg(feature = "dev")]
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn tron_demo_walks_through_with_base58_addresses(pool: PgPool) {
+    let chain = chainsync_dev::devchain::DevChain::start().await.unwrap();
+    let database = format!("chainsync_demo_tron_{}", std::process::id());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chainsync"))
+        .arg("--database-url")
+        .arg(db_url(&pool))
+        .args(["demo", "--family", "tron", "--holders", "40", "--database"])
+        .arg(&database)
+        .env("CHAINSYNC_RPC_URL", chain.url())
+        .env_remove("CHAINSYNC_DEV_KEY")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        evm_addresses(&stdout),
+        Vec::<String>::new(),
+        "EVM hex addresses in the output:\n{stdout}"
+    );
+    for shown in [
+        "family = \"tron\"",
+        "multicall_address = \"T",
+        "address = \"T",
+        "\"address\":\"T",
+        "SELECT chainsync.enqueue('sync-user-balance'",
+        "repaired T",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not shown:\n{stdout}");
+    }
+    let summary = stdout
+        .split("== summary ==")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    let row = |what: &str| -> String {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("no {what:?} row:\n{summary}"))
+            .trim()
+            .to_string()
+    };
+    assert!(row("chain").contains("family tron"), "{summary}");
+    let token = parse_tron_address(&row("token RAT")).unwrap();
+    assert_eq!(row("mismatches after full sync"), "0");
+    assert_eq!(row("event-driven sync exact"), "true");
+    assert_eq!(row("replayed and completed"), "true");
+    assert!(row("requests to the TRON stand-in").ends_with(" 0 refused"));
+    assert!(row("planted mismatches repaired").starts_with("1 (T"));
+    // The balances the summary shows are the chain's.
+    let mut shown = 0;
+    for line in summary.lines() {
+        let Some(rest) = line.strip_prefix("RAT balance of ") else {
+            continue;
+        };
+        let mut cells = rest.split_whitespace();
+        let (address, amount) = (cells.next().unwrap(), cells.next().unwrap());
+        assert!(address.starts_with('T'), "{line}");
+        let holder = parse_tron_address(address).unwrap();
+        assert_eq!(
+            amount,
+            chain.balance_of(token, holder).await.unwrap().to_string(),
+            "{line}"
+        );
+        shown += 1;
+    }
+    assert_eq!(shown, 3, "{summary}");
+
+    // Every balance the demo stored (kept for a look) is the chain's.
+    let url = chainsync_dev::scratch::database_url(&db_url(&pool), &database).unwrap();
+    let demo = sqlx::PgPool::connect(&url).await.unwrap();
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT address, amount::text FROM chainsync.balances WHERE token = $1")
+            .bind(hex_of(&token))
+            .fetch_all(&demo)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 40);
+    for (address, amount) in stored {
+        let holder: Address = address.parse().unwrap();
+        assert_eq!(
+            amount,
+            chain.balance_of(token, holder).await.unwrap().to_string(),
+            "{}",
+            b58(&holder)
+        );
+    }
+    demo.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
 }

@@ -56,7 +56,7 @@ async fn follow(
             () = tokio::time::sleep(pause) => {}
         }
         let target = match chain.head().await {
-            Ok(h) => h.saturating_sub(chain.config.confirmations),
+            Ok(h) => h.saturating_sub(chain.confirmations()),
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {

@@ -85,6 +85,18 @@ impl fmt::Display for ChainFamily {
     }
 }
 
+impl FromStr for ChainFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "evm" => Ok(Self::Evm),
+            "tron" => Ok(Self::Tron),
+            _ => Err(format!("unknown chain family {s:?}: expected evm or tron")),
+        }
+    }
+}
+
 fn looks_like_tron(s: &str) -> bool {
     let t = s.trim();
     t.starts_with('T')
@@ -265,18 +277,20 @@ pub fn normalize_address(s: &str) -> Result<String, String> {
     parse_address(s).map(|a| address_text(&a))
 }
 
-/// Parses `0x` + 64 hex digits.
+/// Parses a transaction or block hash: 64 hex digits, with `0x` (EVM) or without (how TRON
+/// writes transaction ids), in any case.
 pub fn parse_hash(s: &str) -> Result<B256, String> {
     let t = s.trim();
     let hex = t
         .strip_prefix("0x")
-        .ok_or_else(|| format!("invalid hash {s:?}: expected 0x followed by 64 hex digits"))?;
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "invalid hash {s:?}: expected 0x followed by 64 hex digits"
+            "invalid hash {s:?}: expected 64 hex digits (with or without 0x)"
         ));
     }
-    B256::from_str(t).map_err(|e| format!("invalid hash {s:?}: {e}"))
+    B256::from_str(hex).map_err(|e| format!("invalid hash {s:?}: {e}"))
 }
 
 /// Canonical text form of a hash: lower-case, `0x`-prefixed.
@@ -383,6 +397,42 @@ mod tests {
         assert!(TokenKey::parse("usdt").is_err());
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<TokenKey>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn hashes_with_or_without_0x() {
+        let h = "ab".repeat(32);
+        let want = format!("0x{h}");
+        for form in [
+            want.clone(),
+            h.clone(),
+            h.to_uppercase(),
+            format!("0X{}", h.to_uppercase()),
+        ] {
+            assert_eq!(hash_text(&parse_hash(&form).unwrap()), want, "{form}");
+        }
+        for bad in [
+            "",
+            "0x",
+            &h[1..],
+            &format!("{h}0"),
+            &format!("0x{}g", &h[1..]),
+        ] {
+            let e = parse_hash(bad).unwrap_err();
+            assert!(e.contains("64 hex digits"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn families_parse() {
+        assert_eq!("tron".parse::<ChainFamily>(), Ok(ChainFamily::Tron));
+        assert_eq!(" EVM ".parse::<ChainFamily>(), Ok(ChainFamily::Evm));
+        assert!(
+            "solana"
+                .parse::<ChainFamily>()
+                .unwrap_err()
+                .contains("evm or tron")
+        );
     }
 
     #[test]

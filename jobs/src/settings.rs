@@ -58,9 +58,11 @@ pub struct ChainConfig {
     pub family: ChainFamily,
     /// One or more RPC URLs; later ones are fallbacks.
     pub rpc_urls: Vec<String>,
-    /// Blocks on top of a transaction's block before it counts as confirmed.
-    #[serde(default = "default_confirmations")]
-    pub confirmations: u64,
+    /// Blocks a transaction's block needs, itself included, before it counts as confirmed;
+    /// ingestion stays this far behind the head. Default 12; on TRON chains 19, the depth at
+    /// which a block is solidified (see `ChainClient::confirmations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u64>,
     /// Balances are read at `head - balance_lag_blocks` (0 = the latest block). TRON: only 0.
     #[serde(default)]
     pub balance_lag_blocks: u64,
@@ -112,9 +114,6 @@ pub struct ChainConfig {
     pub rpc_method_costs: BTreeMap<String, u32>,
 }
 
-fn default_confirmations() -> u64 {
-    12
-}
 fn default_batch_size() -> usize {
     1000
 }

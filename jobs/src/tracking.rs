@@ -100,7 +100,9 @@ pub async fn import_addresses(db: &PgPool, text: &str) -> Result<ImportReport, T
 
 /// Registers a submitted transaction for `check-pending-tx`, with the addresses it touches (their
 /// balances are re-synced once it confirms). `Ok(false)` when it was already tracked; the
-/// addresses are then merged in.
+/// addresses are then merged in. The hash is 64 hex digits with or without `0x` (TRON writes
+/// transaction ids without), the addresses in any form of [`parse_address_any`]; both are stored
+/// canonically, as the table's trigger does for rows an application inserts itself.
 pub async fn track_tx(
     db: &PgPool,
     chain_id: u64,

@@ -268,7 +268,7 @@ pub async fn ingest(app: &App, out: &Out, a: IngestArgs) -> anyhow::Result<()> {
         .head()
         .await
         .map_err(|e| anyhow::anyhow!("reading the head of chain {id}: {e}"))?
-        .saturating_sub(chain.config.confirmations);
+        .saturating_sub(chain.confirmations());
     let target = a.to.map_or(head, |t| t.min(head));
     let bar = bar(
         out,

@@ -84,6 +84,10 @@ pub enum Command {
         /// Scratch database (dropped and re-created) on the server of DATABASE_URL.
         #[arg(long, default_value = "chainsync_demo")]
         database: String,
+        /// `tron`: the same on a `family = "tron"` chain, reached through a stand-in of
+        /// java-tron's JSON-RPC in front of anvil, with base58check addresses throughout.
+        #[arg(long, default_value = "evm")]
+        family: chainsync_jobs::ids::ChainFamily,
     },
     /// Benchmarks; `bench queue` runs the peers' queue workload (see scripts/bench-queue.sh).
     #[cfg(feature = "dev")]

@@ -2,6 +2,11 @@
 //! `CHAINSYNC_RPC_URL`), deploys a token with thousands of holders, runs the worker runtime, and
 //! shows a full sync, an event-driven sync, a reconcile that repairs a planted mismatch, jobs that
 //! fail into the dead letters and their replay, then prints a summary.
+//!
+//! `--family tron` walks through the same on a `family = "tron"` chain: the daemon reaches anvil
+//! through the TRON JSON-RPC stand-in (`chainsync_dev::tron_standin`), and every address — in the
+//! config, the tracked addresses, the enqueued args, the output and the summary — is written in
+//! base58check `T…`.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +17,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
-use chainsync_dev::devchain::{self, DevChain, DevChainOptions};
+use chainsync_dev::{
+    devchain::{self, DevChain, DevChainOptions, RpcGate},
+    tron_standin::{self, TronStandIn},
+};
+use chainsync_jobs::ids::ChainFamily;
 
 /// Options of `chainsync demo`.
 #[derive(Debug, Clone)]
@@ -20,6 +29,42 @@ pub struct DemoOptions {
     pub holders: usize,
     pub database: String,
     pub admin_url: String,
+    /// `evm`, or `tron`: the chain is a TRON chain reached through the stand-in.
+    pub family: ChainFamily,
+}
+
+/// How the daemon reaches the node: through a gate that step 9 closes, as if the node went away;
+/// on a TRON chain the gate is in front of the TRON stand-in, which is in front of anvil.
+struct Node {
+    gate: RpcGate,
+    standin: Option<TronStandIn>,
+    rpc: String,
+}
+
+impl Node {
+    async fn open(chain: &DevChain, family: ChainFamily) -> anyhow::Result<Self> {
+        Ok(match family {
+            ChainFamily::Evm => {
+                let gate = RpcGate::open_to(&chain.host_port()).await?;
+                let rpc = gate.url();
+                Self {
+                    gate,
+                    standin: None,
+                    rpc,
+                }
+            }
+            ChainFamily::Tron => {
+                let standin = TronStandIn::start(&chain.url()).await?;
+                let gate = RpcGate::open_to(&standin.host_port()).await?;
+                let rpc = format!("{}{}", gate.url(), tron_standin::PATH);
+                Self {
+                    gate,
+                    standin: Some(standin),
+                    rpc,
+                }
+            }
+        })
+    }
 }
 
 struct Summary(Vec<(String, String)>);
@@ -73,6 +118,13 @@ async fn stored(
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut summary = Summary(Vec::new());
+    let family = opts.family;
+    let show = |a: &Address| family.show_address(a);
+    // TRC20 tokens mostly have 6 decimals.
+    let (chain_name, decimals) = match family {
+        ChainFamily::Evm => ("anvil", 18u8),
+        ChainFamily::Tron => ("tron", 6u8),
+    };
     let chain = match std::env::var("CHAINSYNC_RPC_URL") {
         Ok(url) if !url.trim().is_empty() => {
             step(
@@ -94,17 +146,39 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
     };
     let chain_id = chain.chain_id();
-    // The daemon reaches the node through a gate that step 9 closes, as if the node went away.
-    let gate = devchain::RpcGate::open_to(&chain.host_port()).await?;
-    let rpc = gate.url();
-    chain.install_multicall3().await?;
-    let token = chain.deploy_token("Demo Reward Token", "RAT", 18).await?;
+    let node = Node::open(&chain, family).await?;
+    let rpc = node.rpc.clone();
+    let multicall = chain.install_multicall3().await?;
+    let token = chain
+        .deploy_token("Demo Reward Token", "RAT", decimals)
+        .await?;
     let broken = chain.deploy_reverting_token().await?;
+    // As the database stores it (the same 20 bytes on every family).
     let token_text = format!("{token:#x}");
     println!(
-        "    chain {chain_id} at {}, token RAT at {token_text}, a token whose balanceOf reverts at {broken:#x}",
-        chain.url()
+        "    chain {chain_id} at {}, token RAT at {}, a token whose balanceOf reverts at {}",
+        chain.url(),
+        show(&token),
+        show(&broken)
     );
+    if node.standin.is_some() {
+        println!(
+            "    the daemon reaches it as a TRON node: through a stand-in of java-tron's JSON-RPC at {rpc} \
+             (calls at `latest` only, hex addresses only, java-tron's shapes of blocks and receipts)"
+        );
+    }
+    summary.add(
+        "chain",
+        format!(
+            "{chain_id} \"{chain_name}\", family {family}{}",
+            if node.standin.is_some() {
+                " (anvil behind the TRON JSON-RPC stand-in)"
+            } else {
+                ""
+            }
+        ),
+    );
+    summary.add("token RAT", show(&token));
 
     step(
         2,
@@ -114,7 +188,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         ),
     );
     let t = Instant::now();
-    let holders = devchain::random_holders(7, opts.holders, devchain::units(10_000, 18));
+    let holders = devchain::random_holders(7, opts.holders, devchain::units(10_000, decimals));
     chain.mint_many(token, &holders).await?;
     let transfers: Vec<(Address, Address, U256)> = holders
         .windows(2)
@@ -135,46 +209,62 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         3,
         &format!("fresh database {} and the chainsync schema", opts.database),
     );
-    let app = super::scratch_app(
-        &opts.admin_url,
-        &opts.database,
-        &format!(
-            r#"
-[worker]
+    let config = format!(
+        r#"[worker]
 concurrency = 20
 poll_interval = "200ms"
 [[chains]]
 chain_id = {chain_id}
-name = "anvil"
+name = "{chain_name}"
+family = "{family}"
 rpc_urls = ["{rpc}"]
 confirmations = 1
+multicall_address = "{multicall}"
 [[tokens]]
 chain_id = {chain_id}
 symbol = "RAT"
-address = "{token_text}"
-decimals = 18
+address = "{token}"
+decimals = {decimals}
 asset_class = "erc20"
 [[tokens]]
 chain_id = {chain_id}
 symbol = "BROKEN"
-address = "{broken:#x}"
-decimals = 18
+address = "{broken}"
+decimals = {decimals}
 asset_class = "erc20"
 [reconcile]
 auto_repair = true
-"#
-        ),
-    )
-    .await?;
+"#,
+        multicall = show(&multicall),
+        token = show(&token),
+        broken = show(&broken),
+    );
+    let app = super::scratch_app(&opts.admin_url, &opts.database, &config).await?;
+    println!("    config:");
+    for line in config.lines().filter(|l| {
+        l.starts_with("[[")
+            || ["family", "multicall_address", "symbol", "address"]
+                .iter()
+                .any(|k| l.starts_with(&format!("{k} ")))
+    }) {
+        println!("      {line}");
+    }
     let pool = app.pool().clone();
-    let addresses: Vec<String> = holders.iter().map(|(a, _)| format!("{a:#x}")).collect();
+    // Given as the family writes addresses; the table's trigger stores the canonical form.
+    let addresses: Vec<String> = holders.iter().map(|(a, _)| show(a)).collect();
     sqlx::query("INSERT INTO chainsync.tracked_addresses (address, source) SELECT unnest($1::text[]), 'demo'")
         .bind(&addresses)
         .execute(&pool)
         .await?;
     println!(
-        "    {} addresses tracked in chainsync.tracked_addresses",
-        addresses.len()
+        "    {} addresses tracked in chainsync.tracked_addresses ({}, …)",
+        addresses.len(),
+        addresses
+            .iter()
+            .take(2)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     step(
@@ -198,7 +288,8 @@ auto_repair = true
     step(
         5,
         &format!(
-            "full sync: sync-balances {{chain_id: {chain_id}, asset_class: erc20}} through Multicall3"
+            "full sync: sync-balances {{chain_id: {chain_id}, asset_class: erc20}} through Multicall3 at {}",
+            show(&multicall)
         ),
     );
     let t = Instant::now();
@@ -234,7 +325,7 @@ auto_repair = true
     app.queue
         .enqueue(chainsync_jobs::NewJob::untyped(
             "reconcile-chain",
-            json!({"chain_id": chain_id, "token": token_text, "repair": false}),
+            json!({"chain_id": chain_id, "token": show(&token), "repair": false}),
         ))
         .await?;
     wait_jobs(&pool, "reconcile-chain", Duration::from_secs(120)).await?;
@@ -243,7 +334,9 @@ auto_repair = true
             .bind(&token_text)
             .fetch_one(&pool)
             .await?;
-    println!("    {mismatches} mismatches: every stored balance equals the chain's to the wei");
+    println!(
+        "    {mismatches} mismatches: every stored balance equals the chain's to the last base unit"
+    );
     summary.add("mismatches after full sync", mismatches);
 
     step(
@@ -256,14 +349,17 @@ auto_repair = true
         .await?
         .unwrap_or_default();
     chain
-        .transfer_from_holder(token, from, to, devchain::units(1, 18))
+        .transfer_from_holder(token, from, to, devchain::units(1, decimals))
         .await?;
     for who in [from, to] {
+        let args = json!({"chain_id": chain_id, "address": show(&who), "token": show(&token)});
+        println!(
+            "    SELECT chainsync.enqueue('sync-user-balance', '{args}', unique_key => 'demo:{}')",
+            show(&who)
+        );
         sqlx::query("SELECT chainsync.enqueue('sync-user-balance', $1, unique_key => $2)")
-            .bind(
-                json!({"chain_id": chain_id, "address": format!("{who:#x}"), "token": token_text}),
-            )
-            .bind(format!("demo:{who:#x}"))
+            .bind(args)
+            .bind(format!("demo:{}", show(&who)))
             .execute(&pool)
             .await?;
     }
@@ -272,7 +368,10 @@ auto_repair = true
         .await?
         .unwrap_or_default();
     let chain_now = chain.balance_of(token, to).await?;
-    println!("    {to:#x}: {before} -> {after} (chain: {chain_now})");
+    println!(
+        "    {}: {before} -> {after} (chain: {chain_now})",
+        show(&to)
+    );
     summary.add("event-driven sync exact", after == chain_now.to_string());
 
     step(
@@ -280,6 +379,10 @@ auto_repair = true
         "reconcile with repair: plant a wrong balance, let reconcile-chain find and fix it",
     );
     let victim = format!("{:#x}", holders[2].0);
+    println!(
+        "    planted: {} holds 12345 more in chainsync.balances",
+        show(&holders[2].0)
+    );
     sqlx::query(
         "UPDATE chainsync.balances SET amount = amount + 12345 WHERE token = $1 AND address = $2",
     )
@@ -291,7 +394,7 @@ auto_repair = true
     app.queue
         .enqueue(chainsync_jobs::NewJob::untyped(
             "reconcile-chain",
-            json!({"chain_id": chain_id, "token": token_text, "repair": true}),
+            json!({"chain_id": chain_id, "token": show(&token), "repair": true}),
         ))
         .await?;
     wait_jobs(&pool, "reconcile-chain", Duration::from_secs(120)).await?;
@@ -301,15 +404,29 @@ auto_repair = true
     .fetch_all(&pool)
     .await?;
     for (a, old, new, reason) in &repairs {
-        println!("    repaired {a}: {old} -> {new} ({reason})");
+        println!(
+            "    repaired {}: {old} -> {new} ({reason})",
+            family.show_stored(a)
+        );
     }
-    summary.add("planted mismatches repaired", repairs.len());
+    summary.add(
+        "planted mismatches repaired",
+        format!(
+            "{} ({})",
+            repairs.len(),
+            repairs
+                .iter()
+                .map(|r| family.show_stored(&r.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
 
     step(
         9,
         "failures: the node goes away (retries, then dead letter) and a bad job (fatal)",
     );
-    gate.close();
+    node.gate.close();
     let down = app
         .queue
         .enqueue(chainsync_jobs::NewJob {
@@ -318,12 +435,12 @@ auto_repair = true
             backoff_cap_ms: Some(1000),
             ..chainsync_jobs::NewJob::untyped(
                 "sync-user-balance",
-                json!({"chain_id": chain_id, "address": victim, "token": token_text}),
+                json!({"chain_id": chain_id, "address": show(&holders[2].0), "token": show(&token)}),
             )
         })
         .await?;
     let fatal: uuid::Uuid = sqlx::query_scalar("SELECT chainsync.enqueue('sync-user-balance', $1)")
-        .bind(json!({"chain_id": 999, "address": victim}))
+        .bind(json!({"chain_id": 999, "address": show(&holders[2].0)}))
         .fetch_one(&pool)
         .await?;
     let t = Instant::now();
@@ -355,7 +472,7 @@ auto_repair = true
         10,
         "the node is back: replay the dead letter (chainsync dlq replay <id>)",
     );
-    gate.reopen().await?;
+    node.gate.reopen().await?;
     app.queue.replay(down.id).await?;
     wait_jobs(&pool, "sync-user-balance", Duration::from_secs(60)).await?;
     let replayed = app.queue.get_job(down.id).await?;
@@ -368,6 +485,23 @@ auto_repair = true
     stop.cancel();
     runtime.stop().await;
     let _ = maintenance.await;
+    if let Some(standin) = node.standin {
+        // What java-tron would have refused (none: every request was one a TRON node serves).
+        let refused = standin.refused();
+        for r in &refused {
+            println!("    refused by the TRON stand-in: {r}");
+        }
+        summary.add(
+            "requests to the TRON stand-in",
+            format!(
+                "{} eth_call, {} eth_getBlockByNumber, {} refused",
+                standin.calls("eth_call"),
+                standin.calls("eth_getBlockByNumber"),
+                refused.len()
+            ),
+        );
+        standin.shutdown().await?;
+    }
     let exact: i64 = sqlx::query_scalar("SELECT count(*) FROM chainsync.balances WHERE token = $1")
         .bind(&token_text)
         .fetch_one(&pool)
@@ -377,6 +511,15 @@ auto_repair = true
             .fetch_all(&pool)
             .await?;
     summary.add("RAT balances stored", exact);
+    // The holders the walk-through touched, as stored at the end.
+    for (who, _) in holders.iter().take(3) {
+        summary.add(
+            &format!("RAT balance of {}", show(who)),
+            stored(&pool, chain_id, &token_text, *who)
+                .await?
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
     summary.add(
         "jobs by state",
         states

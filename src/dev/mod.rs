@@ -37,7 +37,11 @@ pub async fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
 async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     let admin_url = admin_url(cli);
     match &cli.command {
-        Command::Demo { holders, database } => {
+        Command::Demo {
+            holders,
+            database,
+            family,
+        } => {
             crate::telemetry::init(false, "warn");
             if *holders < 3 {
                 anyhow::bail!("--holders must be at least 3");
@@ -46,6 +50,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
                 holders: *holders,
                 database: database.clone(),
                 admin_url,
+                family: *family,
             })
             .await;
         }

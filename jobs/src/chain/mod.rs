@@ -16,6 +16,7 @@ pub mod budget;
 pub mod error;
 pub mod fallback;
 pub mod multicall;
+pub mod receipt;
 pub mod tron;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -37,6 +38,9 @@ use tower::Layer;
 use crate::{JobError, ids::ChainFamily, settings::ChainConfig, settings::DomainConfig};
 pub use error::classify;
 use fallback::{Endpoint, FallbackTransport};
+
+/// `confirmations` of an EVM chain that does not set it.
+pub const DEFAULT_CONFIRMATIONS: u64 = 12;
 
 /// How long a failed-over chain waits before trying its first URL again.
 const PROBE_PRIMARY_AFTER: Duration = Duration::from_secs(60);
@@ -213,6 +217,34 @@ impl ChainClient {
             ChainFamily::Evm => serde_json::json!({ "blockHash": block.hash }),
             ChainFamily::Tron => serde_json::json!("latest"),
         }
+    }
+
+    /// Blocks a transaction's block needs, itself included, before it counts as final (and
+    /// ingestion stays that far behind the head): `confirmations` when configured, else
+    /// [`DEFAULT_CONFIRMATIONS`] on EVM chains and on TRON the depth at which a block is
+    /// solidified ([`tron::SOLIDIFIED_DEPTH`]).
+    pub fn confirmations(&self) -> u64 {
+        self.config
+            .confirmations
+            .unwrap_or(match self.config.family {
+                ChainFamily::Evm => DEFAULT_CONFIRMATIONS,
+                ChainFamily::Tron => tron::SOLIDIFIED_DEPTH,
+            })
+    }
+
+    /// The receipt of `hash`, or `None` when the node has none (see [`receipt`]).
+    pub async fn receipt(&self, hash: B256) -> Result<Option<receipt::TxReceipt>, JobError> {
+        receipt::fetch(&self.provider, hash)
+            .await
+            .map_err(|e| self.rpc_error("eth_getTransactionReceipt", &e))
+    }
+
+    /// Whether the node knows the transaction `hash` (mined or, on nodes that show them, in its
+    /// pool; java-tron shows only mined ones).
+    pub async fn transaction_known(&self, hash: B256) -> Result<bool, JobError> {
+        receipt::known(&self.provider, hash)
+            .await
+            .map_err(|e| self.rpc_error("eth_getTransactionByHash", &e))
     }
 
     /// Converts an RPC error of this chain into a job result.

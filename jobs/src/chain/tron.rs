@@ -9,7 +9,12 @@
 //! - Addresses go out as 20-byte `0x` hex, which every method accepts (`eth_getLogs` filters
 //!   take nothing else).
 //! - Blocks carry fields an EVM client does not expect (`stateRoot` may be `0x`), so only the
-//!   number, hash and timestamp are decoded.
+//!   number, hash and timestamp are decoded. Receipts and transactions differ too; they are
+//!   decoded for both families as far as chainsync reads them (see [`super::receipt`]).
+//! - Finality is by solidified blocks: a block is solidified once 19 of the 27 super
+//!   representatives (70%) have produced it or a block above it; as they produce in turn, when
+//!   18 blocks are on top of it ([`SOLIDIFIED_DEPTH`], the default `confirmations` of a TRON
+//!   chain, counts the block itself).
 
 use std::borrow::Cow;
 
@@ -22,6 +27,10 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 
 use super::PinnedBlock;
+
+/// Blocks, the block itself included, until a TRON block is solidified (irreversible): the
+/// default `confirmations` of a TRON chain.
+pub const SOLIDIFIED_DEPTH: u64 = 19;
 
 /// The call object java-tron decodes.
 #[derive(Debug, Clone, Serialize)]

@@ -152,10 +152,7 @@ pub async fn ingest_pass(
             checkpoint = load_checkpoint(db, cid).await?;
         }
     }
-    let head = chain
-        .head()
-        .await?
-        .saturating_sub(chain.config.confirmations);
+    let head = chain.head().await?.saturating_sub(chain.confirmations());
     let target = to_block.map_or(head, |t| t.min(head));
     let mut from = opts
         .from_block

@@ -3,19 +3,20 @@
 //! For each open tracked tx (pending / submitted / stuck) the receipt is polled:
 //! - no receipt: `submitted` when the node knows the tx, else still `pending`; `stuck` once
 //!   `max_pending_time` has passed since it was registered (it is still followed);
-//! - a receipt with fewer than `confirmations` blocks on top: `submitted`, block recorded;
+//! - a receipt whose block has fewer than the chain's confirmations (itself included; on TRON by
+//!   default 19, the depth at which a block is solidified): `submitted`, block recorded;
 //! - enough confirmations and the receipt's block hash still canonical: `confirmed` (or `failed`
 //!   when it reverted), and a `sync-user-balance` job for every address it touched (sender,
 //!   recipient, registered addresses, both sides of every `Transfer` log);
 //! - a recorded block that is no longer canonical (reorg): back to `submitted` until mined again.
+//!
+//! Receipts are read through [`ChainClient::receipt`], which decodes what EVM nodes and java-tron
+//! both write; java-tron shows no transaction of its pending pool, so on TRON a tx stays
+//! `pending` until it is in a block.
 
 use std::collections::BTreeSet;
 
-use alloy::{
-    primitives::{Address, B256, b256},
-    providers::Provider,
-    rpc::types::TransactionReceipt,
-};
+use alloy::primitives::{Address, B256, b256};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
@@ -24,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError, NewJob,
-    chain::ChainClient,
-    ids::{address_text, hash_text, parse_address, parse_hash},
+    chain::{ChainClient, receipt::TxReceipt},
+    ids::{address_text, hash_text, parse_address_any, parse_hash},
     kinds::sync_user_balance::SyncUserBalance,
     store::{db_block, db_chain_id},
 };
@@ -187,18 +188,8 @@ async fn check_one(
             "pending"
         }
     };
-    let receipt = chain
-        .provider
-        .get_transaction_receipt(hash)
-        .await
-        .map_err(|e| chain.rpc_error("eth_getTransactionReceipt", &e))?;
-    let Some(receipt) = receipt else {
-        let known = chain
-            .provider
-            .get_transaction_by_hash(hash)
-            .await
-            .map_err(|e| chain.rpc_error("eth_getTransactionByHash", &e))?
-            .is_some();
+    let Some(receipt) = chain.receipt(hash).await? else {
+        let known = chain.transaction_known(hash).await?;
         if tx.block_number.is_some() {
             tracing::warn!(chain_id = chain.chain_id(), tx = %tx.hash, "mined transaction disappeared (reorg)");
         }
@@ -211,7 +202,7 @@ async fn check_one(
             error: None,
         });
     };
-    let (Some(number), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else {
+    let Some((number, block_hash)) = receipt.block else {
         // A pending receipt (some nodes return one for mempool transactions).
         return Ok(Update {
             hash: tx.hash,
@@ -231,7 +222,7 @@ async fn check_one(
         touched: Vec::new(),
         error: None,
     };
-    if confirmations < chain.config.confirmations.max(1) {
+    if confirmations < chain.confirmations().max(1) {
         return Ok(update);
     }
     let canonical = chain.block_at(number).await?.map(|b| b.hash);
@@ -243,7 +234,7 @@ async fn check_one(
         return Ok(update);
     }
     update.touched = touched(&receipt, &tx.addresses);
-    if receipt.status() {
+    if receipt.success {
         update.state = "confirmed";
     } else {
         update.state = "failed";
@@ -253,17 +244,17 @@ async fn check_one(
 }
 
 /// Addresses whose balances a mined tx may have changed.
-fn touched(receipt: &TransactionReceipt, registered: &[String]) -> Vec<String> {
+fn touched(receipt: &TxReceipt, registered: &[String]) -> Vec<String> {
     let mut set: BTreeSet<Address> = registered
         .iter()
-        .filter_map(|a| parse_address(a).ok())
+        .filter_map(|a| parse_address_any(a).ok())
         .collect();
-    set.insert(receipt.from);
-    if receipt.status() {
+    set.extend(receipt.from);
+    if receipt.success {
         set.extend(receipt.to);
         set.extend(receipt.contract_address);
-        for log in receipt.logs() {
-            let topics = log.topics();
+        for log in &receipt.logs {
+            let topics = &log.topics;
             if topics.len() >= 3 && topics[0] == TRANSFER {
                 set.insert(Address::from_word(topics[1]));
                 set.insert(Address::from_word(topics[2]));
