@@ -4,7 +4,8 @@
 --    other kind's through a scan per kind, even when the limits held nothing back. Now a kind
 --    whose limit leaves room for the whole fetch is taken in queue order with the rest, in the
 --    one scan the plain fetch does; the per-kind scans remain for fetches a limit narrows.
--- 2. Plans. A statement of a plpgsql function runs with a generic plan after a few calls, where
+-- 2. The update of the chosen jobs finds them by primary key alone (see below).
+-- 3. Plans. A statement of a plpgsql function runs with a generic plan after a few calls, where
 --    `kind = $k` is estimated at 1/n_distinct of the table. With one kind filling the table
 --    (a backlog of one kind: a bulk sync, a benchmark) that is every row, and the planner scans
 --    the queue's index filtering by kind instead of the index by kind: for a kind with no due
@@ -224,7 +225,11 @@ BEGIN
         END IF;
     END IF;
 
-    -- Take the chosen jobs, charge the buckets with what was started, and return both.
+    -- Take the chosen jobs, charge the buckets with what was started, and return both. Every
+    -- chosen job was locked above while available (FOR UPDATE re-checks the state of a row
+    -- changed meanwhile), so the update finds them by primary key alone: a state condition
+    -- would let the planner, with statistics that call the table small, scan the whole partial
+    -- index of available jobs instead.
     RETURN QUERY
         WITH up AS (
             UPDATE chainsync.jobs j
@@ -233,7 +238,7 @@ BEGIN
                 lease_owner = owner,
                 lease_expires_at = now() + make_interval(secs => lease_ms::double precision / 1000),
                 started_at = now()
-            WHERE j.id = ANY(coalesce(chosen, '{}')) AND j.state = 'available'
+            WHERE j.id = ANY(coalesce(chosen, '{}'))
             RETURNING j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.backoff_base_ms,
                       j.backoff_cap_ms),
         per_kind AS (
