@@ -286,6 +286,7 @@ service_name = "chainsync-traces-test"
             Some(i64::try_from(chain.chain_id()).unwrap())
         );
         assert_eq!(attr_text(s, "chain").as_deref(), Some("anvil"));
+        assert_eq!(attr_int(s, "rpc.requests"), Some(1));
         let method = attr_text(s, "rpc.method").unwrap();
         assert!(method.starts_with("eth_"), "{method}");
         assert_eq!(s.name, method);

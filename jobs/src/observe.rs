@@ -81,7 +81,7 @@ pub fn sql_span(statement: &'static str, rows: usize) -> tracing::Span {
         otel.kind = "client",
         db.system = "postgresql",
         db.operation = statement,
-        db.rows = rows,
+        db.rows = i64::try_from(rows).unwrap_or(i64::MAX),
         otel.status_code = tracing::field::Empty,
     )
 }

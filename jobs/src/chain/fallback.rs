@@ -151,9 +151,10 @@ impl tower::Service<RequestPacket> for FallbackTransport {
             otel.kind = "client",
             rpc.system = "jsonrpc",
             rpc.method = %method_list(&req),
-            rpc.requests = req.method_names().count(),
+            // Signed: OpenTelemetry has no unsigned integers (u64 would be exported as text).
+            rpc.requests = i64::try_from(req.method_names().count()).unwrap_or(i64::MAX),
             chain = %self.chain,
-            chain.id = self.chain_id,
+            chain.id = i64::try_from(self.chain_id).unwrap_or(i64::MAX),
             otel.status_code = tracing::field::Empty,
         );
         let this = self.clone();
