@@ -250,38 +250,20 @@ mod tests {
             full.traces_url().as_deref(),
             Some("https://c.example/v1/traces")
         );
-        for (s, key) in [
+        for (toml, key) in [
             (
-                TelemetrySettings {
-                    otlp_endpoint: Some("grpc://127.0.0.1:4317".into()),
-                    ..Default::default()
-                },
+                "otlp_endpoint = 'grpc://127.0.0.1:4317'",
                 "telemetry.otlp_endpoint",
             ),
-            (
-                TelemetrySettings {
-                    otlp_endpoint: Some("not a url".into()),
-                    ..Default::default()
-                },
-                "telemetry.otlp_endpoint",
-            ),
-            (
-                TelemetrySettings {
-                    sample_ratio: Some(1.5),
-                    ..Default::default()
-                },
-                "telemetry.sample_ratio",
-            ),
-            (
-                TelemetrySettings {
-                    service_name: Some(" ".into()),
-                    ..Default::default()
-                },
-                "telemetry.service_name",
-            ),
+            ("otlp_endpoint = 'not a url'", "telemetry.otlp_endpoint"),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("service_name = ' '", "telemetry.service_name"),
+            ("endpoint = 'http://127.0.0.1:4318'", "endpoint"),
         ] {
-            let e = s.validate().unwrap_err();
-            assert!(e.contains(key), "{e}");
+            let e = crate::config::Config::from_toml(&format!("[telemetry]\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
         }
     }
 }

@@ -643,16 +643,16 @@ job_kind = "noop"
         .await
         .unwrap()
     };
-    let t = Instant::now();
-    while sums().await != (1, 4) {
+    common::wait(
+        "the daemon's attempts in chainsync.job_outcomes",
+        Duration::from_secs(30),
+    )
+    .until_ok(async || {
         d.assert_running();
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the daemon's attempts never reached chainsync.job_outcomes: {:?}",
-            sums().await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let seen = sums().await;
+        if seen == (1, 4) { Ok(()) } else { Err(seen) }
+    })
+    .await;
     let writers: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT process) FROM chainsync.job_outcomes")
             .fetch_one(&pool)
