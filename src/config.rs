@@ -53,6 +53,9 @@ pub struct Config {
     /// `[metrics]`: how often the daemon samples lags and evaluates `[[alerts.rules]]`.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// `[telemetry]`: traces over OTLP/HTTP (off unless an endpoint is set).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetrySettings,
     /// Chains, tokens and the other job settings.
     #[serde(flatten)]
     pub domain: DomainConfig,
@@ -76,6 +79,7 @@ const ENGINE_KEYS: &[&str] = &[
     "scheduler",
     "http",
     "metrics",
+    "telemetry",
 ];
 
 /// Every top-level key: the engine's and the domain part's.
@@ -181,6 +185,7 @@ impl Config {
         self.worker.validate()?;
         self.http.validate().map_err(ConfigError::new)?;
         self.metrics.validate().map_err(ConfigError::new)?;
+        self.telemetry.validate().map_err(ConfigError::new)?;
         self.maintenance.validate()?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;

@@ -119,6 +119,10 @@ async fn sample_loop(app: App, domain: Domain, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // This daemon's attempts per kind, for the failure rate across the cluster.
+        if let Err(e) = chainsync_engine::metrics::flush_outcomes(app.queue.pool()).await {
+            tracing::warn!(error = %e, "job outcomes not written");
+        }
         let sample = match domain.sample_metrics().await {
             Ok(s) => Some(s),
             Err(e) => {

@@ -140,6 +140,8 @@ asset_class = "native"
         "chainsync_queue_depth",
         "chainsync_queue_oldest_available_age_seconds",
         "chainsync_dead_letters",
+        "chainsync_balance_age_seconds_bucket",
+        "chainsync_balance_age_seconds_gcount",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -150,6 +152,16 @@ asset_class = "native"
         text.contains(r#"chainsync_balance_lag_seconds{chain="dev",token="ETH"}"#),
         "{text}"
     );
+    // The age histogram of stored balances: bounded labels, one series per bucket, none stored.
+    for le in ["60", "3600", "86400", "+Inf"] {
+        let series = format!(
+            r#"chainsync_balance_age_seconds_bucket{{chain="dev",token="ETH",le="{le}"}} 0"#
+        );
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
     // The head was read for the first sample: RPC requests are counted by chain and method.
     assert!(
         text.contains(r#"chainsync_rpc_requests_total{chain="dev",method="eth_blockNumber"}"#),
@@ -170,7 +182,8 @@ asset_class = "native"
     let t = Instant::now();
     let text = loop {
         let text = scrape(d.http_port).await;
-        if text.contains("chainsync_job_runs_total") && text.contains("outcome=\"fatal\"") {
+        // The run counters exist at 0 from start-up; the duration histogram only once a job ran.
+        if text.contains("chainsync_job_duration_seconds_bucket{kind=\"noop\"") {
             break text;
         }
         d.assert_running();
@@ -591,4 +604,85 @@ hmac_secret = "hmac-key-0123456789"
             "{t}"
         );
     }
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn the_failure_rate_rule_counts_the_attempts_of_every_daemon(pool: PgPool) {
+    let url = db_url(&pool);
+    let dir = tempfile::tempdir().unwrap();
+    // Another daemon runs the jobs; this process runs none and evaluates the rule.
+    let mut d = Daemon::start(
+        dir.path(),
+        "worker",
+        &format!("database_url = \"{url}\"\n{FAST}"),
+    );
+    let cfg = Config::from_toml(&format!(
+        r#"database_url = "{url}"
+[[alerts.targets]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+[[alerts.rules]]
+kind = "failure_rate"
+target = "ops"
+threshold = 50
+min_runs = 5
+job_kind = "noop"
+"#
+    ))
+    .unwrap();
+    let app = App::with_pool(cfg.clone(), pool.clone()).unwrap();
+    let mut jobs = vec![NewJob::untyped("noop", json!({}))];
+    jobs.extend((0..4).map(|_| NewJob::untyped("noop", json!({"fail": "fatal"}))));
+    app.queue.enqueue_many(jobs).await.unwrap();
+    let sums = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT coalesce(sum(ok), 0)::bigint, coalesce(sum(failed), 0)::bigint
+             FROM chainsync.job_outcomes WHERE kind = 'noop'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    common::wait(
+        "the daemon's attempts in chainsync.job_outcomes",
+        Duration::from_secs(30),
+    )
+    .until_ok(async || {
+        d.assert_running();
+        let seen = sums().await;
+        if seen == (1, 4) { Ok(()) } else { Err(seen) }
+    })
+    .await;
+    let writers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT process) FROM chainsync.job_outcomes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(writers, 1);
+
+    assert!(
+        chainsync_engine::metrics::recent_outcomes(Duration::from_secs(900))
+            .iter()
+            .all(|(kind, _, _)| kind != "noop"),
+        "this process ran no noop job"
+    );
+    let ev = chainsync_jobs::alerts::evaluate(
+        &pool,
+        &cfg.domain,
+        &chainsync_jobs::alerts::Inputs::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ev.opened,
+        vec![("failure_rate".to_string(), "kind=noop".to_string())]
+    );
+    let value: Option<f64> = sqlx::query_scalar(
+        "SELECT value FROM chainsync.alert_incidents WHERE rule = 'failure_rate'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(value, Some(80.0));
+    d.stop();
 }

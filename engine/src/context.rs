@@ -77,6 +77,11 @@ pub struct NewJob {
     /// deduplicates against a job that has not started yet.
     #[serde(default)]
     pub unique_for_ms: Option<i64>,
+    /// W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`): the job's run span becomes a
+    /// child of it. `None`: the current span's, when trace propagation is on
+    /// ([`crate::trace::enable`]), else none.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 impl NewJob {
@@ -106,6 +111,21 @@ impl NewJob {
     /// Sets the unique key (replacing the kind's).
     pub fn with_unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Continues the trace `traceparent` (W3C format, checked at enqueue) in the job's run.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// Continues the current span's trace in the job's run, when the current span is recorded by
+    /// an OpenTelemetry layer; otherwise leaves the job as it is.
+    pub fn with_current_trace(mut self) -> Self {
+        if let Some(tp) = crate::trace::traceparent_of(&tracing::Span::current()) {
+            self.traceparent = Some(tp);
+        }
         self
     }
 

@@ -7,7 +7,8 @@
 //! - [`runtime`]: the worker runtime over apalis (LISTEN/NOTIFY fetchers, heartbeats, graceful
 //!   shutdown) and the maintenance loop;
 //! - [`scheduler`]: cron (in a time zone) and interval schedules whose ticks are claimed in
-//!   `chainsync.cron_claims`, so any number of daemons enqueue each tick once.
+//!   `chainsync.cron_claims`, so any number of daemons enqueue each tick once;
+//! - [`trace`]: the W3C `traceparent` stored with a job becomes the parent of its run's span.
 //!
 //! It names no concrete kind: applications bring their own.
 //!
@@ -85,6 +86,7 @@ pub mod retry;
 pub mod runtime;
 pub mod scheduler;
 pub mod sessions;
+pub mod trace;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
 pub use error::{Invalid, JobError};

@@ -1,5 +1,6 @@
 //! The engine's metrics, through the `metrics` facade (the application picks the exporter), and a
-//! per-kind tally of recent run outcomes in this process (the failure-rate alert reads it).
+//! per-kind tally of recent run outcomes in this process, written to `chainsync.job_outcomes` so
+//! that the failure rate of a kind is known across every daemon of the cluster.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -131,8 +132,17 @@ pub fn record_dead_letters(kinds: &[&str], counts: &[crate::queue::DeadLetterCou
 /// Longest window [`recent_outcomes`] can answer for.
 pub const OUTCOME_WINDOW_MAX: Duration = Duration::from_secs(24 * 3600);
 
-/// Per kind: one bucket per minute (minute since the epoch, successes, failures), oldest first.
-type Tally = HashMap<String, VecDeque<(u64, u64, u64)>>;
+/// Attempts of one kind in one minute; `dirty` until written to `chainsync.job_outcomes`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    minute: u64,
+    ok: u64,
+    failed: u64,
+    dirty: bool,
+}
+
+/// Per kind: one bucket per minute, oldest first.
+type Tally = HashMap<String, VecDeque<Bucket>>;
 
 fn tally_map() -> &'static Mutex<Tally> {
     static TALLY: OnceLock<Mutex<Tally>> = OnceLock::new();
@@ -152,45 +162,152 @@ fn tally(kind: &str, ok: bool) {
 
 fn tally_at(kind: &str, ok: bool, minute: u64) {
     let mut map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
-    let buckets = map.entry(kind.to_string()).or_default();
+    let buckets = match map.get_mut(kind) {
+        Some(b) => b,
+        None => map.entry(kind.to_string()).or_default(),
+    };
     match buckets.back_mut() {
-        Some(b) if b.0 == minute => {
+        Some(b) if b.minute == minute => {
             if ok {
-                b.1 += 1;
+                b.ok += 1;
             } else {
-                b.2 += 1;
+                b.failed += 1;
             }
+            b.dirty = true;
         }
-        _ => buckets.push_back((minute, u64::from(ok), u64::from(!ok))),
+        _ => buckets.push_back(Bucket {
+            minute,
+            ok: u64::from(ok),
+            failed: u64::from(!ok),
+            dirty: true,
+        }),
     }
     let keep_from = minute.saturating_sub(OUTCOME_WINDOW_MAX.as_secs() / 60);
-    while buckets.front().is_some_and(|b| b.0 < keep_from) {
+    while buckets.front().is_some_and(|b| b.minute < keep_from) {
         buckets.pop_front();
     }
 }
 
 /// Attempts of each kind run by this process in the last `window` (whole minutes, the current
 /// one included): (kind, successes, failures). Failures are retries and fatal errors; snoozes
-/// are neither.
+/// are neither. [`cluster_outcomes`] answers for every daemon.
 pub fn recent_outcomes(window: Duration) -> Vec<(String, u64, u64)> {
     recent_outcomes_at(window, minute_now())
 }
 
+fn first_minute(window: Duration, now_minute: u64) -> u64 {
+    now_minute.saturating_sub(window.as_secs().div_ceil(60).saturating_sub(1))
+}
+
 fn recent_outcomes_at(window: Duration, now_minute: u64) -> Vec<(String, u64, u64)> {
-    let from = now_minute.saturating_sub(window.as_secs().div_ceil(60).saturating_sub(1));
+    let from = first_minute(window, now_minute);
     let map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
     let mut out: Vec<(String, u64, u64)> = map
         .iter()
         .map(|(kind, buckets)| {
             let (ok, failed) = buckets
                 .iter()
-                .filter(|b| b.0 >= from)
-                .fold((0, 0), |acc, b| (acc.0 + b.1, acc.1 + b.2));
+                .filter(|b| b.minute >= from)
+                .fold((0, 0), |acc, b| (acc.0 + b.ok, acc.1 + b.failed));
             (kind.clone(), ok, failed)
         })
         .collect();
     out.sort();
     out
+}
+
+/// This process in `chainsync.job_outcomes` (one id per process).
+fn process_id() -> uuid::Uuid {
+    static ID: OnceLock<uuid::Uuid> = OnceLock::new();
+    *ID.get_or_init(uuid::Uuid::now_v7)
+}
+
+/// The buckets changed since the last flush, marked clean: (kind, minute, ok, failed).
+fn take_dirty() -> Vec<(String, u64, u64, u64)> {
+    let mut map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for (kind, buckets) in map.iter_mut() {
+        for b in buckets.iter_mut().filter(|b| b.dirty) {
+            b.dirty = false;
+            out.push((kind.clone(), b.minute, b.ok, b.failed));
+        }
+    }
+    out
+}
+
+fn mark_dirty(rows: &[(String, u64, u64, u64)]) {
+    let mut map = tally_map().lock().unwrap_or_else(|e| e.into_inner());
+    for (kind, minute, _, _) in rows {
+        if let Some(b) = map
+            .get_mut(kind)
+            .and_then(|bs| bs.iter_mut().find(|b| b.minute == *minute))
+        {
+            b.dirty = true;
+        }
+    }
+}
+
+/// Writes this process's per-minute tally to `chainsync.job_outcomes` (the buckets changed since
+/// the last call, as absolute counts of this process: a repeated write changes nothing) and
+/// drops rows older than [`OUTCOME_WINDOW_MAX`]. Returns the rows written.
+pub async fn flush_outcomes(db: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
+    let rows = take_dirty();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let minute = |m: u64| i64::try_from(m).unwrap_or(i64::MAX);
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let result = sqlx::query(
+        "WITH w AS (
+            INSERT INTO chainsync.job_outcomes AS o (kind, minute, process, ok, failed)
+            SELECT k, to_timestamp(m * 60), $5, ok, failed
+            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS t(k, m, ok, failed)
+            ON CONFLICT (kind, minute, process) DO UPDATE SET ok = EXCLUDED.ok, failed = EXCLUDED.failed
+        )
+        DELETE FROM chainsync.job_outcomes WHERE minute < now() - make_interval(secs => $6)",
+    )
+    .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| minute(r.1)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| count(r.2)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| count(r.3)).collect::<Vec<_>>())
+    .bind(process_id())
+    .bind(OUTCOME_WINDOW_MAX.as_secs_f64() + 3600.0)
+    .execute(db)
+    .await;
+    match result {
+        Ok(_) => Ok(rows.len()),
+        Err(e) => {
+            mark_dirty(&rows);
+            Err(e)
+        }
+    }
+}
+
+/// Attempts of each kind run by every daemon in the last `window` (whole minutes, the current one
+/// included), from `chainsync.job_outcomes`: (kind, successes, failures). Each daemon's figures
+/// are as recent as its last [`flush_outcomes`].
+pub async fn cluster_outcomes(
+    db: &sqlx::PgPool,
+    window: Duration,
+) -> Result<Vec<(String, u64, u64)>, sqlx::Error> {
+    let from = i64::try_from(first_minute(window, minute_now())).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT kind, sum(ok)::bigint, sum(failed)::bigint FROM chainsync.job_outcomes
+         WHERE minute >= to_timestamp($1 * 60) GROUP BY kind ORDER BY kind",
+    )
+    .bind(from)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, ok, failed)| {
+            (
+                k,
+                u64::try_from(ok).unwrap_or(0),
+                u64::try_from(failed).unwrap_or(0),
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -339,25 +339,12 @@ pub struct Finding {
 }
 
 /// Figures the rules read beside the database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Inputs<'a> {
     /// The latest sample of the domain's lags; `None` when sampling failed.
     pub sample: Option<&'a Sample>,
     /// The daemon's health score, when computed.
     pub health_score: Option<u8>,
-    /// Per kind: (kind, successes, failures) within a window; by default this process's
-    /// tally (`chainsync_engine::metrics::recent_outcomes`).
-    pub outcomes: fn(Duration) -> Vec<(String, u64, u64)>,
-}
-
-impl Default for Inputs<'_> {
-    fn default() -> Self {
-        Self {
-            sample: None,
-            health_score: None,
-            outcomes: chainsync_engine::metrics::recent_outcomes,
-        }
-    }
 }
 
 /// The notification of one incident: the body of a `json` target, `text` for a `slack` one.
@@ -514,7 +501,9 @@ async fn findings(
                 summary: format!("health score {score} (alert below {th})"),
             }]
         }
-        RuleKind::FailureRate => (inputs.outcomes)(window)
+        // Every daemon's attempts (`chainsync.job_outcomes`), not only this one's.
+        RuleKind::FailureRate => chainsync_engine::metrics::cluster_outcomes(db, window)
+            .await?
             .into_iter()
             .filter(|(kind, _, _)| rule.job_kind.as_ref().is_none_or(|k| k == kind))
             .map(|(kind, ok, failed)| {

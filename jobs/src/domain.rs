@@ -94,7 +94,6 @@ impl Domain {
         let inputs = crate::alerts::Inputs {
             sample,
             health_score,
-            ..crate::alerts::Inputs::default()
         };
         crate::alerts::evaluate(&self.services.db, &self.services.settings, &inputs).await
     }

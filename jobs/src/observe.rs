@@ -24,6 +24,9 @@ pub const RPC_METHODS: &[&str] = &[
     "eth_getTransactionByHash",
 ];
 
+/// Upper bounds (seconds) of the buckets of `chainsync_balance_age_seconds`: 1 min to 1 day.
+pub const BALANCE_AGE_BUCKETS: &[f64] = &[60.0, 300.0, 900.0, 3600.0, 7200.0, 21600.0, 86400.0];
+
 /// Time allowed for one chain's head and block reads in a sample.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,9 @@ pub struct TokenSample {
     /// Closed hourly points windows not yet computed for the address that lags most (tokens
     /// with a points rate and computed windows only).
     pub points_windows_behind: Option<i64>,
+    /// How old the stored balances are: per bound of [`BALANCE_AGE_BUCKETS`], the rows at most
+    /// that old (cumulative), then every row (`+Inf`).
+    pub balance_age_buckets: Vec<u64>,
 }
 
 /// One chain's figures.
@@ -65,6 +71,21 @@ pub struct Sample {
     pub chains: Vec<ChainSample>,
 }
 
+/// The span of one SQL batch of a job's store writes (`statement`: what it writes, e.g.
+/// `upsert chainsync.balances`), exported with traces; disabled (free) otherwise.
+pub fn sql_span(statement: &'static str, rows: usize) -> tracing::Span {
+    tracing::info_span!(
+        target: chainsync_engine::trace::TARGET,
+        "sql",
+        otel.name = statement,
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation = statement,
+        db.rows = i64::try_from(rows).unwrap_or(i64::MAX),
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
 fn ns(v: Option<f64>) -> f64 {
     v.unwrap_or(f64::NAN)
 }
@@ -76,6 +97,15 @@ pub fn describe(settings: &DomainConfig) {
         "chainsync_balance_lag_seconds",
         metrics::Unit::Seconds,
         "Age of the newest stored balance, per chain and token (NaN: none stored)"
+    );
+    describe_gauge!(
+        "chainsync_balance_age_seconds_bucket",
+        "Stored balances at most `le` seconds old, per chain and token: a gauge histogram of the \
+         age of every stored balance, measured each sample (histogram_quantile works on it)"
+    );
+    describe_gauge!(
+        "chainsync_balance_age_seconds_gcount",
+        "Stored balances, per chain and token (the +Inf bucket of chainsync_balance_age_seconds)"
     );
     describe_gauge!(
         "chainsync_balance_lag_blocks",
@@ -181,6 +211,7 @@ pub fn describe(settings: &DomainConfig) {
             let labels = [("chain", chain.clone()), ("token", t.symbol.clone())];
             gauge!("chainsync_balance_lag_seconds", &labels).set(f64::NAN);
             gauge!("chainsync_balance_lag_blocks", &labels).set(f64::NAN);
+            record_age_buckets(&labels, &[]);
             gauge!("chainsync_points_windows_behind", &labels).set(f64::NAN);
             counter!("chainsync_reconcile_mismatches_total", &labels).absolute(0);
             counter!("chainsync_reconcile_alerts_total", &labels).absolute(0);
@@ -231,6 +262,17 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
         .bind(cid)
         .fetch_all(&services.db)
         .await?;
+        // Rows per token and age bucket (0: within the first bound, n: beyond the last).
+        let ages: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT token,
+                    width_bucket(extract(epoch FROM now() - updated_at)::float8, $2::float8[]),
+                    count(*)
+             FROM chainsync.balances WHERE chain_id = $1 GROUP BY 1, 2",
+        )
+        .bind(cid)
+        .bind(BALANCE_AGE_BUCKETS)
+        .fetch_all(&services.db)
+        .await?;
         let points: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT token, min(last) FROM (SELECT token, address, max(window_start) AS last
                FROM chainsync.points_history WHERE chain_id = $1 GROUP BY 1, 2) p GROUP BY 1",
@@ -275,6 +317,9 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
                 // Windows [last+1h, current hour) are closed and not computed.
                 points_windows_behind: last_window
                     .map(|w| (current_hour - w.timestamp().div_euclid(3600) - 1).max(0)),
+                balance_age_buckets: cumulative_ages(
+                    ages.iter().filter(|a| a.0 == key).map(|a| (a.1, a.2)),
+                ),
             });
         }
         let ingest_lag_blocks = match (head, checkpoint) {
@@ -313,6 +358,41 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
     Ok(out)
 }
 
+/// Cumulative counts per bound of [`BALANCE_AGE_BUCKETS`] and `+Inf`, from (bucket index as
+/// `width_bucket` numbers it, rows) pairs.
+fn cumulative_ages(rows: impl Iterator<Item = (i32, i64)>) -> Vec<u64> {
+    let n = BALANCE_AGE_BUCKETS.len();
+    let mut per = vec![0u64; n + 1];
+    for (bucket, count) in rows {
+        let i = usize::try_from(bucket).unwrap_or(0).min(n);
+        per[i] += u64::try_from(count).unwrap_or(0);
+    }
+    let mut acc = 0;
+    per.iter()
+        .map(|c| {
+            acc += c;
+            acc
+        })
+        .collect()
+}
+
+/// Sets `chainsync_balance_age_seconds_bucket` (and `_gcount`) of one token; `counts` empty:
+/// none measured yet (every bucket 0).
+fn record_age_buckets(labels: &[(&'static str, String); 2], counts: &[u64]) {
+    let at = |i: usize| counts.get(i).copied().unwrap_or(0) as f64;
+    for (i, le) in BALANCE_AGE_BUCKETS
+        .iter()
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_string()))
+        .enumerate()
+    {
+        let mut l = labels.to_vec();
+        l.push(("le", le));
+        gauge!("chainsync_balance_age_seconds_bucket", &l).set(at(i));
+    }
+    gauge!("chainsync_balance_age_seconds_gcount", labels).set(at(BALANCE_AGE_BUCKETS.len()));
+}
+
 /// Sets the gauges of a sample.
 pub fn record(sample: &Sample) {
     for c in &sample.chains {
@@ -329,9 +409,23 @@ pub fn record(sample: &Sample) {
             gauge!("chainsync_balance_lag_seconds", &labels).set(ns(t.balance_lag_seconds));
             gauge!("chainsync_balance_lag_blocks", &labels)
                 .set(ns(t.balance_lag_blocks.map(|b| b as f64)));
+            record_age_buckets(&labels, &t.balance_age_buckets);
             if let Some(w) = t.points_windows_behind {
                 gauge!("chainsync_points_windows_behind", &labels).set(w as f64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_buckets_are_cumulative_with_an_infinite_last_one() {
+        // width_bucket numbering: 0 below the first bound, len beyond the last.
+        let got = cumulative_ages([(0, 2), (3, 1), (7, 4)].into_iter());
+        assert_eq!(got, vec![2, 2, 2, 3, 3, 3, 3, 7]);
+        assert_eq!(cumulative_ages(std::iter::empty()), vec![0; 8]);
     }
 }

@@ -4,6 +4,7 @@
 use alloy::primitives::{Address, U256};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::{
     JobError, Services,
@@ -148,6 +149,10 @@ pub async fn store_balances(
         .bind(db_block(block.number)?)
         .bind(hash_text(&block.hash))
         .fetch_all(&services.db)
+        .instrument(crate::observe::sql_span(
+            "upsert chainsync.balances",
+            tokens.len(),
+        ))
         .await?;
     let changed = written.first().map_or(0, |r| r.5);
     let mut outcome = WriteOutcome {
@@ -603,53 +608,60 @@ pub async fn record_history(
         .zip(&addresses)
         .map(|(t, a)| format!("{t}:{a}"))
         .collect();
-    let mut tx = services.db.begin().await?;
-    lock_keys(&mut tx, chain_id, &keys).await?;
-    let written: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(HISTORY_INSERT)
-        .bind(cid)
-        .bind(&tokens)
-        .bind(&addresses)
-        .bind(&numbers)
-        .bind(&hashes)
-        .bind(&times)
-        .bind(&amounts)
-        .bind(source.as_str())
-        .fetch_all(&mut *tx)
+    let span = crate::observe::sql_span("insert chainsync.balance_changes", obs.len());
+    let (written, removed, dirty) = async {
+        let mut tx = services.db.begin().await?;
+        lock_keys(&mut tx, chain_id, &keys).await?;
+        let written: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(HISTORY_INSERT)
+            .bind(cid)
+            .bind(&tokens)
+            .bind(&addresses)
+            .bind(&numbers)
+            .bind(&hashes)
+            .bind(&times)
+            .bind(&amounts)
+            .bind(source.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        if written.len() >= ANALYZE_AFTER_ROWS {
+            analyze_if_never_analyzed(&mut tx).await?;
+        }
+        let mut removed = Vec::new();
+        if !written.is_empty() {
+            removed = sqlx::query_as::<_, (String, String, Option<DateTime<Utc>>, i64)>(
+                HISTORY_NORMALIZE,
+            )
+            .bind(cid)
+            .bind(&tokens)
+            .bind(&addresses)
+            .bind(&numbers)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        let mut changed: std::collections::BTreeMap<(String, String), DateTime<Utc>> =
+            std::collections::BTreeMap::new();
+        for (t, a, at) in written
+            .iter()
+            .cloned()
+            .chain(removed.iter().map(|r| (r.0.clone(), r.1.clone(), r.2)))
+        {
+            let at = at.unwrap_or_else(Utc::now);
+            let e = changed.entry((t, a)).or_insert(at);
+            *e = (*e).min(at);
+        }
+        let dirty = mark_dirty(
+            &mut tx,
+            &services.settings,
+            chain_id,
+            &changed,
+            &format!("balance history changed ({})", source.as_str()),
+        )
         .await?;
-    if written.len() >= ANALYZE_AFTER_ROWS {
-        analyze_if_never_analyzed(&mut tx).await?;
+        tx.commit().await?;
+        Ok::<_, JobError>((written, removed, dirty))
     }
-    let mut removed = Vec::new();
-    if !written.is_empty() {
-        removed =
-            sqlx::query_as::<_, (String, String, Option<DateTime<Utc>>, i64)>(HISTORY_NORMALIZE)
-                .bind(cid)
-                .bind(&tokens)
-                .bind(&addresses)
-                .bind(&numbers)
-                .fetch_all(&mut *tx)
-                .await?;
-    }
-    let mut changed: std::collections::BTreeMap<(String, String), DateTime<Utc>> =
-        std::collections::BTreeMap::new();
-    for (t, a, at) in written
-        .iter()
-        .cloned()
-        .chain(removed.iter().map(|r| (r.0.clone(), r.1.clone(), r.2)))
-    {
-        let at = at.unwrap_or_else(Utc::now);
-        let e = changed.entry((t, a)).or_insert(at);
-        *e = (*e).min(at);
-    }
-    let dirty = mark_dirty(
-        &mut tx,
-        &services.settings,
-        chain_id,
-        &changed,
-        &format!("balance history changed ({})", source.as_str()),
-    )
+    .instrument(span)
     .await?;
-    tx.commit().await?;
     Ok(HistoryOutcome {
         written: written.len(),
         removed: removed.len(),
@@ -710,6 +722,10 @@ pub async fn store_observed(
         .bind(&hashes)
         .bind(db_chain_id(chain_id)?)
         .fetch_all(&services.db)
+        .instrument(crate::observe::sql_span(
+            "upsert chainsync.balances",
+            tokens.len(),
+        ))
         .await?;
     let rows: Vec<WrittenRow> = written.into_iter().map(WrittenRow::from).collect();
     cache_write_through(services, chain_id, &rows).await;

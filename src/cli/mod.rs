@@ -294,6 +294,9 @@ pub struct EnqueueArgs {
     pub run_at: Option<DateTime<Utc>>,
     #[arg(long)]
     pub max_attempts: Option<i32>,
+    /// W3C traceparent (00-<trace id>-<parent id>-<flags>): the job's run continues that trace.
+    #[arg(long)]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -365,13 +368,25 @@ pub fn admin_url(cli: &Cli) -> String {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = matches!(cli.command, Command::Daemon);
-    crate::telemetry::init(daemon, if daemon { "info" } else { "warn" });
-    let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
+    let config = if daemon {
+        // The daemon's subscriber depends on `[telemetry]` (traces), so config comes first.
+        let config = Config::load(cli.config.as_deref(), cli.database_url.as_deref())?;
+        crate::telemetry::init(true, "info", Some(&config.telemetry))
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        config
+    } else {
+        crate::telemetry::init(false, "warn", None).map_err(|e| anyhow::anyhow!(e))?;
+        Config::load(cli.config.as_deref(), cli.database_url.as_deref())?
+    };
     let app = App::connect(config).await?;
     let out = output::Out { json: cli.json };
     match cli.command {
         Command::Migrate => queue_cmds::migrate(&app, &out).await,
-        Command::Daemon => crate::daemon::run(app).await,
+        Command::Daemon => {
+            let result = crate::daemon::run(app).await;
+            crate::telemetry::shutdown().await;
+            result
+        }
         Command::Enqueue(a) => queue_cmds::enqueue(&app, &out, a).await,
         Command::Jobs(c) => queue_cmds::jobs(&app, &out, c).await,
         Command::Dlq(c) => queue_cmds::dlq(&app, &out, c).await,

@@ -57,6 +57,7 @@ pub async fn enqueue(app: &App, out: &Out, a: EnqueueArgs) -> anyhow::Result<()>
         run_at: a.run_at,
         unique_key: a.unique_key,
         max_attempts: a.max_attempts,
+        traceparent: a.traceparent,
         ..NewJob::default()
     };
     let e = app.queue.enqueue(job).await?;

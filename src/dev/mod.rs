@@ -42,7 +42,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             database,
             family,
         } => {
-            crate::telemetry::init(false, "warn");
+            drop(crate::telemetry::init(false, "warn", None));
             if *holders < 3 {
                 anyhow::bail!("--holders must be at least 3");
             }
@@ -62,7 +62,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             pooler_url,
             listen,
         }) => {
-            crate::telemetry::init(false, "warn");
+            drop(crate::telemetry::init(false, "warn", None));
             if mode != "drain" && mode != "misc" {
                 anyhow::bail!("--mode must be drain or misc, got {mode:?}");
             }
@@ -81,7 +81,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             println!("RESULT {}", bench_queue::run_unit(&opts).await?);
         }
         Command::Bench(BenchCmd::Sync { holders }) => {
-            crate::telemetry::init(false, "warn");
+            drop(crate::telemetry::init(false, "warn", None));
             println!("RESULT {}", bench_sync::run(&admin_url, *holders).await?);
         }
         Command::Bench(BenchCmd::Ingest {
@@ -91,7 +91,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             transfers,
             reps,
         }) => {
-            crate::telemetry::init(false, "warn");
+            drop(crate::telemetry::init(false, "warn", None));
             let r = bench_ingest::run(
                 &admin_url,
                 bench_ingest::Sizes {
@@ -111,7 +111,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             hours,
             block_seconds,
         }) => {
-            crate::telemetry::init(false, "warn");
+            drop(crate::telemetry::init(false, "warn", None));
             let r = bench_rebuild::run(&bench_rebuild::RebuildOptions {
                 admin_url,
                 holders: *holders,
@@ -127,7 +127,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             connections,
             seconds,
         }) => {
-            crate::telemetry::init(false, "error");
+            drop(crate::telemetry::init(false, "error", None));
             let r = bench_http::run(&bench_http::HttpBenchOptions {
                 admin_url,
                 holders: *holders,

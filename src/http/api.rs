@@ -4,7 +4,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Path, Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
 };
 use chainsync_jobs::NewJob;
@@ -107,11 +107,29 @@ fn parse_enqueue(body: &[u8]) -> Result<NewJob, ApiError> {
     })
 }
 
+/// The W3C `traceparent` header of an enqueue, checked: the job's run continues that trace.
+fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("traceparent").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad("traceparent", "give the header once"));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::bad("traceparent", "not ASCII text"))?;
+    chainsync_engine::trace::TraceParent::parse(v).map_err(|e| ApiError::bad("traceparent", e))?;
+    Ok(Some(v.to_string()))
+}
+
 pub async fn enqueue(
     State(s): State<HttpState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job = parse_enqueue(&body)?;
+    let mut job = parse_enqueue(&body)?;
+    job.traceparent = traceparent(&headers)?;
     let e = s.app.queue.enqueue(job).await?;
     Ok(if e.inserted {
         (StatusCode::CREATED, Json(json!({"id": e.id})))

@@ -27,6 +27,8 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<Uuid>,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// W3C traceparent given at enqueue.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -43,6 +45,8 @@ pub struct DeadLetter {
     pub reason: String,
     pub created_at: DateTime<Utc>,
     pub failed_at: DateTime<Utc>,
+    /// W3C traceparent given at enqueue (kept on replay).
+    pub traceparent: Option<String>,
 }
 
 /// Job states a filter may name.
@@ -82,7 +86,8 @@ fn check_page(limit: i64, offset: i64) -> Result<(), QueueError> {
 
 pub(super) const JOB_COLUMNS: &str =
     "id, kind, queue, state::text AS state, attempt, max_attempts, priority, args,
-    unique_key, errors, run_at, created_at, started_at, finished_at, lease_owner, lease_expires_at";
+    unique_key, errors, run_at, created_at, started_at, finished_at, lease_owner, lease_expires_at,
+    traceparent";
 
 /// How deep the queue is, for health checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -213,7 +218,7 @@ impl Queue {
         check_page(f.limit, f.offset)?;
         Ok(sqlx::query_as(
             "SELECT id, kind, queue, args, priority, attempt, max_attempts, unique_key, errors,
-                    reason, created_at, failed_at
+                    reason, created_at, failed_at, traceparent
              FROM chainsync.dead_letters
              WHERE ($1::text IS NULL OR kind = $1) AND ($2::timestamptz IS NULL OR failed_at >= $2)
                AND ($3::timestamptz IS NULL OR failed_at < $3)
@@ -231,7 +236,7 @@ impl Queue {
     pub async fn get_dead(&self, id: Uuid) -> Result<DeadLetter, QueueError> {
         sqlx::query_as(
             "SELECT id, kind, queue, args, priority, attempt, max_attempts, unique_key, errors,
-                    reason, created_at, failed_at
+                    reason, created_at, failed_at, traceparent
              FROM chainsync.dead_letters WHERE id = $1",
         )
         .bind(id)

@@ -212,7 +212,7 @@ const DEAD_FILTER: &str = "($1::text IS NULL OR kind = $1)
       AND ($5::timestamptz IS NULL OR failed_at < $5)";
 
 const DEAD_COLUMNS: &str = "id, kind, queue, args, priority, attempt, max_attempts, unique_key,
-    errors, reason, created_at, failed_at";
+    errors, reason, created_at, failed_at, traceparent";
 
 impl Queue {
     /// One page of jobs matching `q`, newest first, after `before` (an id of the previous page).

@@ -27,6 +27,7 @@ struct Row {
     backoff_cap_ms: Option<i64>,
     unique_while_running: bool,
     unique_for_ms: Option<i64>,
+    traceparent: Option<String>,
 }
 
 impl Queue {
@@ -50,6 +51,13 @@ impl Queue {
                 return Err(QueueError::Invalid("unique_for: needs a unique_key".into()));
             }
         }
+        let traceparent = match job.traceparent {
+            Some(tp) => {
+                crate::trace::check(&tp).map_err(|e| QueueError::Invalid(e.to_string()))?;
+                Some(tp)
+            }
+            None => crate::trace::current(),
+        };
         Ok(Row {
             id: Uuid::now_v7(),
             queue: job.queue.unwrap_or(policy.queue),
@@ -65,6 +73,7 @@ impl Queue {
             backoff_cap_ms: job.backoff_cap_ms,
             unique_while_running,
             unique_for_ms: job.unique_for_ms,
+            traceparent,
         })
     }
 
@@ -194,6 +203,7 @@ async fn insert_unwindowed(
     let mut bases = Vec::with_capacity(n);
     let mut caps = Vec::with_capacity(n);
     let mut while_running = Vec::with_capacity(n);
+    let mut traceparents = Vec::with_capacity(n);
     for r in rows {
         ids.push(r.id);
         kinds.push(r.kind);
@@ -206,8 +216,10 @@ async fn insert_unwindowed(
         bases.push(r.backoff_base_ms);
         caps.push(r.backoff_cap_ms);
         while_running.push(r.unique_while_running);
+        traceparents.push(r.traceparent);
     }
     let plain = keys.iter().all(Option::is_none)
+        && traceparents.iter().all(Option::is_none)
         && run_ats.iter().all(Option::is_none)
         && bases.iter().all(Option::is_none)
         && caps.iter().all(Option::is_none);
@@ -244,6 +256,7 @@ async fn insert_unwindowed(
         .bind(&bases)
         .bind(&caps)
         .bind(&while_running)
+        .bind(&traceparents)
         .fetch_all(&mut *conn)
         .await?;
     if inserted.len() == n {

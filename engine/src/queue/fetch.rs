@@ -9,6 +9,11 @@ use super::{Queue, QueueError};
 
 const FETCH: &str = include_str!("sql/fetch.sql");
 const FETCH_CONTROLLED: &str = "SELECT * FROM chainsync.fetch_controlled($1, $2::int, $3, $4)";
+/// [`FETCH_CONTROLLED`] with each job's stored traceparent (trace propagation on): a look-up by
+/// primary key per job taken, in the same statement.
+const FETCH_CONTROLLED_TRACED: &str = "WITH f AS MATERIALIZED (
+    SELECT * FROM chainsync.fetch_controlled($1, $2::int, $3, $4))
+SELECT f.*, (SELECT j.traceparent FROM chainsync.jobs j WHERE j.id = f.id) AS traceparent FROM f";
 const HEARTBEAT: &str = include_str!("sql/heartbeat.sql");
 const RELEASE: &str = include_str!("sql/release.sql");
 
@@ -27,6 +32,9 @@ pub struct Fetched {
     /// Taken under a cluster-wide limit (of its queue or kind): its end may let another start.
     #[sqlx(default)]
     pub limited: bool,
+    /// W3C traceparent given at enqueue: the parent of the run's span.
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
 }
 
 /// What stands between a fetch and the jobs of its queue.
@@ -63,6 +71,8 @@ struct FetchRow {
     limited: Option<bool>,
     control: Option<String>,
     retry_ms: Option<i32>,
+    #[sqlx(default)]
+    traceparent: Option<String>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -97,7 +107,11 @@ impl Queue {
         lease: Duration,
         controlled: bool,
     ) -> Result<FetchBatch, QueueError> {
-        let sql = if controlled { FETCH_CONTROLLED } else { FETCH };
+        let sql = match (controlled, crate::trace::enabled()) {
+            (false, _) => FETCH,
+            (true, false) => FETCH_CONTROLLED,
+            (true, true) => FETCH_CONTROLLED_TRACED,
+        };
         let rows: Vec<FetchRow> = sqlx::query_as(sql)
             .bind(queue)
             .bind(
@@ -140,6 +154,7 @@ impl Queue {
                 backoff_base_ms: r.backoff_base_ms,
                 backoff_cap_ms: r.backoff_cap_ms,
                 limited: r.limited.unwrap_or(false),
+                traceparent: r.traceparent,
             });
         }
         Ok(FetchBatch { jobs, control })

@@ -108,6 +108,7 @@ mod tests {
             backoff_base_ms: Some(10),
             backoff_cap_ms: None,
             limited: false,
+            traceparent: None,
         }
     }
 

@@ -85,13 +85,25 @@ impl<S: Clone + Send + Sync + 'static> tower::Service<Task<Fetched>> for Executo
 
 impl<S: Clone + Send + Sync + 'static> Inner<S> {
     async fn execute(&self, job: Fetched) {
-        let span =
-            info_span!("job", job.kind = %job.kind, job.id = %job.id, job.attempt = job.attempt);
+        let span = info_span!(
+            "job",
+            job.kind = %job.kind,
+            job.queue = %job.queue,
+            job.id = %job.id,
+            job.attempt = job.attempt,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(tp) = &job.traceparent {
+            crate::trace::set_parent(&span, tp);
+        }
         let started = Instant::now();
         let result = self.run(&job).instrument(span.clone()).await;
         let elapsed = started.elapsed();
         crate::metrics::record_run(&job.kind, elapsed, result.as_ref().err());
         if let Err(e) = &result {
+            if !matches!(e, JobError::Snooze(_)) {
+                span.record("otel.status_code", "ERROR");
+            }
             span.in_scope(|| match e {
                 JobError::Snooze(d) => tracing::debug!(delay = ?d, "job snoozed"),
                 e => warn!(class = e.class(), error = %e, "job failed"),

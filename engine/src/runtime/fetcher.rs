@@ -206,6 +206,7 @@ mod tests {
             backoff_base_ms: None,
             backoff_cap_ms: None,
             limited: false,
+            traceparent: None,
         }
     }
 

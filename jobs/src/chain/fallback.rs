@@ -20,6 +20,8 @@ use alloy::{
     transports::{BoxTransport, TransportError, TransportErrorKind, TransportFut, http::reqwest},
 };
 
+use tracing::Instrument;
+
 use super::error::{EndpointError, is_rate_limited};
 
 /// One endpoint and the label used for it in errors and logs (`rpc_urls[i]` + host). The
@@ -37,6 +39,7 @@ pub struct FallbackTransport {
     probe_after: Duration,
     /// The `chain` label of `chainsync_rpc_requests_total`.
     chain: Arc<str>,
+    chain_id: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +58,15 @@ impl FallbackTransport {
             })),
             probe_after,
             chain: Arc::from(""),
+            chain_id: 0,
         }
     }
 
-    /// Counts requests in `chainsync_rpc_requests_total` under this `chain` label.
-    pub fn with_chain(mut self, chain: &str) -> Self {
+    /// Counts requests in `chainsync_rpc_requests_total` under this `chain` label; traced RPC
+    /// spans carry the name and the chain id.
+    pub fn with_chain(mut self, chain: &str, chain_id: u64) -> Self {
         self.chain = Arc::from(chain);
+        self.chain_id = chain_id;
         self
     }
 
@@ -136,8 +142,44 @@ impl tower::Service<RequestPacket> for FallbackTransport {
     }
 
     fn call(&mut self, req: RequestPacket) -> Self::Future {
-        Box::pin(self.clone().request(req))
+        // One span per request (a batch is one request), exported with traces; disabled (free)
+        // otherwise, and then the method list is never built.
+        let span = tracing::info_span!(
+            target: chainsync_engine::trace::TARGET,
+            "rpc",
+            otel.name = %method_list(&req),
+            otel.kind = "client",
+            rpc.system = "jsonrpc",
+            rpc.method = %method_list(&req),
+            // Signed: OpenTelemetry has no unsigned integers (u64 would be exported as text).
+            rpc.requests = i64::try_from(req.method_names().count()).unwrap_or(i64::MAX),
+            chain = %self.chain,
+            chain.id = i64::try_from(self.chain_id).unwrap_or(i64::MAX),
+            otel.status_code = tracing::field::Empty,
+        );
+        let this = self.clone();
+        Box::pin(
+            async move {
+                let out = this.request(req).await;
+                if out.is_err() {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                }
+                out
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// `eth_call`, or the distinct methods of a batch in order (`eth_call,eth_getBalance`).
+fn method_list(req: &RequestPacket) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for m in req.method_names() {
+        if !seen.contains(&m) {
+            seen.push(m);
+        }
+    }
+    seen.join(",")
 }
 
 fn scrub(e: TransportError, label: &str) -> TransportError {

@@ -157,7 +157,8 @@ impl ChainClient {
                 error::RetryUnlessRange,
             ))
             .transport(
-                FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER).with_chain(&config.name),
+                FallbackTransport::new(endpoints, PROBE_PRIMARY_AFTER)
+                    .with_chain(&config.name, config.chain_id),
                 is_local,
             );
         let multicall = config

@@ -25,7 +25,7 @@ use alloy::{
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 pub use crate::settings::{ContractConfig, IngestConfig};
 use crate::{
@@ -295,6 +295,10 @@ pub async fn ingest_pass(
             &end,
             cfg.keep_block_hashes,
         )
+        .instrument(crate::observe::sql_span(
+            "insert chainsync.events",
+            rows.len(),
+        ))
         .await?;
         crate::observe::record_events_ingested(&services.settings, chain_id, stored);
         report.stored += stored;

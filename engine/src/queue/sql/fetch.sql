@@ -26,11 +26,12 @@ taken AS (
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms
+    RETURNING id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
+              traceparent
 )
 SELECT id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
-       false AS limited, NULL::text AS control, NULL::int AS retry_ms
+       false AS limited, NULL::text AS control, NULL::int AS retry_ms, traceparent
 FROM taken
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'controlled', NULL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'controlled', NULL, NULL
 FROM control WHERE controlled

@@ -1,5 +1,5 @@
--- Move dead letters back to the queue: attempts reset, history kept, runnable now. Selected by ids
--- ($1) or by kind ($2) / failed since ($3). A dead letter whose unique key a job holds (see
+-- Move dead letters back to the queue: attempts reset, history and traceparent kept, runnable
+-- now. Selected by ids ($1) or by kind ($2) / failed since ($3). A dead letter whose unique key a job holds (see
 -- chainsync.unique_holder) is left in place (the insert skips it, so the delete does too):
 -- nothing is lost either way.
 WITH picked AS (
@@ -13,10 +13,11 @@ WITH picked AS (
 inserted AS (
     INSERT INTO chainsync.jobs (id, kind, queue, args, priority, attempt, max_attempts,
         backoff_base_ms, backoff_cap_ms, unique_key, errors, run_at, created_at,
-        unique_while_running)
+        unique_while_running, traceparent)
     SELECT id, kind, queue, args, priority, 0, max_attempts, backoff_base_ms, backoff_cap_ms,
            unique_key, errors, now(), created_at,
-           coalesce((SELECT k.unique_while_running FROM chainsync.kinds k WHERE k.kind = picked.kind), false)
+           coalesce((SELECT k.unique_while_running FROM chainsync.kinds k WHERE k.kind = picked.kind), false),
+           traceparent
     FROM picked
     ON CONFLICT DO NOTHING
     RETURNING id
