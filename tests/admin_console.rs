@@ -901,13 +901,13 @@ async fn a_rare_filter_answers_from_a_bounded_search(pool: PgPool) {
         .await;
     assert_eq!(st, StatusCode::OK);
     assert!(
-        page.contains("No match among the 50,000 newest jobs"),
+        page.contains("No match among the 30,000 newest jobs"),
         "{page}"
     );
     let (st, _, page) = c.get("/admin/jobs?queue=rare", Some(&admin)).await;
     assert_eq!(st, StatusCode::OK);
     assert!(
-        page.contains("No match among the 50,000 newest jobs"),
+        page.contains("No match among the 30,000 newest jobs"),
         "{page}"
     );
     assert!(page.contains("No jobs match."), "{page}");
@@ -942,7 +942,7 @@ async fn a_rare_filter_answers_from_a_bounded_search(pool: PgPool) {
     );
     // A text search is bounded the same way, over fewer rows.
     let (_, _, page) = c.get("/admin/jobs?q=%22n%22%3A%203%7D", Some(&admin)).await;
-    assert!(page.contains("the 20,000 newest jobs"), "{page}");
+    assert!(page.contains("the 10,000 newest jobs"), "{page}");
     // An exact filter the index follows: a page and the link to the next.
     let (_, _, page) = c
         .get("/admin/jobs?queue=default&limit=10", Some(&admin))

@@ -200,32 +200,36 @@ fn timed_out(e: sqlx::Error) -> QueueError {
 /// indexes they allow (a `$n IS NULL OR …` condition would hide them from a generic plan).
 /// `matching` is on what a row holds; `range` bounds the id (the creation-time range).
 struct JobConditions {
-    matching: Vec<&'static str>,
+    matching: Vec<String>,
     range: Vec<&'static str>,
 }
 
 impl JobConditions {
     fn of(q: &JobQuery) -> Self {
         let mut matching = Vec::new();
-        if q.state.is_some() {
-            matching.push("state = $1::text::chainsync.job_state");
+        // The state as a literal (one of STATES, checked before): the partial indexes of the
+        // states (running jobs, finished jobs) apply only to a condition the planner can match
+        // to their predicates, which a parameter cast to the enum is not.
+        if let Some(st) = STATES.iter().find(|s| Some(**s) == q.state.as_deref()) {
+            matching.push(format!("state = '{st}'"));
         }
         if q.kind.is_some() {
-            matching.push("kind = $2");
+            matching.push("kind = $2".into());
         }
         if q.queue.is_some() {
-            matching.push("queue = $3");
+            matching.push("queue = $3".into());
         }
         if q.text.is_some() {
             matching.push(
-                "(strpos(lower(args::text), lower($4)) > 0 OR strpos(lower(errors::text), lower($4)) > 0)",
+                "(strpos(lower(args::text), lower($4)) > 0 OR strpos(lower(errors::text), lower($4)) > 0)"
+                    .into(),
             );
         }
         if q.from.is_some() {
-            matching.push("created_at >= $5");
+            matching.push("created_at >= $5".into());
         }
         if q.to.is_some() {
-            matching.push("created_at < $6");
+            matching.push("created_at < $6".into());
         }
         let mut range = Vec::new();
         if q.from.is_some() {
@@ -237,18 +241,22 @@ impl JobConditions {
         Self { matching, range }
     }
 
-    fn join(parts: &[&str]) -> String {
+    fn join<S: AsRef<str>>(parts: &[S]) -> String {
         if parts.is_empty() {
             "true".into()
         } else {
-            parts.join(" AND ")
+            parts
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(" AND ")
         }
     }
 
     /// Every condition, for a WHERE clause.
     fn all(&self) -> String {
-        let mut v = self.range.clone();
-        v.extend(&self.matching);
+        let mut v: Vec<&str> = self.range.clone();
+        v.extend(self.matching.iter().map(String::as_str));
         Self::join(&v)
     }
 }
@@ -256,9 +264,9 @@ impl JobConditions {
 /// Jobs a listing examines at most, newest first, when its filter has no index to follow: a
 /// filter matching rarely (or never) answers in bounded time, saying how far it looked, with a
 /// link to look further.
-pub const SCAN_JOBS: i64 = 50_000;
+pub const SCAN_JOBS: i64 = 30_000;
 /// The same for a text search (each row's args and errors are read as text).
-pub const SCAN_JOBS_TEXT: i64 = 20_000;
+pub const SCAN_JOBS_TEXT: i64 = 10_000;
 
 /// One page of a job listing.
 #[derive(Debug, Clone, Default)]
@@ -393,7 +401,7 @@ impl Queue {
                 .map_err(timed_out)?
         } else {
             let mut all = range.clone();
-            all.extend(&c.matching);
+            all.extend(c.matching.iter().map(String::as_str));
             let sql = format!(
                 "SELECT {cols}, true AS matched, 0::bigint AS rn FROM chainsync.jobs WHERE {}
                  ORDER BY id DESC LIMIT $10",

@@ -92,7 +92,7 @@ pub async fn queues(
                 return unavailable();
             }
         };
-    let figures = cache.get(&s.app).await;
+    let figures = cache.peek(&s.app);
     // Per queue: ready, scheduled, running, oldest ready wait.
     let mut depth: BTreeMap<String, (i64, i64, i64, Option<f64>)> = BTreeMap::new();
     if let Some(f) = &figures {
