@@ -453,6 +453,9 @@ pub struct ScheduleStatus {
     pub last_manual: bool,
 }
 
+/// A schedule's latest claim: its tick, its job, what became of the job, made by "run now".
+type LastClaim = (DateTime<Utc>, Option<uuid::Uuid>, Option<String>, bool);
+
 /// Next runs and last outcome of each schedule.
 pub async fn status(
     queue: &Queue,
@@ -475,9 +478,8 @@ pub async fn status(
                 None => break,
             }
         }
-        let last: Option<(DateTime<Utc>, Option<uuid::Uuid>, Option<String>, bool)> =
-            sqlx::query_as(
-                "SELECT c.tick, c.job_id,
+        let last: Option<LastClaim> = sqlx::query_as(
+            "SELECT c.tick, c.job_id,
                     CASE WHEN c.job_id IS NULL THEN 'skipped'
                          WHEN j.state IS NOT NULL THEN j.state::text
                          WHEN d.id IS NOT NULL THEN 'dead'
@@ -487,10 +489,10 @@ pub async fn status(
              LEFT JOIN chainsync.jobs j ON j.id = c.job_id
              LEFT JOIN chainsync.dead_letters d ON d.id = c.job_id
              WHERE c.schedule = $1 ORDER BY c.tick DESC LIMIT 1",
-            )
-            .bind(&s.name)
-            .fetch_optional(queue.pool())
-            .await?;
+        )
+        .bind(&s.name)
+        .fetch_optional(queue.pool())
+        .await?;
         out.push(ScheduleStatus {
             name: s.name.clone(),
             kind: s.kind.clone(),
