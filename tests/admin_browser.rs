@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! The admin console in a real headless Chromium (Debian's `chromium`, driven by Playwright from
 //! `tests/browser/admin.mjs`): sign-in keeping the filter asked for, every page, a filter, a bulk
-//! cancel after its confirmation, a dead letter replayed, bad input, keyboard order, a phone-width
-//! layout, the read-only role, sign-out. Screenshots of each page are kept in
+//! cancel after its confirmation, a dead letter replayed, a schedule run now, a queue paused and
+//! resumed, bad input, keyboard order, a phone-width layout, the read-only role (no buttons, its
+//! posts refused), sign-out. Screenshots of each page are kept in
 //! `$CHAINSYNC_SCREENSHOTS` (default: `chainsync-admin-screenshots` in the temp dir).
 //! `scripts/install-deps.sh` installs Chromium and playwright-core.
 
@@ -252,6 +253,30 @@ timezone = "Europe/Berlin"
             && schedules.contains("Europe/Berlin"),
         "next runs in the schedule's zone: {r}"
     );
+    // Run now: queued, and shown as the schedule's last run.
+    assert!(
+        s("schedule_run_message")
+            .starts_with("Schedule nightly-noop: its job is queued to run now"),
+        "{r}"
+    );
+    assert!(
+        s("schedule_after_run").contains("(run now)")
+            && s("schedule_after_run").contains("available"),
+        "{r}"
+    );
+    // Pause and resume from the console.
+    assert_eq!(s("queue_before"), "running", "{r}");
+    assert!(
+        s("pause_message").starts_with("Queue default is paused"),
+        "{r}"
+    );
+    assert!(s("queue_paused").starts_with("paused since"), "{r}");
+    assert_eq!(
+        s("resume_message"),
+        "Queue default is running again.",
+        "{r}"
+    );
+    assert_eq!(s("queue_resumed"), "running", "{r}");
     // Amounts with the token's decimals beside the raw integer.
     let balances = page("balances");
     assert!(
@@ -299,6 +324,10 @@ timezone = "Europe/Berlin"
     assert_eq!(r["readonly_bulk_forms"], 0, "{r}");
     assert_eq!(r["readonly_jobs_bulk_forms"], 0, "{r}");
     assert_eq!(r["readonly_post_status"], 403, "{r}");
+    assert_eq!(s("readonly_queue_state"), "running", "{r}");
+    assert_eq!(r["readonly_queue_forms"], 0, "{r}");
+    assert_eq!(r["readonly_schedule_forms"], 0, "{r}");
+    assert_eq!(r["readonly_pause_status"], 403, "{r}");
     assert_eq!(r["page_errors"], json!([]), "{r}");
     for f in r["screenshots"].as_array().unwrap() {
         assert!(
@@ -314,6 +343,18 @@ timezone = "Europe/Berlin"
         1 - 1
     );
     assert_eq!(app.queue.get_job(dead.id).await.unwrap().state, "available");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE unique_key = 'schedule:nightly-noop:now'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.queues WHERE paused").await,
+        0
+    );
     assert_eq!(
         count(
             &pool,

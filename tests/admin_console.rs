@@ -1,11 +1,13 @@
 #![allow(clippy::unwrap_used)]
 //! The admin console over HTTP on a real Postgres: sign-in and its cookie, redirects that keep
-//! the page asked for, CSRF, the read-only role, sign out and expiry, bad filters answered on the
-//! page, bulk actions with their confirmation. `a_page_with_a_million_jobs` (ignored by default:
-//! it writes a million rows) times the pages against a million jobs.
+//! the page asked for, CSRF, the read-only role, sign out and expiry, throttled sign-in failures,
+//! bad filters answered on the page, bulk actions with their confirmation, bounded searches,
+//! queues paused and resumed, schedules run and switched, every attempt of a job with its
+//! duration, the overview's figures with their age. `a_page_with_a_million_jobs` (ignored by
+//! default: it writes a million rows) times the pages against a million jobs.
 
 mod common;
-use common::db_url;
+use common::{count, db_url, wait_for};
 
 use std::{net::SocketAddr, time::Instant};
 
@@ -90,8 +92,17 @@ impl Console {
     }
 
     async fn login_response(&self, token: &str, next: &str, https: bool) -> reqwest::Response {
-        let mut r = self
-            .http
+        self.login_with(&self.http, token, next, https).await
+    }
+
+    async fn login_with(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        next: &str,
+        https: bool,
+    ) -> reqwest::Response {
+        let mut r = http
             .post(self.url("/admin/login"))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(format!("token={}&next={}", enc(token), enc(next)));
@@ -153,6 +164,11 @@ symbol = "RAT"
 address = "0x00000000000000000000000000000000000000aa"
 decimals = 18
 asset_class = "major"
+[[schedule]]
+name = "nightly"
+kind = "noop"
+cron = "0 3 * * *"
+timezone = "Asia/Shanghai"
 "#,
         db_url(pool)
     ))
@@ -473,6 +489,507 @@ async fn rotating_a_token_ends_its_sessions(pool: PgPool) {
     assert_eq!(st, StatusCode::SEE_OTHER);
 }
 
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn failed_sign_ins_are_throttled_per_client(pool: PgPool) {
+    let c = console(&pool, "").await;
+    for i in 0..5 {
+        let r = c
+            .login_response("wrong-token-wrong-token", "/admin", false)
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    // The sixth try within the minute is held, whatever the token: a message on the page.
+    for token in ["wrong-token-wrong-token", ADMIN] {
+        let r = c.login_response(token, "/admin", false).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().get(header::SET_COOKIE).is_none());
+        let wait: u64 = r.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("too many failed sign-ins: try again in")
+                && body.contains("role=\"alert\""),
+            "{body}"
+        );
+        assert!(!body.contains(ADMIN), "the token is never echoed");
+    }
+    // Another client address is not held.
+    let other = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = c.login_with(&other, ADMIN, "/admin", false).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn queues_are_paused_and_resumed_from_the_console(pool: PgPool) {
+    let c = console(&pool, "").await;
+    c.app
+        .queue
+        .enqueue(NewJob::untyped("noop", json!({"payload": "waits"})))
+        .await
+        .unwrap();
+    let admin = c.sign_in(ADMIN).await;
+    let reader = c.sign_in(READER).await;
+
+    let (st, _, page) = c.get("/admin/queues", Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(page.contains("<tr data-queue=\"default\">"), "{page}");
+    assert!(
+        page.contains("action=\"/admin/queues/default/pause\""),
+        "{page}"
+    );
+    // Without the form's token: refused, nothing paused.
+    let (st, _, _) = c.post("/admin/queues/default/pause", &admin, &[]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let paused = "SELECT count(*) FROM chainsync.queues WHERE queue = 'default' AND paused";
+    assert_eq!(count(&pool, paused).await, 0);
+
+    let (st, loc, _) = c
+        .post(
+            "/admin/queues/default/pause",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(
+        (st, loc.as_str()),
+        (
+            StatusCode::SEE_OTHER,
+            "/admin/queues?done=paused&name=default"
+        )
+    );
+    assert_eq!(count(&pool, paused).await, 1);
+    let (_, _, page) = c.get(&loc, Some(&admin)).await;
+    assert!(page.contains("Queue default is paused"), "{page}");
+    assert!(page.contains("st-paused\">paused</span> since"), "{page}");
+    assert!(
+        page.contains("action=\"/admin/queues/default/resume\""),
+        "{page}"
+    );
+    // The engine sees it: nothing is fetched from a paused queue.
+    let batch = c
+        .app
+        .queue
+        .fetch(
+            "default",
+            10,
+            uuid::Uuid::now_v7(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(batch.is_empty());
+
+    // The read-only role sees the state and no button; posting anyway is refused.
+    let (st, _, page) = c.get("/admin/queues", Some(&reader)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(page.contains("paused</span>"), "{page}");
+    assert!(!page.contains("/admin/queues/default/"), "{page}");
+    let (st, _, _) = c
+        .post(
+            "/admin/queues/default/resume",
+            &reader,
+            &[("csrf", &reader.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(count(&pool, paused).await, 1);
+
+    // Resume; again: a message, not an error. Unknown names and actions: messages.
+    let (st, loc, _) = c
+        .post(
+            "/admin/queues/default/resume",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert_eq!(loc, "/admin/queues?done=resumed&name=default");
+    assert_eq!(count(&pool, paused).await, 0);
+    let (_, loc, _) = c
+        .post(
+            "/admin/queues/default/resume",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(loc, "/admin/queues?done=not-paused&name=default");
+    let (st, _, body) = c
+        .post(
+            "/admin/queues/nosuch/pause",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body.contains("unknown queue"), "{body}");
+    let (st, _, _) = c
+        .post(
+            "/admin/queues/default/explode",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Limits are shown.
+    c.app
+        .queue
+        .set_queue_limit(
+            "default",
+            &chainsync::queue::LimitConfig {
+                concurrency: Some(7),
+                rate: Some(2.5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (_, _, page) = c.get("/admin/queues", Some(&admin)).await;
+    assert!(page.contains("7 running at most, 2.5 started/s"), "{page}");
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn schedules_run_now_and_switch_off_and_on(pool: PgPool) {
+    let c = console(&pool, "").await;
+    let admin = c.sign_in(ADMIN).await;
+    let reader = c.sign_in(READER).await;
+    let (_, _, page) = c.get("/admin/schedules", Some(&admin)).await;
+    assert!(page.contains("<tr data-schedule=\"nightly\">"), "{page}");
+    assert!(page.contains("03:00:00 CST (Asia/Shanghai)"), "{page}");
+    assert!(
+        page.contains("yes <span class=\"muted\">(config)"),
+        "{page}"
+    );
+
+    // Run now: one job through the queue's enqueue, recorded as the schedule's last run.
+    let (st, loc, _) = c
+        .post(
+            "/admin/schedules/nightly/run",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert!(
+        loc.starts_with("/admin/schedules?done=run&name=nightly&job="),
+        "{loc}"
+    );
+    let jobs = "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop' AND unique_key = 'schedule:nightly:now'";
+    assert_eq!(count(&pool, jobs).await, 1);
+    // Again while it waits to start: the unique key holds, no second job.
+    let (_, loc, _) = c
+        .post(
+            "/admin/schedules/nightly/run",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert!(
+        loc.starts_with("/admin/schedules?done=waiting&name=nightly"),
+        "{loc}"
+    );
+    assert_eq!(count(&pool, jobs).await, 1);
+    let (_, _, page) = c.get(&loc, Some(&admin)).await;
+    assert!(page.contains("still waits to start"), "{page}");
+    assert!(page.contains("(run now)"), "{page}");
+    assert!(page.contains("st-available\">available</span>"), "{page}");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.cron_claims WHERE schedule = 'nightly' AND manual"
+        )
+        .await,
+        1
+    );
+
+    // Switch off: stored for every daemon, no next runs; then on again.
+    let (_, loc, _) = c
+        .post(
+            "/admin/schedules/nightly/disable",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(loc, "/admin/schedules?done=disabled&name=nightly");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.schedule_switches WHERE schedule = 'nightly' AND NOT enabled"
+        )
+        .await,
+        1
+    );
+    let (_, _, page) = c.get(&loc, Some(&admin)).await;
+    assert!(
+        page.contains("no <span class=\"muted\">(switched off by console"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("03:00:00 CST"),
+        "no next runs while off: {page}"
+    );
+    assert!(
+        page.contains("action=\"/admin/schedules/nightly/enable\""),
+        "{page}"
+    );
+    let (_, loc, _) = c
+        .post(
+            "/admin/schedules/nightly/disable",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(loc, "/admin/schedules?done=unchanged&name=nightly");
+
+    // The read-only role: no buttons, 403.
+    let (_, _, page) = c.get("/admin/schedules", Some(&reader)).await;
+    assert!(!page.contains("/admin/schedules/nightly/"), "{page}");
+    for action in ["run", "enable"] {
+        let (st, _, _) = c
+            .post(
+                &format!("/admin/schedules/nightly/{action}"),
+                &reader,
+                &[("csrf", &reader.csrf)],
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{action}");
+    }
+    assert_eq!(count(&pool, jobs).await, 1);
+
+    let (_, loc, _) = c
+        .post(
+            "/admin/schedules/nightly/enable",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(loc, "/admin/schedules?done=enabled&name=nightly");
+    let (_, _, page) = c.get(&loc, Some(&admin)).await;
+    assert!(page.contains("03:00:00 CST (Asia/Shanghai)"), "{page}");
+    let (st, _, body) = c
+        .post(
+            "/admin/schedules/nosuch/run",
+            &admin,
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(body.contains("no schedule named"), "{body}");
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_job_shows_every_attempt_with_its_duration(pool: PgPool) {
+    let c = console(&pool, "[worker]\npoll_interval = \"50ms\"").await;
+    let failing = c
+        .app
+        .queue
+        .enqueue(NewJob {
+            max_attempts: Some(2),
+            backoff_base_ms: Some(1),
+            backoff_cap_ms: Some(1),
+            ..NewJob::untyped("noop", json!({"fail": "retry", "sleep_ms": 40}))
+        })
+        .await
+        .unwrap();
+    let fine = c
+        .app
+        .queue
+        .enqueue(NewJob::untyped("noop", json!({"sleep_ms": 30})))
+        .await
+        .unwrap();
+    let services = c.app.services().await.unwrap();
+    let runtime = chainsync::runtime::Runtime::start(
+        c.app.queue.clone(),
+        c.app.registry.clone(),
+        services,
+        c.app.config.worker.clone(),
+    );
+    wait_for(
+        "both jobs to finish",
+        std::time::Duration::from_secs(20),
+        async || {
+            let dead = count(&pool, "SELECT count(*) FROM chainsync.dead_letters").await;
+            let done = count(
+                &pool,
+                "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+            )
+            .await;
+            (dead == 1 && done == 1).then_some(())
+        },
+    )
+    .await;
+    runtime.stop().await;
+
+    // Each failed attempt: when it started (the database's fetch time), when it ended, and how
+    // long the handler ran as its worker measured.
+    let dead = c.app.queue.get_dead(failing.id).await.unwrap();
+    let entries = dead.errors.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["attempt"], i + 1);
+        let ran = e["ran_ms"].as_i64().unwrap();
+        assert!((40..10_000).contains(&ran), "{e}");
+        let started =
+            chrono::DateTime::parse_from_rfc3339(e["started_at"].as_str().unwrap()).unwrap();
+        let ended = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+        assert!(started <= ended + chrono::Duration::seconds(1), "{e}");
+    }
+    let admin = c.sign_in(ADMIN).await;
+    let (_, _, page) = c
+        .get(&format!("/admin/dead/{}", failing.id), Some(&admin))
+        .await;
+    let table = &page[page.find("id=\"attempts\"").unwrap()..];
+    assert_eq!(
+        table.matches("noop asked to fail (retry)").count(),
+        2,
+        "{page}"
+    );
+    for e in entries {
+        let shown = format!("<td>{:.2} s</td>", e["ran_ms"].as_f64().unwrap() / 1000.0);
+        assert!(table.contains(&shown), "{shown} in {page}");
+    }
+    // The run that succeeded: its start, end and duration.
+    let (_, _, page) = c
+        .get(&format!("/admin/jobs/{}", fine.id), Some(&admin))
+        .await;
+    let job = c.app.queue.get_job(fine.id).await.unwrap();
+    let (started, finished) = (job.started_at.unwrap(), job.finished_at.unwrap());
+    assert!(finished - started >= chrono::Duration::milliseconds(30));
+    let row = &page[page.find("<tr class=\"last-run\">").unwrap()..];
+    assert!(
+        row.starts_with("<tr class=\"last-run\"><td>1</td>")
+            && row.contains(&started.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            && row.contains("st-completed\">completed"),
+        "{page}"
+    );
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_rare_filter_answers_from_a_bounded_search(pool: PgPool) {
+    let c = console(&pool, "").await;
+    // Five old jobs of queue `rare`, then more than one search's worth of newer ones.
+    sqlx::query(
+        "INSERT INTO chainsync.jobs (id, kind, queue, args)
+         SELECT chainsync.uuid_v7(), 'noop', 'rare', jsonb_build_object('n', g)
+         FROM generate_series(1, 5) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sqlx::query(
+        "INSERT INTO chainsync.jobs (id, kind, queue, args)
+         SELECT chainsync.uuid_v7(), 'noop', 'default', jsonb_build_object('n', g)
+         FROM generate_series(1, $1) g",
+    )
+    .bind(chainsync::queue::browse::SCAN_JOBS + 10)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let admin = c.sign_in(ADMIN).await;
+
+    let (st, _, page) = c
+        .get("/admin/jobs?queue=rare&state=completed", Some(&admin))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        page.contains("No match among the 30,000 newest jobs"),
+        "{page}"
+    );
+    let (st, _, page) = c.get("/admin/jobs?queue=rare", Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        page.contains("No match among the 30,000 newest jobs"),
+        "{page}"
+    );
+    assert!(page.contains("No jobs match."), "{page}");
+    let at = page.find("id=\"searched\"").unwrap();
+    let further = page[at..]
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        further.starts_with("/admin/jobs?queue=rare&before="),
+        "{further}"
+    );
+    // Looking further finds the five, and the end of the table.
+    let (st, _, page) = c.get(&further, Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(page.matches("<tr id=\"job-").count(), 5, "{page}");
+    assert!(!page.contains("id=\"searched\""), "{page}");
+    // An available-jobs filter of a queue without any answers from the queue's index.
+    let (_, _, page) = c
+        .get(
+            "/admin/jobs?queue=nothing-here&state=available",
+            Some(&admin),
+        )
+        .await;
+    assert!(
+        page.contains("No jobs match.") && !page.contains("id=\"searched\""),
+        "{page}"
+    );
+    // A text search is bounded the same way, over fewer rows.
+    let (_, _, page) = c.get("/admin/jobs?q=%22n%22%3A%203%7D", Some(&admin)).await;
+    assert!(page.contains("the 10,000 newest jobs"), "{page}");
+    // An exact filter the index follows: a page and the link to the next.
+    let (_, _, page) = c
+        .get("/admin/jobs?queue=default&limit=10", Some(&admin))
+        .await;
+    assert_eq!(page.matches("<tr id=\"job-").count(), 10, "{page}");
+    assert!(
+        page.contains("Older »") && !page.contains("id=\"searched\""),
+        "{page}"
+    );
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn the_overview_shows_its_figures_with_their_age(pool: PgPool) {
+    let c = console(&pool, "").await;
+    c.app
+        .queue
+        .enqueue(NewJob::untyped("noop", json!({})))
+        .await
+        .unwrap();
+    let admin = c.sign_in(ADMIN).await;
+    let page = wait_for(
+        "the overview's figures",
+        std::time::Duration::from_secs(10),
+        async || {
+            let (st, _, page) = c.get("/admin", Some(&admin)).await;
+            assert_eq!(st, StatusCode::OK);
+            page.contains("Jobs by state").then_some(page)
+        },
+    )
+    .await;
+    let at = page.find("Figures taken <time datetime=\"").unwrap();
+    let age = &page[at..];
+    let age = &age[age.find("</time> (").unwrap() + "</time> (".len()..];
+    let age = &age[..age.find(" ago").unwrap()];
+    assert!(
+        age.ends_with(" s") && age.len() <= 8,
+        "age {age:?} in {page}"
+    );
+    assert!(
+        page.contains("at most every 4 s while someone looks"),
+        "{page}"
+    );
+    // The queues page takes its counts from the same figures and says how old they are.
+    let (_, _, page) = c.get("/admin/queues", Some(&admin)).await;
+    assert!(page.contains("Counts of jobs taken <time"), "{page}");
+}
+
 /// Run with `cargo test --test admin_console -- --ignored --nocapture`.
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
 #[ignore = "writes a million jobs; run by hand to measure"]
@@ -545,8 +1062,13 @@ async fn a_page_with_a_million_jobs(pool: PgPool) {
         "/admin/jobs?queue=bulk&kind=sync-balances".into(),
         "/admin/jobs?from=2020-01-01&to=2030-01-01&state=completed".into(),
         "/admin/jobs?q=timeout%20999995".into(),
+        "/admin/jobs?kind=reconcile-chain&queue=default".into(),
+        "/admin/jobs?state=running".into(),
+        "/admin/jobs?q=no-such-text".into(),
         "/admin/dead".into(),
         "/admin/dead?kind=noop&q=boom%2042".into(),
+        "/admin/queues".into(),
+        "/admin/schedules".into(),
     ];
     println!("page (median of 5 after a warm-up) with 1,000,000 jobs:");
     for p in &pages {

@@ -192,3 +192,120 @@ catch_up = "one"
     let next = b.tick_once(at("2026-06-04T18:00:10Z")).await.unwrap();
     assert_eq!(next.len(), 1);
 }
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_switched_off_schedule_claims_nothing_and_resumes_at_its_next_tick(pool: PgPool) {
+    let cfg = config("catch_up = \"one\"");
+    let q = chainsync::app::builtin_queue(pool.clone());
+    let mut a = scheduler(&pool, &cfg).await;
+    let claims = "SELECT count(*) FROM chainsync.cron_claims";
+    assert_eq!(
+        a.tick_once(at("2026-06-01T12:00:00.500Z"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Off for every instance: no claim, no job, whatever the passes.
+    assert!(
+        chainsync::scheduler::set_enabled(
+            &q,
+            "every-10s",
+            false,
+            "test",
+            at("2026-06-01T12:00:05Z")
+        )
+        .await
+        .unwrap()
+    );
+    let mut b = scheduler(&pool, &cfg).await; // a fresh instance would catch up
+    for s in ["12:00:10.5", "12:00:20.5"] {
+        let now = at(&format!("2026-06-01T{s}Z"));
+        assert!(a.tick_once(now).await.unwrap().is_empty(), "{s}");
+        assert!(b.tick_once(now).await.unwrap().is_empty(), "{s}");
+    }
+    assert_eq!(count(&pool, claims).await, 1);
+    let status = chainsync::scheduler::status(
+        &q,
+        &cfg.schedules(q.kinds()).unwrap(),
+        at("2026-06-01T12:00:21Z"),
+    )
+    .await
+    .unwrap();
+    assert!(!status[0].enabled && status[0].next_runs.is_empty());
+    assert_eq!(
+        status[0].switch.as_ref().unwrap().changed_by.as_deref(),
+        Some("test")
+    );
+
+    // On again at :25: the tick of :20 (still within the tolerance) fell while it was off and is
+    // not run; the next one is, once.
+    assert!(
+        chainsync::scheduler::set_enabled(
+            &q,
+            "every-10s",
+            true,
+            "test",
+            at("2026-06-01T12:00:25Z")
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !chainsync::scheduler::set_enabled(
+            &q,
+            "every-10s",
+            true,
+            "test",
+            at("2026-06-01T12:00:26Z")
+        )
+        .await
+        .unwrap(),
+        "already on"
+    );
+    let now = at("2026-06-01T12:00:25.5Z");
+    assert!(a.tick_once(now).await.unwrap().is_empty());
+    assert!(b.tick_once(now).await.unwrap().is_empty());
+    assert_eq!(count(&pool, claims).await, 1);
+    let now = at("2026-06-01T12:00:30.5Z");
+    let mut enqueued = a.tick_once(now).await.unwrap();
+    enqueued.extend(b.tick_once(now).await.unwrap());
+    assert_eq!(enqueued.len(), 1, "{enqueued:?}");
+    assert_eq!(count(&pool, claims).await, 2);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop'"
+        )
+        .await,
+        2
+    );
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn run_now_enqueues_once_while_its_job_waits(pool: PgPool) {
+    let cfg = config("");
+    let q = chainsync::app::builtin_queue(pool.clone());
+    q.sync_kinds().await.unwrap();
+    let s = &cfg.schedules(q.kinds()).unwrap()[0];
+    let first = chainsync::scheduler::run_now(&q, s, "test").await.unwrap();
+    let again = chainsync::scheduler::run_now(&q, s, "test").await.unwrap();
+    assert!(first.inserted && !again.inserted);
+    assert_eq!(first.id, again.id);
+    let status = chainsync::scheduler::status(&q, std::slice::from_ref(s), Utc::now())
+        .await
+        .unwrap();
+    assert!(status[0].last_manual);
+    assert_eq!(status[0].last_job, Some(first.id));
+    assert_eq!(status[0].last_outcome.as_deref(), Some("available"));
+    // Once it started, a new run is queued.
+    sqlx::query(
+        "UPDATE chainsync.jobs SET started_at = now(), state = 'completed', finished_at = now()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let third = chainsync::scheduler::run_now(&q, s, "test").await.unwrap();
+    assert!(third.inserted && third.id != first.id);
+}

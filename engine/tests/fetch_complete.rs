@@ -334,6 +334,11 @@ async fn complete_records_a_batch_of_every_outcome_at_once(pool: PgPool) {
         ),
         (&json!(1), &json!("retry"), &json!("not ready"))
     );
+    // With the attempt's start (the fetch's time, from the database).
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(errors[0]["started_at"].as_str().unwrap()).is_ok(),
+        "{errors:?}"
+    );
 
     // The snooze: the attempt given back, no error recorded.
     let snooze = row(&pool, jobs[2].id).await;
@@ -357,6 +362,7 @@ async fn complete_records_a_batch_of_every_outcome_at_once(pool: PgPool) {
             (&last["class"], &last["error"]),
             (&json!(class), &json!(msg))
         );
+        assert!(last["started_at"].is_string(), "{last}");
     }
     assert_eq!(
         count(&pool, "SELECT count(*) FROM chainsync.jobs").await,

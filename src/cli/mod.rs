@@ -192,6 +192,13 @@ pub enum BackfillCmd {
 pub enum ScheduleCmd {
     /// Every schedule with its next runs, last tick and last outcome.
     List,
+    /// Enqueue a schedule's job now (unique key `schedule:NAME:now`: no second one while the
+    /// first waits to start).
+    Run { name: String },
+    /// Switch a schedule on for every daemon (wins over the config's `enabled`).
+    Enable { name: String },
+    /// Switch a schedule off for every daemon: it claims no tick and enqueues nothing.
+    Disable { name: String },
 }
 
 #[cfg(feature = "dev")]
@@ -454,6 +461,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(a) => chain_cmds::sync(&app, &out, a).await,
         Command::Ingest(a) => chain_cmds::ingest(&app, &out, a).await,
         Command::Schedule(ScheduleCmd::List) => queue_cmds::schedules(&app, &out).await,
+        Command::Schedule(ScheduleCmd::Run { name }) => {
+            queue_cmds::schedule_run(&app, &out, &name).await
+        }
+        Command::Schedule(ScheduleCmd::Enable { name }) => {
+            queue_cmds::schedule_switch(&app, &out, &name, true).await
+        }
+        Command::Schedule(ScheduleCmd::Disable { name }) => {
+            queue_cmds::schedule_switch(&app, &out, &name, false).await
+        }
         #[cfg(feature = "dev")]
         Command::Bench(_) | Command::Demo { .. } => Ok(()),
     }

@@ -333,6 +333,53 @@ pub async fn schedules(app: &App, out: &Out) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn find_schedule(app: &App, name: &str) -> anyhow::Result<crate::scheduler::Schedule> {
+    let schedules = app.config.schedules(app.queue.kinds())?;
+    let known = schedules
+        .iter()
+        .map(|s| s.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    schedules
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no schedule named {name:?} in the config (known: {known})"))
+}
+
+/// `chainsync schedule run NAME`.
+pub async fn schedule_run(app: &App, out: &Out, name: &str) -> anyhow::Result<()> {
+    let s = find_schedule(app, name)?;
+    let e = crate::scheduler::run_now(&app.queue, &s, "cli").await?;
+    let text = if e.inserted {
+        format!("schedule {name}: enqueued {}", e.id)
+    } else {
+        format!(
+            "schedule {name}: its job {} still waits to start; none added",
+            e.id
+        )
+    };
+    out.message(&e, &text);
+    Ok(())
+}
+
+/// `chainsync schedule enable|disable NAME`.
+pub async fn schedule_switch(app: &App, out: &Out, name: &str, on: bool) -> anyhow::Result<()> {
+    find_schedule(app, name)?;
+    let changed =
+        crate::scheduler::set_enabled(&app.queue, name, on, "cli", chrono::Utc::now()).await?;
+    let state = if on { "on" } else { "off" };
+    let text = if changed {
+        format!("schedule {name} switched {state} for every daemon")
+    } else {
+        format!("schedule {name} was switched {state} already")
+    };
+    out.message(
+        &json!({"schedule": name, "enabled": on, "changed": changed}),
+        &text,
+    );
+    Ok(())
+}
+
 pub(super) fn chain_id(app: &App, chain: &str) -> anyhow::Result<u64> {
     let found = app
         .config

@@ -251,9 +251,12 @@ pub async fn serve(
     if let Some(b) = bound {
         let _ = b.send(addr);
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
 }
 
 /// Seconds since `t`, never negative.

@@ -1,7 +1,8 @@
 // Drives the admin console in headless Chromium: signs in (the filter asked for survives the
 // sign-in), walks every page, applies a filter, bulk-cancels a selection after its confirmation,
-// replays a dead letter, checks bad input, keyboard order, a phone-width layout, the read-only
-// role, sign-out and a lost session. Saves a screenshot of each page in OUT_DIR and prints a JSON
+// replays a dead letter, runs a schedule now, pauses and resumes a queue, checks bad input,
+// keyboard order, a phone-width layout, the read-only role (no buttons, its posts refused),
+// sign-out and a lost session. Saves a screenshot of each page in OUT_DIR and prints a JSON
 // report for tests/admin_browser.rs to check.
 // Usage: node admin.mjs BASE_URL ADMIN_TOKEN READONLY_TOKEN DEAD_LETTER_ID ADDRESS OUT_DIR
 // Env: PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM_BIN (browser binary).
@@ -112,6 +113,22 @@ try {
   await page.goto(base + "/admin/schedules");
   report.pages.schedules = await text(page, "#schedules");
   await shot(page, "08-schedules");
+  // Run a schedule now.
+  await Promise.all([page.waitForNavigation(), page.click('tr[data-schedule="nightly-noop"] button.run')]);
+  report.schedule_run_message = await text(page, ".msg");
+  report.schedule_after_run = await text(page, 'tr[data-schedule="nightly-noop"]');
+  await shot(page, "14-schedule-run-now");
+
+  // Queues: pause one, then resume it.
+  await page.goto(base + "/admin/queues");
+  report.queue_before = await text(page, 'tr[data-queue="default"] .qstate');
+  await Promise.all([page.waitForNavigation(), page.click('tr[data-queue="default"] button.pause')]);
+  report.pause_message = await text(page, ".msg");
+  report.queue_paused = await text(page, 'tr[data-queue="default"] .qstate');
+  await shot(page, "15-queue-paused");
+  await Promise.all([page.waitForNavigation(), page.click('tr[data-queue="default"] button.resume')]);
+  report.resume_message = await text(page, ".msg");
+  report.queue_resumed = await text(page, 'tr[data-queue="default"] .qstate');
 
   await page.goto(base + "/admin/chain");
   await page.fill("input[name=address]", address);
@@ -170,6 +187,21 @@ try {
   await p3.goto(base + "/admin/jobs");
   report.readonly_jobs_bulk_forms = await p3.locator("form.bulk").count();
   await shot(p3, "13-readonly-jobs");
+  await p3.goto(base + "/admin/queues");
+  report.readonly_queue_state = await text(p3, 'tr[data-queue="default"] .qstate');
+  report.readonly_queue_forms = await p3.locator('form[action^="/admin/queues/"]').count();
+  await shot(p3, "16-readonly-queues");
+  await p3.goto(base + "/admin/schedules");
+  report.readonly_schedule_forms = await p3.locator('form[action^="/admin/schedules/"]').count();
+  report.readonly_pause_status = await p3.evaluate(async () => {
+    const csrf = document.querySelector("input[name=csrf]").value;
+    const r = await fetch("/admin/queues/default/pause", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: "csrf=" + encodeURIComponent(csrf),
+    });
+    return r.status;
+  });
   // Posting anyway, with the session's own CSRF token: refused.
   report.readonly_post_status = await p3.evaluate(async (id) => {
     const csrf = document.querySelector("input[name=csrf]").value;

@@ -194,15 +194,109 @@ fn timed_out(e: sqlx::Error) -> QueueError {
     }
 }
 
-const JOB_FILTER: &str = "($1::text IS NULL OR state::text = $1)
-      AND ($2::text IS NULL OR kind = $2)
-      AND ($3::text IS NULL OR queue = $3)
-      AND ($4::text IS NULL OR strpos(lower(args::text), lower($4)) > 0
-                            OR strpos(lower(errors::text), lower($4)) > 0)
-      AND ($5::timestamptz IS NULL OR created_at >= $5)
-      AND ($6::timestamptz IS NULL OR created_at < $6)
-      AND ($7::uuid IS NULL OR id >= $7)
-      AND ($8::uuid IS NULL OR id < $8)";
+/// The conditions of a job filter, over the parameters every job statement here binds in this
+/// order: $1 state, $2 kind, $3 queue, $4 text, $5 from, $6 to, $7 lowest id, $8 id bound above.
+/// Only the conditions of the filter's fields are written, so that each run is planned with the
+/// indexes they allow (a `$n IS NULL OR …` condition would hide them from a generic plan).
+/// `matching` is on what a row holds; `range` bounds the id (the creation-time range).
+struct JobConditions {
+    matching: Vec<String>,
+    range: Vec<&'static str>,
+}
+
+impl JobConditions {
+    fn of(q: &JobQuery) -> Self {
+        let mut matching = Vec::new();
+        // The state as a literal (one of STATES, checked before): the partial indexes of the
+        // states (running jobs, finished jobs) apply only to a condition the planner can match
+        // to their predicates, which a parameter cast to the enum is not.
+        if let Some(st) = STATES.iter().find(|s| Some(**s) == q.state.as_deref()) {
+            matching.push(format!("state = '{st}'"));
+        }
+        if q.kind.is_some() {
+            matching.push("kind = $2".into());
+        }
+        if q.queue.is_some() {
+            matching.push("queue = $3".into());
+        }
+        if q.text.is_some() {
+            matching.push(
+                "(strpos(lower(args::text), lower($4)) > 0 OR strpos(lower(errors::text), lower($4)) > 0)"
+                    .into(),
+            );
+        }
+        if q.from.is_some() {
+            matching.push("created_at >= $5".into());
+        }
+        if q.to.is_some() {
+            matching.push("created_at < $6".into());
+        }
+        let mut range = Vec::new();
+        if q.from.is_some() {
+            range.push("id >= $7");
+        }
+        if q.to.is_some() {
+            range.push("id < $8");
+        }
+        Self { matching, range }
+    }
+
+    fn join<S: AsRef<str>>(parts: &[S]) -> String {
+        if parts.is_empty() {
+            "true".into()
+        } else {
+            parts
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        }
+    }
+
+    /// Every condition, for a WHERE clause.
+    fn all(&self) -> String {
+        let mut v: Vec<&str> = self.range.clone();
+        v.extend(self.matching.iter().map(String::as_str));
+        Self::join(&v)
+    }
+}
+
+/// Jobs a listing examines at most, newest first, when its filter has no index to follow: a
+/// filter matching rarely (or never) answers in bounded time, saying how far it looked, with a
+/// link to look further.
+pub const SCAN_JOBS: i64 = 30_000;
+/// The same for a text search (each row's args and errors are read as text).
+pub const SCAN_JOBS_TEXT: i64 = 10_000;
+
+/// One page of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobsPage {
+    /// Matching jobs, newest first, at most the limit asked for.
+    pub rows: Vec<JobRow>,
+    /// More jobs match after the last row (the next page starts `before` its id).
+    pub more: bool,
+    /// The listing stopped after examining this many jobs without filling the page.
+    pub searched: Option<Searched>,
+}
+
+/// Where a bounded listing stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Searched {
+    /// Jobs examined (newest first).
+    pub examined: i64,
+    /// The last job examined: the search goes on `before` it.
+    pub last_id: Uuid,
+    pub last_created_at: DateTime<Utc>,
+}
+
+/// A row of a bounded listing: a job, whether it matches, its position in the scan.
+#[derive(sqlx::FromRow)]
+struct ScannedRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    matched: bool,
+    rn: i64,
+}
 
 const DEAD_FILTER: &str = "($1::text IS NULL OR kind = $1)
       AND ($2::text IS NULL OR queue = $2)
@@ -215,40 +309,108 @@ const DEAD_COLUMNS: &str = "id, kind, queue, args, priority, attempt, max_attemp
     errors, reason, created_at, failed_at, traceparent";
 
 impl Queue {
-    /// One page of jobs matching `q`, newest first, after `before` (an id of the previous page).
+    /// One page of jobs matching `q`, newest first, after `before` (an id of the previous page),
+    /// at most `limit` of them. A filter that an index answers (none, a time range, running
+    /// jobs) is followed to the end; otherwise at most [`SCAN_JOBS`] jobs ([`SCAN_JOBS_TEXT`]
+    /// with a text search) are examined, and the page says where it stopped
+    /// ([`JobsPage::searched`]). Available jobs of a kind or queue are first looked up in the
+    /// queue's own index, so a kind or queue with none answers at once.
     pub async fn browse_jobs(
         &self,
         q: &JobQuery,
         before: Option<Uuid>,
         limit: i64,
-    ) -> Result<Vec<JobRow>, QueueError> {
+    ) -> Result<JobsPage, QueueError> {
         check_jobs(q)?;
         check_limit(limit)?;
         let (lo, hi) = id_bounds(q);
-        let sql = format!(
-            "SELECT {} FROM chainsync.jobs WHERE {JOB_FILTER}
-               AND ($9::uuid IS NULL OR id < $9)
-             ORDER BY id DESC LIMIT $10",
-            super::admin::JOB_COLUMNS
-        );
+        let c = JobConditions::of(q);
+        let mut range = c.range.clone();
+        if before.is_some() {
+            range.push("id < $9");
+        }
+        let cols = super::admin::JOB_COLUMNS;
+        let state = q.state.as_deref();
+        // Without a condition on what rows hold (beyond the creation time, which the id
+        // bounds), every row examined matches; running jobs are few and have their own index.
+        let bounded = state != Some("running")
+            && (state.is_some() || q.kind.is_some() || q.queue.is_some() || q.text.is_some());
         let mut tx = self.pool.begin().await?;
         sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
-        let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(&q.state)
-            .bind(&q.kind)
-            .bind(&q.queue)
-            .bind(&q.text)
-            .bind(q.from)
-            .bind(q.to)
-            .bind(lo)
-            .bind(hi)
-            .bind(before)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(timed_out)?;
+        if state == Some("available") && q.text.is_none() {
+            // The fetch indexes hold every available job by queue and by kind.
+            let mut cond = vec!["state = 'available'"];
+            if q.kind.is_some() {
+                cond.push("kind = $2");
+            }
+            if q.queue.is_some() {
+                cond.push("queue = $3");
+            }
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM chainsync.jobs WHERE {})",
+                JobConditions::join(&cond)
+            );
+            let any: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(&q.state)
+                .bind(&q.kind)
+                .bind(&q.queue)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(timed_out)?;
+            if !any {
+                tx.commit().await?;
+                return Ok(JobsPage::default());
+            }
+        }
+        let bind = |sql: String| {
+            sqlx::query_as::<_, ScannedRow>(sqlx::AssertSqlSafe(sql))
+                .bind(q.state.clone())
+                .bind(q.kind.clone())
+                .bind(q.queue.clone())
+                .bind(q.text.clone())
+                .bind(q.from)
+                .bind(q.to)
+                .bind(lo)
+                .bind(hi)
+                .bind(before)
+                .bind(limit + 1)
+        };
+        let cap = bounded.then_some(if q.text.is_some() {
+            SCAN_JOBS_TEXT
+        } else {
+            SCAN_JOBS
+        });
+        let rows: Vec<ScannedRow> = if let Some(cap) = cap {
+            // Newest first along the primary key, at most `cap` rows, each marked matching or
+            // not; the matching ones come out as they are found (and the scan stops at a full
+            // page), the last row examined comes out too, to say where the scan ended.
+            let sql = format!(
+                "SELECT * FROM (
+                    SELECT {cols}, ({}) AS matched, row_number() OVER (ORDER BY id DESC) AS rn
+                    FROM chainsync.jobs WHERE {}
+                    ORDER BY id DESC LIMIT $11) s
+                 WHERE s.matched OR s.rn = $11
+                 LIMIT $10 + 1",
+                JobConditions::join(&c.matching),
+                JobConditions::join(&range),
+            );
+            bind(sql)
+                .bind(cap)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(timed_out)?
+        } else {
+            let mut all = range.clone();
+            all.extend(c.matching.iter().map(String::as_str));
+            let sql = format!(
+                "SELECT {cols}, true AS matched, 0::bigint AS rn FROM chainsync.jobs WHERE {}
+                 ORDER BY id DESC LIMIT $10",
+                JobConditions::join(&all)
+            );
+            bind(sql).fetch_all(&mut *tx).await.map_err(timed_out)?
+        };
         tx.commit().await?;
-        Ok(rows)
+        Ok(page_of(rows, limit, cap))
     }
 
     /// How many jobs `q` selects that `action` would change.
@@ -260,8 +422,9 @@ impl Queue {
         check_jobs(q)?;
         let (lo, hi) = id_bounds(q);
         let sql = format!(
-            "SELECT count(*) FROM chainsync.jobs WHERE {JOB_FILTER}
-               AND state::text = ANY($9)"
+            "SELECT count(*) FROM chainsync.jobs WHERE {}
+               AND state::text = ANY($9)",
+            JobConditions::of(q).all()
         );
         let mut tx = self.pool.begin().await?;
         sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
@@ -287,20 +450,21 @@ impl Queue {
     pub async fn bulk_jobs(&self, q: &JobQuery, action: BulkJobAction) -> Result<u64, QueueError> {
         check_jobs(q)?;
         let (lo, hi) = id_bounds(q);
+        let filter = JobConditions::of(q).all();
         let sql = match action {
             BulkJobAction::Cancel => format!(
                 "UPDATE chainsync.jobs SET state = 'cancelled', finished_at = now(),
                     lease_owner = NULL, lease_expires_at = NULL
-                 WHERE {JOB_FILTER} AND state::text = ANY($9)"
+                 WHERE {filter} AND state::text = ANY($9)"
             ),
             BulkJobAction::Retry => format!(
                 "UPDATE chainsync.jobs SET state = 'available', run_at = now(), finished_at = NULL
-                 WHERE {JOB_FILTER} AND state::text = ANY($9)
+                 WHERE {filter} AND state::text = ANY($9)
                    AND (state = 'available' OR unique_key IS NULL
                         OR chainsync.unique_holder(unique_key) IS NULL)"
             ),
             BulkJobAction::Delete => {
-                format!("DELETE FROM chainsync.jobs WHERE {JOB_FILTER} AND state::text = ANY($9)")
+                format!("DELETE FROM chainsync.jobs WHERE {filter} AND state::text = ANY($9)")
             }
         };
         let res = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -515,6 +679,37 @@ impl Queue {
             .await?,
         )
     }
+}
+
+/// Sorts a listing's rows into the page, whether more match, and where a scan bounded at `cap`
+/// rows stopped (the row numbered `cap` comes out, matching or not, when the scan got that far).
+fn page_of(rows: Vec<ScannedRow>, limit: i64, cap: Option<i64>) -> JobsPage {
+    let lim = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut page = JobsPage::default();
+    let mut boundary = None;
+    for r in rows {
+        if Some(r.rn) == cap {
+            boundary = Some((r.job.id, r.job.created_at));
+        }
+        if !r.matched {
+            continue;
+        }
+        if page.rows.len() == lim {
+            page.more = true;
+            break;
+        }
+        page.rows.push(r.job);
+    }
+    if !page.more
+        && let (Some((last_id, last_created_at)), Some(examined)) = (boundary, cap)
+    {
+        page.searched = Some(Searched {
+            examined,
+            last_id,
+            last_created_at,
+        });
+    }
+    page
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub struct Completion {
     pub outcome: Outcome,
     /// The job was taken under a cluster-wide limit (see [`Fetched::limited`]).
     pub limited: bool,
+    /// How long the run took, as the worker measured it (recorded with a failed attempt).
+    pub ran: Option<Duration>,
 }
 
 impl Completion {
@@ -64,7 +66,14 @@ impl Completion {
             backoff_cap_ms: job.backoff_cap_ms,
             outcome,
             limited: job.limited,
+            ran: None,
         }
+    }
+
+    /// With the run's duration.
+    pub fn ran_for(mut self, d: Duration) -> Self {
+        self.ran = Some(d);
+        self
     }
 }
 
@@ -136,13 +145,20 @@ fn lease_tokens(ids: &[Uuid], attempts: &[i32], owner: Uuid) -> Vec<String> {
         .collect()
 }
 
-fn error_entry(attempt: i32, class: &str, msg: &str) -> Value {
-    json!({
-        "attempt": attempt,
+/// The history entry of a failed attempt: its number, when it ended, how long it ran (when
+/// measured), the class and message. The statements that record it add `started_at` (the
+/// database's time of the fetch that started the attempt).
+fn error_entry(c: &Completion, class: &str, msg: &str) -> Value {
+    let mut e = json!({
+        "attempt": c.attempt,
         "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "class": class,
         "error": msg,
-    })
+    });
+    if let (Some(d), Some(m)) = (c.ran, e.as_object_mut()) {
+        m.insert("ran_ms".into(), json!(millis(d)));
+    }
+    e
 }
 
 /// Retry policy for a job: per-job override, else the kind's.
@@ -182,20 +198,18 @@ fn group(policies: &Policies, batch: &[Completion]) -> Grouped {
                 g.retry.attempts.push(c.attempt);
                 g.retry.delays_ms.push(millis(delay));
                 g.retry.refunds.push(0);
-                g.retry
-                    .errors
-                    .push(Some(error_entry(c.attempt, "retry", msg)));
+                g.retry.errors.push(Some(error_entry(c, "retry", msg)));
             }
             Outcome::Failed(JobErrorKind::Retry(msg)) => {
                 g.dead.ids.push(c.id);
                 g.dead.attempts.push(c.attempt);
-                g.dead.errors.push(error_entry(c.attempt, "retry", msg));
+                g.dead.errors.push(error_entry(c, "retry", msg));
                 g.dead.reasons.push("exhausted");
             }
             Outcome::Failed(JobErrorKind::Fatal(msg)) => {
                 g.dead.ids.push(c.id);
                 g.dead.attempts.push(c.attempt);
-                g.dead.errors.push(error_entry(c.attempt, "fatal", msg));
+                g.dead.errors.push(error_entry(c, "fatal", msg));
                 g.dead.reasons.push("fatal");
             }
         }
@@ -299,6 +313,7 @@ mod tests {
             backoff_cap_ms: None,
             outcome,
             limited: false,
+            ran: None,
         }
     }
 
@@ -348,7 +363,7 @@ mod tests {
     #[test]
     fn error_entries_name_attempt_class_and_message() {
         let batch = vec![
-            completion(1, 2, 5, retry("not ready")),
+            completion(1, 2, 5, retry("not ready")).ran_for(Duration::from_millis(1234)),
             completion(2, 5, 5, retry("gave up")),
             completion(3, 1, 5, Outcome::from(JobError::Fatal("broken".into()))),
         ];
@@ -370,6 +385,9 @@ mod tests {
                 "`at` is not a timestamp: {e}"
             );
         }
+        // The run's duration, when the worker measured it.
+        assert_eq!(entry["ran_ms"], 1234, "{entry}");
+        assert!(g.dead.errors[0].get("ran_ms").is_none());
     }
 
     #[test]

@@ -123,6 +123,19 @@ pub struct KindLimits {
     pub running: i64,
 }
 
+/// A queue's row of control: paused or not, its limits in force.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueControl {
+    pub queue: String,
+    pub paused: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub concurrency: Option<i32>,
+    pub rate: Option<f64>,
+    pub burst: Option<f64>,
+    /// The limits were set at runtime and win over the config.
+    pub manual: bool,
+}
+
 /// A queue's limits in force.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct QueueLimits {
@@ -174,6 +187,17 @@ impl Queue {
             "SELECT queue, paused, paused_at, due, scheduled, running, oldest_due_age_secs,
                     concurrency, rate, burst, manual
              FROM chainsync.queue_overview ORDER BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every queue that has a row of control (paused, limits), without counting jobs: what a
+    /// page that takes its counts elsewhere needs, fresh, at any size of the jobs table.
+    pub async fn queue_controls(&self) -> Result<Vec<QueueControl>, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT queue, paused, paused_at, concurrency, rate, burst, manual
+             FROM chainsync.queues ORDER BY queue",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -28,10 +28,11 @@ use sqlx::PgPool;
 
 pub use admin::{DeadLetter, DlqFilter, JobFilter, JobRow};
 pub use browse::{
-    BulkJobAction, DeadCursor, DeadQuery, GroupCount, JobQuery, Latency, MinuteActivity,
+    BulkJobAction, DeadCursor, DeadQuery, GroupCount, JobQuery, JobsPage, Latency, MinuteActivity,
+    Searched,
 };
 pub use complete::{CompleteStats, Completion, JobErrorKind, Outcome};
-pub use control::{KindLimits, LimitConfig, QueueLimits, QueueStatus};
+pub use control::{KindLimits, LimitConfig, QueueControl, QueueLimits, QueueStatus};
 pub use fetch::{Control, FetchBatch, Fetched};
 pub use policy::{KindOverride, Policies};
 pub use stats::{DeadLetterCount, QueueBacklog};

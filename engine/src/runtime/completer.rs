@@ -145,6 +145,7 @@ mod tests {
             backoff_cap_ms: None,
             outcome: Outcome::Done,
             limited: false,
+            ran: None,
         })
     }
 

@@ -115,7 +115,9 @@ impl<S: Clone + Send + Sync + 'static> Inner<S> {
         };
         if self
             .done
-            .send(ToCompleter::Done(Completion::new(&job, outcome)))
+            .send(ToCompleter::Done(
+                Completion::new(&job, outcome).ran_for(elapsed),
+            ))
             .is_err()
         {
             warn!(job = %job.id, "completer gone; the job will be rescued");

@@ -1,6 +1,8 @@
 //! The scheduler: periodic jobs from `[[schedule]]` config. Each tick is claimed in
 //! `chainsync.cron_claims (schedule, tick)` in the same transaction as its job, so any number of
-//! daemons enqueue each tick exactly once.
+//! daemons enqueue each tick exactly once. A schedule switched off or on at runtime
+//! (`chainsync.schedule_switches`, see [`set_enabled`]) is switched for every daemon at its next
+//! pass; [`run_now`] enqueues a schedule's job at once, as a tick would.
 
 mod spec;
 
@@ -15,7 +17,10 @@ use tracing::{info, warn};
 
 pub use spec::Spec;
 
-use crate::queue::{Queue, QueueError};
+use crate::{
+    Enqueued,
+    queue::{Queue, QueueError},
+};
 
 /// `[[schedule]]` in config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -230,10 +235,12 @@ impl Scheduler {
     pub async fn tick_once(&mut self, now: DateTime<Utc>) -> Result<Vec<TickOutcome>, QueueError> {
         let first_pass = !self.started;
         self.started = true;
+        let switches = switches(&self.queue).await?;
         let mut outcomes = Vec::new();
         for i in 0..self.schedules.len() {
             let s = &self.schedules[i];
-            if !s.enabled {
+            let switch = switches.iter().find(|w| w.schedule == s.name);
+            if !switch.map_or(s.enabled, |w| w.enabled) {
                 continue;
             }
             // On time, or, on the first pass with catch_up = one, the latest missed tick.
@@ -246,6 +253,11 @@ impl Scheduler {
                 continue;
             };
             if self.seen[i] == Some(tick) {
+                continue;
+            }
+            // Switched on at runtime: ticks that fell while it was off are not run.
+            if switch.is_some_and(|w| tick < w.changed_at) {
+                self.seen[i] = Some(tick);
                 continue;
             }
             if let Some(o) = self.claim(i, tick).await? {
@@ -342,19 +354,107 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "host".into())
 }
 
+/// A schedule switched off or on at runtime, for every daemon (`chainsync.schedule_switches`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Switch {
+    pub schedule: String,
+    pub enabled: bool,
+    pub changed_at: DateTime<Utc>,
+    /// Who switched it (`console`, `cli`).
+    pub changed_by: Option<String>,
+}
+
+/// Every runtime switch (a handful of rows; read by each scheduler pass).
+pub async fn switches(queue: &Queue) -> Result<Vec<Switch>, QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT schedule, enabled, changed_at, changed_by FROM chainsync.schedule_switches",
+    )
+    .fetch_all(queue.pool())
+    .await?)
+}
+
+/// Switches schedule `name` on or off for every daemon from `at` on (wins over the config's
+/// `enabled`). Switched on, its ticks before `at` are not run. Returns `false` when it was in
+/// that state already (by an earlier switch).
+pub async fn set_enabled(
+    queue: &Queue,
+    name: &str,
+    enabled: bool,
+    by: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, QueueError> {
+    let changed = sqlx::query(
+        "INSERT INTO chainsync.schedule_switches AS w (schedule, enabled, changed_at, changed_by)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (schedule) DO UPDATE
+         SET enabled = EXCLUDED.enabled, changed_at = EXCLUDED.changed_at,
+             changed_by = EXCLUDED.changed_by
+         WHERE w.enabled <> EXCLUDED.enabled",
+    )
+    .bind(name)
+    .bind(enabled)
+    .bind(at)
+    .bind(by)
+    .execute(queue.pool())
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        info!(schedule = name, enabled, by, "schedule switched");
+    }
+    Ok(changed == 1)
+}
+
+/// Enqueues the job of schedule `s` now, through the queue's enqueue (its checks, its unique
+/// keys): the job carries the unique key `schedule:<name>:now`, so asking again while it waits
+/// to start returns the waiting job, and an `overlap = "skip"` tick sees it as the schedule's
+/// run. A new job is recorded as a manual claim of the schedule (its last run). Runs whether the
+/// schedule is switched on or not.
+pub async fn run_now(queue: &Queue, s: &Schedule, by: &str) -> Result<Enqueued, QueueError> {
+    let job = NewJob {
+        priority: s.priority,
+        queue: s.queue.clone(),
+        unique_key: Some(format!("schedule:{}:now", s.name)),
+        ..NewJob::untyped(s.kind.clone(), s.args.clone())
+    };
+    let mut tx = queue.pool().begin().await?;
+    let e = queue.enqueue_in(&mut tx, job).await?;
+    if e.inserted {
+        sqlx::query(
+            "INSERT INTO chainsync.cron_claims (schedule, tick, job_id, claimed_by, manual)
+             VALUES ($1, clock_timestamp(), $2, $3, true) ON CONFLICT DO NOTHING",
+        )
+        .bind(&s.name)
+        .bind(e.id)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    info!(schedule = %s.name, job = %e.id, inserted = e.inserted, by, "schedule run now");
+    Ok(e)
+}
+
 /// One row of `chainsync schedule list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduleStatus {
     pub name: String,
     pub kind: String,
     pub spec: String,
+    /// In force: the runtime switch if there is one, else the config.
     pub enabled: bool,
+    /// The runtime switch (console, CLI) that overrides the config's `enabled`.
+    pub switch: Option<Switch>,
     pub next_runs: Vec<DateTime<Utc>>,
     pub last_tick: Option<DateTime<Utc>>,
     /// `enqueued`/`available`/`running`/`completed`/`cancelled`/`dead`/`skipped`/`pruned`.
     pub last_outcome: Option<String>,
     pub last_job: Option<uuid::Uuid>,
+    /// The last run was asked for ("run now"), not a tick of the schedule.
+    pub last_manual: bool,
 }
+
+/// A schedule's latest claim: its tick, its job, what became of the job, made by "run now".
+type LastClaim = (DateTime<Utc>, Option<uuid::Uuid>, Option<String>, bool);
 
 /// Next runs and last outcome of each schedule.
 pub async fn status(
@@ -362,8 +462,11 @@ pub async fn status(
     schedules: &[Schedule],
     now: DateTime<Utc>,
 ) -> Result<Vec<ScheduleStatus>, QueueError> {
+    let switches = switches(queue).await?;
     let mut out = Vec::new();
     for s in schedules {
+        let switch = switches.iter().find(|w| w.schedule == s.name).cloned();
+        let enabled = switch.as_ref().map_or(s.enabled, |w| w.enabled);
         let mut next_runs = Vec::new();
         let mut t = now;
         for _ in 0..3 {
@@ -375,12 +478,13 @@ pub async fn status(
                 None => break,
             }
         }
-        let last: Option<(DateTime<Utc>, Option<uuid::Uuid>, Option<String>)> = sqlx::query_as(
+        let last: Option<LastClaim> = sqlx::query_as(
             "SELECT c.tick, c.job_id,
                     CASE WHEN c.job_id IS NULL THEN 'skipped'
                          WHEN j.state IS NOT NULL THEN j.state::text
                          WHEN d.id IS NOT NULL THEN 'dead'
-                         ELSE 'pruned' END
+                         ELSE 'pruned' END,
+                    c.manual
              FROM chainsync.cron_claims c
              LEFT JOIN chainsync.jobs j ON j.id = c.job_id
              LEFT JOIN chainsync.dead_letters d ON d.id = c.job_id
@@ -393,10 +497,12 @@ pub async fn status(
             name: s.name.clone(),
             kind: s.kind.clone(),
             spec: s.spec.describe(),
-            enabled: s.enabled,
-            next_runs: if s.enabled { next_runs } else { Vec::new() },
+            enabled,
+            switch,
+            next_runs: if enabled { next_runs } else { Vec::new() },
             last_tick: last.as_ref().map(|l| l.0),
             last_outcome: last.as_ref().and_then(|l| l.2.clone()),
+            last_manual: last.as_ref().is_some_and(|l| l.3),
             last_job: last.and_then(|l| l.1),
         });
     }

@@ -85,6 +85,16 @@ impl FiguresCache {
         self.last().map(|(_, f)| f)
     }
 
+    /// The last set (refreshed in the background when older than [`FRESH`]) without waiting:
+    /// `None` while the first set is being taken.
+    pub fn peek(self: &Arc<Self>, app: &App) -> Option<Arc<Figures>> {
+        let last = self.last();
+        if last.as_ref().is_none_or(|(at, _)| at.elapsed() >= FRESH) {
+            self.refresh(app);
+        }
+        last.map(|(_, f)| f)
+    }
+
     /// Starts one refresh unless one is running.
     fn refresh(self: &Arc<Self>, app: &App) {
         if self.refreshing.swap(true, Ordering::AcqRel) {

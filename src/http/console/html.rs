@@ -150,6 +150,7 @@ pub enum Nav {
     Overview,
     Jobs,
     Dead,
+    Queues,
     Schedules,
     Chain,
     None,
@@ -175,13 +176,14 @@ pub fn page(title: &str, nav: Nav, viewer: Option<&Viewer<'_>>, body: &str) -> S
                 format!("<li><a href=\"{href}\"{current}>{label}</a></li>")
             };
             format!(
-                "<nav aria-label=\"Console\"><ul>{}{}{}{}{}</ul></nav>\
+                "<nav aria-label=\"Console\"><ul>{}{}{}{}{}{}</ul></nav>\
                  <div class=\"who\"><span class=\"role role-{}\">{}</span>\
                  <form method=\"post\" action=\"/admin/logout\">{}\
                  <button type=\"submit\">Sign out</button></form></div>",
                 item(Nav::Overview, "/admin", "Overview"),
                 item(Nav::Jobs, "/admin/jobs", "Jobs"),
                 item(Nav::Dead, "/admin/dead", "Dead letters"),
+                item(Nav::Queues, "/admin/queues", "Queues"),
                 item(Nav::Schedules, "/admin/schedules", "Schedules"),
                 item(Nav::Chain, "/admin/chain", "Chain data"),
                 v.role.as_str(),

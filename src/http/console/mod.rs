@@ -9,15 +9,17 @@
 //! read-only session sees no action buttons and its POSTs answer 403. Tokens travel only in the
 //! sign-in form's body: never in a URL, a page, browser storage or a log.
 
+mod control;
 mod figures;
 mod html;
 mod pages;
+mod throttle;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
@@ -69,16 +71,25 @@ pub fn router(state: HttpState) -> Router<HttpState> {
         .route("/admin/dead/bulk", post(pages::dead_bulk))
         .route("/admin/dead/{id}", get(pages::dead_one))
         .route("/admin/dead/{id}/{action}", post(pages::dead_action))
-        .route("/admin/schedules", get(pages::schedules))
+        .route("/admin/queues", get(control::queues))
+        .route("/admin/queues/{name}/{action}", post(control::queue_action))
+        .route("/admin/schedules", get(control::schedules))
+        .route(
+            "/admin/schedules/{name}/{action}",
+            post(control::schedule_action),
+        )
         .route("/admin/chain", get(pages::chain))
         .route("/admin/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(state, require_session))
-        .layer(axum::Extension(std::sync::Arc::new(
-            figures::FiguresCache::default(),
-        )));
+        .layer(axum::Extension(Arc::new(figures::FiguresCache::default())));
     Router::new()
         .merge(signed)
-        .route("/admin/login", get(login_page).post(login))
+        .route(
+            "/admin/login",
+            get(login_page).post(login).layer(axum::Extension(Arc::new(
+                throttle::SignInThrottle::default(),
+            ))),
+        )
         .route("/admin/assets/console.css", get(css))
         .route("/admin/assets/console.js", get(js))
         .route("/admin/assets/icon.svg", get(icon))
@@ -370,6 +381,8 @@ fn token_matches(given: &str, token: Option<&str>) -> bool {
 
 async fn login(
     State(s): State<HttpState>,
+    axum::Extension(throttle): axum::Extension<Arc<throttle::SignInThrottle>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     form: Result<axum::Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -381,6 +394,26 @@ async fn login(
     }
     let form = form.map(|axum::Form(f)| f).unwrap_or_default();
     let next = safe_next(form.get("next").map(String::as_str));
+    // The peer's address (a proxy in front counts as one client; the overall limit holds too).
+    let client = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    if let Err(wait) = throttle.check(client, std::time::Instant::now()) {
+        warn!(client = ?client, "console: sign-in throttled after repeated failures");
+        let secs = wait.as_secs().max(1);
+        let mut res = html(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_form(
+                &next,
+                Some(&format!("too many failed sign-ins: try again in {secs} s")),
+                false,
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
     let given = form.get("token").map(String::as_str).unwrap_or_default();
     let admin = s.settings.admin_token.as_deref();
     let readonly = s.settings.readonly_token.as_deref();
@@ -392,7 +425,8 @@ async fn login(
         None
     };
     let Some((role, Some(token))) = role else {
-        warn!("console: sign-in refused (wrong token)");
+        throttle.failed(client, std::time::Instant::now());
+        warn!(client = ?client, "console: sign-in refused (wrong token)");
         return html(
             StatusCode::UNAUTHORIZED,
             login_form(

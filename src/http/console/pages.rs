@@ -13,7 +13,6 @@ use axum::{
 use chainsync_engine::queue::{
     BulkJobAction, DeadCursor, DeadLetter, DeadQuery, JobQuery, JobRow, QueueError,
 };
-use chainsync_engine::scheduler::Spec;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -178,7 +177,7 @@ fn hidden_filter(raw: &Params, keys: &[&str]) -> String {
         .collect()
 }
 
-fn queue_error(e: QueueError) -> (StatusCode, String) {
+pub(super) fn queue_error(e: QueueError) -> (StatusCode, String) {
     match e {
         QueueError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
         QueueError::NotFound(m) => (StatusCode::NOT_FOUND, format!("{m} not found")),
@@ -391,7 +390,10 @@ pub async fn overview(
             oldest.map_or("—".into(), html::secs),
         );
     }
-    b.push_str("</tbody></table></div><p class=\"muted\">Pausing a queue is not available yet.</p></section>");
+    b.push_str(
+        "</tbody></table></div><p class=\"muted\"><a href=\"/admin/queues\">Queues</a>: \
+         paused or not, limits, pause and resume.</p></section>",
+    );
     // Queue × kind × state.
     b.push_str(
         "<section aria-labelledby=\"h-qk\"><h2 id=\"h-qk\">Jobs by queue, kind and state</h2>\
@@ -564,7 +566,7 @@ pub async fn jobs(
             page("Jobs", Nav::Jobs, Some(&signed.viewer()), &b),
         );
     }
-    let rows = match s.app.queue.browse_jobs(&f.q, f.before, f.limit + 1).await {
+    let found = match s.app.queue.browse_jobs(&f.q, f.before, f.limit).await {
         Ok(r) => r,
         Err(e) => {
             let (st, m) = queue_error(e);
@@ -572,18 +574,40 @@ pub async fn jobs(
             return super::html(st, page("Jobs", Nav::Jobs, Some(&signed.viewer()), &b));
         }
     };
-    let more = rows.len() > usize::try_from(f.limit).unwrap_or(usize::MAX);
-    let rows = &rows[..rows
-        .len()
-        .min(usize::try_from(f.limit).unwrap_or(usize::MAX))];
-    b.push_str(&jobs_table(rows));
     let base = raw_query(&f.raw, &JOB_KEYS);
+    let sep = if base.is_empty() { "" } else { "&" };
+    if let Some(sr) = &found.searched {
+        // A bounded search: say how far it looked, and offer to look further.
+        let _ = write!(
+            b,
+            "<p class=\"msg msg-note\" id=\"searched\" role=\"status\">{} the {} newest jobs \
+             {}(down to one created {}); older jobs were not searched. \
+             <a href=\"/admin/jobs?{}{sep}before={}\" rel=\"next\">Search the next {} »</a></p>",
+            if found.rows.is_empty() {
+                "No match among"
+            } else {
+                "These are the matches among"
+            },
+            html::group(&sr.examined.to_string()),
+            if f.before.is_some() {
+                "before this page's starting point "
+            } else {
+                ""
+            },
+            time(sr.last_created_at),
+            esc(&base),
+            sr.last_id,
+            html::group(&sr.examined.to_string()),
+        );
+    }
+    b.push_str(&jobs_table(&found.rows));
     b.push_str("<nav class=\"pager\" aria-label=\"Pages\">");
     if f.before.is_some() {
         let _ = write!(b, "<a href=\"/admin/jobs?{}\">« Newest</a> ", esc(&base));
     }
-    if more && let Some(last) = rows.last() {
-        let sep = if base.is_empty() { "" } else { "&" };
+    if found.more
+        && let Some(last) = found.rows.last()
+    {
         let _ = write!(
             b,
             "<a href=\"/admin/jobs?{}{sep}before={}\" rel=\"next\">Older »</a>",
@@ -745,14 +769,27 @@ fn describe(raw: &Params, keys: &[&str]) -> String {
     }
 }
 
-fn errors_table(errors: &Value) -> String {
+/// The run a job is in, or ended with, beside its failed attempts: (attempt, started, finished,
+/// state).
+type LastRun<'a> = (i32, DateTime<Utc>, Option<DateTime<Utc>>, &'a str);
+
+fn rfc3339(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v.and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Every attempt: the failed ones from the job's error history (when each started and ended,
+/// how long it ran as its worker measured, its error), then the run that succeeded or runs now.
+fn attempts_table(errors: &Value, last: Option<LastRun<'_>>) -> String {
     let mut b = String::from(
         "<div class=\"scroll\"><table id=\"attempts\"><thead><tr><th scope=\"col\">attempt</th>\
-         <th scope=\"col\">at</th><th scope=\"col\">class</th><th scope=\"col\">error</th></tr></thead><tbody>",
+         <th scope=\"col\">started</th><th scope=\"col\">ended</th><th scope=\"col\">ran for</th>\
+         <th scope=\"col\">outcome</th><th scope=\"col\">error</th></tr></thead><tbody>",
     );
     let list = errors.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        b.push_str("<tr><td colspan=\"4\">No failed attempt.</td></tr>");
+    if list.is_empty() && last.is_none() {
+        b.push_str("<tr><td colspan=\"6\">Not run yet.</td></tr>");
     }
     for e in &list {
         let field = |k: &str| match e.get(k) {
@@ -760,16 +797,48 @@ fn errors_table(errors: &Value) -> String {
             Some(v) => v.to_string(),
             None => String::new(),
         };
-        let at = field("at");
-        let at = DateTime::parse_from_rfc3339(&at)
-            .map(|t| time(t.with_timezone(&Utc)))
-            .unwrap_or_else(|_| esc(&at));
+        let started = rfc3339(e.get("started_at"));
+        let ended = rfc3339(e.get("at"));
+        let ran = match (e.get("ran_ms").and_then(Value::as_f64), started, ended) {
+            (Some(ms), _, _) => html::secs(ms / 1000.0),
+            // A lost run (lease expired): how long until it was found lost.
+            (None, Some(s), Some(t)) => format!(
+                "lost after {}",
+                html::secs((t - s).num_milliseconds().max(0) as f64 / 1000.0)
+            ),
+            _ => "—".into(),
+        };
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{at}</td><td>{}</td><td class=\"err\"><pre>{}</pre></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{ran}</td><td>{}</td>\
+             <td class=\"err\"><pre>{}</pre></td></tr>",
             esc(&field("attempt")),
-            esc(&field("class")),
+            opt_time(started),
+            ended.map_or_else(|| esc(&field("at")), time),
+            state_badge(&field("class")),
             esc(&field("error"))
+        );
+    }
+    if let Some((attempt, started, finished, state)) = last {
+        let (ended, ran) = match finished {
+            Some(f) => (
+                time(f),
+                html::secs((f - started).num_milliseconds().max(0) as f64 / 1000.0),
+            ),
+            None => (
+                "—".into(),
+                format!(
+                    "{} so far",
+                    html::secs((Utc::now() - started).num_milliseconds().max(0) as f64 / 1000.0)
+                ),
+            ),
+        };
+        let _ = write!(
+            b,
+            "<tr class=\"last-run\"><td>{attempt}</td><td>{}</td><td>{ended}</td><td>{ran}</td>\
+             <td>{}</td><td></td></tr>",
+            time(started),
+            state_badge(state),
         );
     }
     b.push_str("</tbody></table></div>");
@@ -836,6 +905,19 @@ async fn job_page(
             return super::html(st, page("Job", Nav::Jobs, Some(&v), &message("error", &m)));
         }
     };
+    // The run under way, or the one that ended the job (not a failed one: those are in the
+    // error history).
+    let failed = j.errors.as_array().map_or(0, Vec::len);
+    let last_run = match (j.state.as_str(), j.started_at) {
+        ("running", Some(t)) => Some((j.attempt, t, None, "running")),
+        ("completed" | "cancelled", Some(t))
+            if j.finished_at.is_some_and(|f| f >= t)
+                && usize::try_from(j.attempt).is_ok_and(|a| a > failed) =>
+        {
+            Some((j.attempt, t, j.finished_at, j.state.as_str()))
+        }
+        _ => None,
+    };
     let mut b = notice;
     let _ = write!(
         b,
@@ -886,9 +968,12 @@ async fn job_page(
     }
     let _ = write!(
         b,
-        "<h2>Arguments</h2><pre class=\"json\">{}</pre><h2>Attempts that failed</h2>{}",
+        "<h2>Arguments</h2><pre class=\"json\">{}</pre><h2>Attempts</h2>{}<p class=\"muted\">\
+         A failed attempt's time is measured by its worker; the last run's, from its start to the \
+         recording of its outcome. Successful runs of a job that ran again (retried by hand) are \
+         not kept.</p>",
         esc(&pretty(&j.args)),
-        errors_table(&j.errors)
+        attempts_table(&j.errors, last_run)
     );
     super::html(
         status,
@@ -1349,9 +1434,9 @@ async fn dead_page(
     }
     let _ = write!(
         b,
-        "<h2>Arguments</h2><pre class=\"json\">{}</pre><h2>Every attempt's error</h2>{}",
+        "<h2>Arguments</h2><pre class=\"json\">{}</pre><h2>Every attempt</h2>{}",
         esc(&pretty(&d.args)),
-        errors_table(&d.errors)
+        attempts_table(&d.errors, None)
     );
     super::html(status, page("Dead letter", Nav::Dead, Some(&v), &b))
 }
@@ -1398,83 +1483,6 @@ pub async fn dead_action(
             dead_page(&s, &signed, &id, message("error", &m), st).await
         }
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// Schedules
-
-pub async fn schedules(
-    State(s): State<HttpState>,
-    Extension(signed): Extension<Signed>,
-) -> Response {
-    let v = signed.viewer();
-    let list = match s.app.config.schedules(s.app.registry.kinds()) {
-        Ok(l) => l,
-        Err(e) => {
-            return super::html(
-                StatusCode::OK,
-                page(
-                    "Schedules",
-                    Nav::Schedules,
-                    Some(&v),
-                    &message("error", &e.to_string()),
-                ),
-            );
-        }
-    };
-    let now = Utc::now();
-    let status = match crate::scheduler::status(&s.app.queue, &list, now).await {
-        Ok(st) => st,
-        Err(_) => return unavailable(),
-    };
-    let mut b = String::from(
-        "<div class=\"scroll\"><table id=\"schedules\"><thead><tr><th scope=\"col\">schedule</th>\
-         <th scope=\"col\">kind</th><th scope=\"col\">when</th><th scope=\"col\">enabled</th>\
-         <th scope=\"col\">next runs (schedule's zone)</th><th scope=\"col\">last tick</th>\
-         <th scope=\"col\">outcome</th></tr></thead><tbody>",
-    );
-    if status.is_empty() {
-        b.push_str(
-            "<tr><td colspan=\"7\">No schedules configured ([[schedule]] in the config).</td></tr>",
-        );
-    }
-    for (sched, st) in list.iter().zip(&status) {
-        let tz = match &sched.spec {
-            Spec::Cron { tz, .. } => *tz,
-            Spec::Every(_) => chrono_tz::UTC,
-        };
-        let next: Vec<String> = st.next_runs.iter().map(|t| html::time_in(*t, tz)).collect();
-        let outcome = match (&st.last_outcome, st.last_job) {
-            (Some(o), Some(id)) if o == "dead" => {
-                format!("<a href=\"/admin/dead/{id}\">{}</a>", state_badge(o))
-            }
-            (Some(o), Some(id)) if o != "pruned" => {
-                format!("<a href=\"/admin/jobs/{id}\">{}</a>", state_badge(o))
-            }
-            (Some(o), _) => state_badge(o),
-            (None, _) => "—".into(),
-        };
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&st.name),
-            esc(&st.kind),
-            esc(&st.spec),
-            if st.enabled { "yes" } else { "no" },
-            if next.is_empty() {
-                "—".into()
-            } else {
-                next.join("<br>")
-            },
-            st.last_tick.map_or("—".into(), |t| html::time_in(t, tz)),
-            outcome,
-        );
-    }
-    b.push_str("</tbody></table></div><p class=\"muted\">Run-now and enable/disable from the console are not available yet; edit [[schedule]] in the config.</p>");
-    super::html(
-        StatusCode::OK,
-        page("Schedules", Nav::Schedules, Some(&v), &b),
-    )
 }
 
 // ------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 WITH lost AS MATERIALIZED (
     SELECT id, attempt >= max_attempts AS exhausted,
            jsonb_build_object('attempt', attempt, 'at', now(), 'class', 'lease_expired',
-                              'error', 'lease expired: worker lost or stuck') AS error
+                              'error', 'lease expired: worker lost or stuck',
+                              'started_at', started_at) AS error
     FROM chainsync.jobs
     WHERE state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
