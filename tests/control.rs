@@ -656,3 +656,121 @@ async fn bad_control_input_names_the_key(pool: PgPool) {
     let l = &with_cfg.queue.kind_limits().await.unwrap()[0];
     assert_eq!((l.concurrency, l.manual), (Some(7), false));
 }
+
+/// Fetches by `tasks` concurrent connections through `chainsync.fetch_controlled` (1,000 at a
+/// time), each completing half of what it took for `churn` rounds, then none: returns the most
+/// jobs seen running right after any fetch, and the number running at the end.
+async fn fetch_concurrently(pool: &PgPool, queue: &str, tasks: usize, churn: usize) -> (i64, i64) {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let pool = pool.clone();
+        let queue = queue.to_string();
+        handles.push(tokio::spawn(async move {
+            let owner = uuid::Uuid::now_v7();
+            let (mut most, mut empty) = (0i64, 0);
+            let t = Instant::now();
+            for round in 0.. {
+                let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM chainsync.fetch_controlled($1, 1000, $2, 600000) WHERE id IS NOT NULL",
+                )
+                .bind(&queue)
+                .bind(owner)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                most = most.max(
+                    count(&pool, "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'").await,
+                );
+                if round < churn {
+                    let half: Vec<uuid::Uuid> = ids.iter().step_by(2).copied().collect();
+                    sqlx::query("DELETE FROM chainsync.jobs WHERE id = ANY($1)")
+                        .bind(&half)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                } else if ids.is_empty() {
+                    empty += 1;
+                    if empty >= 5 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    empty = 0;
+                }
+                assert!(t.elapsed() < Duration::from_secs(120), "fetches never settled");
+            }
+            most
+        }));
+    }
+    let mut most = 0;
+    for h in handles {
+        most = most.max(h.await.unwrap());
+    }
+    let end = count(
+        pool,
+        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+    )
+    .await;
+    (most, end)
+}
+
+/// A large limit (kind or queue) is shared by concurrent fetches instead of taken in turn, is
+/// never exceeded while jobs start and end, and fills up to exactly the limit: close to it the
+/// fetches mark it `near` and take it in turn, and the mark goes once there is room again.
+async fn large_limit_is_shared_and_holds(pool: PgPool, set: &'static str, table: &str) {
+    let app = app(&pool, "").await;
+    app.queue
+        .enqueue_many(noops(16_000, 0, |i| json!(i)))
+        .await
+        .unwrap();
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
+    let (most, end) = fetch_concurrently(&pool, &queue, 4, 12).await;
+    assert!(most <= 6000, "{most} running under a limit of 6,000");
+    assert_eq!(end, 6000, "the fetches stopped short of the limit");
+    let near = format!("SELECT count(*) FROM chainsync.{table} WHERE near");
+    assert_eq!(
+        count(&pool, &near).await,
+        1,
+        "the limit was not marked near"
+    );
+
+    // Room again: the next fetch takes the limit alone, sees the room and clears the mark.
+    sqlx::query("DELETE FROM chainsync.jobs WHERE state = 'running'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let taken: i64 = sqlx::query_scalar(
+        "SELECT count(id) FROM chainsync.fetch_controlled($1, 1000, $2, 600000)",
+    )
+    .bind(&queue)
+    .bind(uuid::Uuid::now_v7())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(taken, 1000);
+    assert_eq!(count(&pool, &near).await, 0, "the near mark stayed");
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_large_kind_limit_is_shared_by_fetches_and_never_exceeded(pool: PgPool) {
+    large_limit_is_shared_and_holds(
+        pool,
+        "SELECT chainsync.set_kind_limit('noop', concurrency => 6000) WHERE $1 IS NOT NULL",
+        "kind_limits",
+    )
+    .await;
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_large_queue_limit_is_shared_by_fetches_and_never_exceeded(pool: PgPool) {
+    large_limit_is_shared_and_holds(
+        pool,
+        "SELECT chainsync.set_queue_limit($1, concurrency => 6000)",
+        "queues",
+    )
+    .await;
+}
