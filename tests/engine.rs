@@ -49,9 +49,9 @@ impl Job for Record {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), chainsync_engine::Invalid> {
         if self.tag.is_empty() {
-            return Err("tag must not be empty".into());
+            return Err(chainsync_engine::Invalid::new("tag must not be empty"));
         }
         Ok(())
     }
@@ -78,8 +78,8 @@ impl Job for Record {
                 .fetch_one(ctx.db())
                 .await?;
         match (failing, self.fail.as_deref()) {
-            (true, Some("fatal")) => Err(JobError::Fatal(format!("{} is broken", self.tag))),
-            (true, _) => Err(JobError::Retry(format!("{} not ready", self.tag))),
+            (true, Some("fatal")) => Err(JobError::fatal(format!("{} is broken", self.tag))),
+            (true, _) => Err(JobError::retry(format!("{} not ready", self.tag))),
             (false, _) => Ok(()),
         }
     }
