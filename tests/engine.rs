@@ -79,6 +79,11 @@ impl Job for Record {
                 .await?;
         match (failing, self.fail.as_deref()) {
             (true, Some("fatal")) => Err(JobError::fatal(format!("{} is broken", self.tag))),
+            // A failure with its cause: the history keeps the whole chain.
+            (true, Some("fatal-cause")) => Err(JobError::fatal_from(
+                format!("{} is broken", self.tag),
+                std::io::Error::other("disk on fire"),
+            )),
             (true, _) => Err(JobError::retry(format!("{} not ready", self.tag))),
             (false, _) => Ok(()),
         }
@@ -223,13 +228,13 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
         .execute(&pool)
         .await
         .unwrap();
-    for t in ["bad1", "bad2"] {
-        q.enqueue(NewJob::untyped(
-            "record",
-            json!({"tag": t, "fail": "fatal"}),
-        ))
-        .await
-        .unwrap();
+    let mut with_cause = None;
+    for (t, fail) in [("bad1", "fatal"), ("bad2", "fatal-cause")] {
+        let e = q
+            .enqueue(NewJob::untyped("record", json!({"tag": t, "fail": fail})))
+            .await
+            .unwrap();
+        with_cause = Some(e.id);
     }
     // Args through the SQL API that decode but fail the kind's validate(), which the args schema
     // cannot see: dead-lettered as fatal on the first run.
@@ -245,6 +250,12 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
         Duration::from_secs(10),
     )
     .await;
+    let dl = q.get_dead(with_cause.unwrap()).await.unwrap();
+    assert_eq!(
+        dl.errors[0]["error"], "bad2 is broken: disk on fire",
+        "the message and its cause: {:?}",
+        dl.errors
+    );
     let dl = q.get_dead(raw).await.unwrap();
     assert!(
         dl.errors[0]["error"]
