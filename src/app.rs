@@ -19,7 +19,10 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("database {0}: {1}")]
-    Connect(String, sqlx::Error),
+    Connect(String, #[source] sqlx::Error),
+    /// A database URL, host or connection named by its config key.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Queue(#[from] chainsync_engine::queue::QueueError),
     #[error("migrations: {0}")]
@@ -30,8 +33,8 @@ pub enum AppError {
     Database(String),
     #[error("redis: {0}")]
     Redis(String),
-    #[error("{0}")]
-    Services(String),
+    #[error(transparent)]
+    Services(#[from] chainsync_jobs::chain::ChainSetupError),
 }
 
 /// Connection options for chainsync's pools: the URL plus `plan_cache_mode = force_custom_plan`.
@@ -84,10 +87,10 @@ impl App {
     /// Connects the queue pool to `database_url` (its writable host when it names several).
     pub async fn connect(config: Config) -> Result<Self, AppError> {
         let set = HostSet::parse("database_url", &config.database_url, config.database.pooler)
-            .map_err(AppError::Database)?;
+            .map_err(AppError::Db)?;
         let (pool, current) = crate::db::connect_pool(&set, config.pool_size)
             .await
-            .map_err(AppError::Database)?;
+            .map_err(AppError::Db)?;
         let mut app = Self::with_pool(config, pool)?;
         app.hosts = Some((Arc::new(set), current));
         Ok(app)
@@ -102,7 +105,7 @@ impl App {
             None => None,
             Some(url) => {
                 let set = HostSet::parse("database.replica_url", url, Pooler::None)
-                    .map_err(AppError::Database)?;
+                    .map_err(AppError::Db)?;
                 Some(crate::db::lazy_pool(&set, config.pool_size.min(10)))
             }
         };
@@ -128,7 +131,7 @@ impl App {
             .as_deref()
             .map(|u| HostSet::parse("database.direct_url", u, Pooler::None))
             .transpose()
-            .map_err(AppError::Database)
+            .map_err(AppError::Db)
     }
 
     /// Applies the engine's and the domain's migrations and records the known kinds for
@@ -149,7 +152,7 @@ impl App {
                 };
                 let (pool, _) = crate::db::connect_pool(&direct, 1)
                     .await
-                    .map_err(AppError::Database)?;
+                    .map_err(AppError::Db)?;
                 let r = chainsync_jobs::migrate(&pool).await;
                 pool.close().await;
                 r?;
@@ -189,7 +192,7 @@ impl App {
             }
         }
         if let Some(direct) = self.direct_hosts()? {
-            let (i, c) = direct.find_writable(0).await.map_err(AppError::Database)?;
+            let (i, c) = direct.find_writable(0).await.map_err(AppError::Db)?;
             let _ = sqlx::Connection::close(c).await;
             if crate::db::shares_backends(direct.options(i))
                 .await
@@ -204,11 +207,9 @@ impl App {
             }
         }
         if let Some(url) = &db.replica_url {
-            let set = HostSet::parse("database.replica_url", url, Pooler::None)
-                .map_err(AppError::Database)?;
-            crate::db::check_replica(&set)
-                .await
-                .map_err(AppError::Database)?;
+            let set =
+                HostSet::parse("database.replica_url", url, Pooler::None).map_err(AppError::Db)?;
+            crate::db::check_replica(&set).await.map_err(AppError::Db)?;
         }
         Ok(())
     }
@@ -246,7 +247,7 @@ impl App {
                 Some(direct) => {
                     let (pool, current) = crate::db::connect_pool(&direct, 1)
                         .await
-                        .map_err(AppError::Database)?;
+                        .map_err(AppError::Db)?;
                     if direct.len() > 1 {
                         tokio::spawn(crate::db::follow_primary(
                             Arc::new(direct),

@@ -167,6 +167,11 @@ impl Config {
                 return Err(ConfigError::new(format!("unknown key {key:?}")));
             }
         }
+        // The domain part on its own first: under `#[serde(flatten)]` serde reads it from a
+        // buffer, and an error of a value inside (an address, an amount, a duration) would lose
+        // its key.
+        fig.extract::<DomainConfig>()
+            .map_err(|e| ConfigError::new(flatten_err(e)))?;
         let cfg: Config = fig
             .extract()
             .map_err(|e| ConfigError::new(flatten_err(e)))?;
@@ -176,16 +181,14 @@ impl Config {
 
     /// Checks everything that does not need a connection.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database
-            .validate(&self.database_url)
-            .map_err(ConfigError::new)?;
+        self.database.validate(&self.database_url)?;
         if self.pool_size < 2 {
             return Err(ConfigError::at("pool_size", "must be at least 2"));
         }
         self.worker.validate()?;
-        self.http.validate().map_err(ConfigError::new)?;
-        self.metrics.validate().map_err(ConfigError::new)?;
-        self.telemetry.validate().map_err(ConfigError::new)?;
+        self.http.validate()?;
+        self.metrics.validate()?;
+        self.telemetry.validate()?;
         self.maintenance.validate()?;
         let registry = chainsync_jobs::registry();
         self.policies(registry.kinds())?;
@@ -197,7 +200,7 @@ impl Config {
                 "must be positive",
             ));
         }
-        self.domain.validate().map_err(ConfigError::new)?;
+        self.domain.validate()?;
         Ok(())
     }
 
@@ -228,8 +231,7 @@ impl Config {
                 ));
             }
             let l = q.limits();
-            l.validate(&format!("queues.{name}"), None)
-                .map_err(ConfigError::new)?;
+            l.validate(&format!("queues.{name}"), None)?;
             out.insert(name.clone(), l);
         }
         Ok(out)
@@ -237,14 +239,28 @@ impl Config {
 
     /// Effective per-kind policies.
     pub fn policies(&self, registry: &Kinds) -> Result<Policies, ConfigError> {
-        Policies::with_overrides(registry, &self.kinds).map_err(ConfigError::new)
+        Ok(Policies::with_overrides(registry, &self.kinds)?)
     }
 }
 
+/// figment's errors as one line, each with its key written as in messages elsewhere:
+/// `tokens[1].address` (figment gives the path as `tokens.1.address`).
 fn flatten_err(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
-            let path = e.path.join(".");
+            let mut path = String::new();
+            for part in &e.path {
+                if part.parse::<usize>().is_ok() {
+                    path.push('[');
+                    path.push_str(part);
+                    path.push(']');
+                } else {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(part);
+                }
+            }
             if path.is_empty() {
                 e.kind.to_string()
             } else {
@@ -318,24 +334,36 @@ impl Default for HttpSettings {
 }
 
 impl HttpSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("http.listen: {e} (e.g. 127.0.0.1:8080)"))?;
+            .map_err(|e| Invalid::at("http.listen", format!("{e} (e.g. 127.0.0.1:8080)")))?;
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err("http.admin_token: use at least 16 characters".into());
+            return Err(Invalid::at(
+                "http.admin_token",
+                "use at least 16 characters",
+            ));
         }
         if self.readonly_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err("http.readonly_token: use at least 16 characters".into());
+            return Err(Invalid::at(
+                "http.readonly_token",
+                "use at least 16 characters",
+            ));
         }
         if self.readonly_token.is_some() && self.readonly_token == self.admin_token {
-            return Err("http.readonly_token: must differ from http.admin_token".into());
+            return Err(Invalid::at(
+                "http.readonly_token",
+                "must differ from http.admin_token",
+            ));
         }
         if !(60..=30 * 86_400).contains(&self.session_ttl.as_secs()) {
-            return Err("http.session_ttl: must be between 1m and 30d".into());
+            return Err(Invalid::at(
+                "http.session_ttl",
+                "must be between 1m and 30d",
+            ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
-            return Err("http.body_limit: must be in 1024..=67108864".into());
+            return Err(Invalid::at("http.body_limit", "must be in 1024..=67108864"));
         }
         Ok(())
     }
@@ -360,11 +388,11 @@ impl Default for MetricsSettings {
 }
 
 impl MetricsSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.sample_interval < std::time::Duration::from_secs(1)
             || self.sample_interval > std::time::Duration::from_secs(3600)
         {
-            return Err("metrics.sample_interval: must be in 1s..=1h".into());
+            return Err(Invalid::at("metrics.sample_interval", "must be in 1s..=1h"));
         }
         Ok(())
     }
@@ -428,6 +456,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kinds.noop"), "{e}");
+    }
+
+    const CHAIN_AND_TOKENS: &str = r#"
+[[chains]]
+chain_id = 31337
+name = "anvil"
+rpc_urls = ["http://127.0.0.1:8545"]
+multicall_address = "MULTICALL"
+
+[[tokens]]
+chain_id = 31337
+symbol = "ETH"
+decimals = 18
+asset_class = "native"
+
+[[tokens]]
+chain_id = 31337
+symbol = "RAT"
+decimals = 18
+asset_class = "major"
+address = "TOKEN"
+reconcile_threshold = "THRESHOLD"
+
+[tracking]
+addresses = ["TRACKED"]
+"#;
+
+    fn chain_config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut text = CHAIN_AND_TOKENS.to_string();
+        for (k, v) in [
+            ("MULTICALL", "0xcA11bde05977b3631167028862bE2a173976CA11"),
+            ("TOKEN", "0x5FbDB2315678afecb367f032d93F642f64180aa3"),
+            ("THRESHOLD", "1000"),
+            ("TRACKED", "0x00000000000000000000000000000000000000aa"),
+        ] {
+            let v = pairs.iter().find(|(p, _)| *p == k).map_or(v, |(_, v)| *v);
+            text = text.replace(k, v);
+        }
+        Config::from_toml(&text)
+    }
+
+    #[test]
+    fn addresses_and_amounts_are_typed_at_load_and_bad_ones_name_the_key() {
+        let cfg = chain_config(&[]).unwrap();
+        let t = &cfg.domain.tokens[1];
+        assert_eq!(t.key().text(), "0x5fbdb2315678afecb367f032d93f642f64180aa3");
+        assert_eq!(t.threshold(), alloy::primitives::U256::from(1000u64));
+        for (key, value, want) in [
+            (
+                "TOKEN",
+                "0x1234",
+                "tokens[1].address: invalid address \"0x1234\"",
+            ),
+            (
+                "THRESHOLD",
+                "-5",
+                "tokens[1].reconcile_threshold: invalid amount \"-5\"",
+            ),
+            (
+                "MULTICALL",
+                "0xnope",
+                "chains[0].multicall_address: invalid address \"0xnope\"",
+            ),
+            (
+                "TRACKED",
+                "nope",
+                "tracking.addresses[0]: invalid address \"nope\"",
+            ),
+        ] {
+            let e = chain_config(&[(key, value)]).unwrap_err().to_string();
+            assert!(e.contains(want), "{key}: {e}");
+        }
+        // A TRON form on an EVM chain parses, and validation refuses it for that chain.
+        let e = chain_config(&[("TOKEN", "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens[1].address") && e.contains("family = \"tron\""),
+            "{e}"
+        );
     }
 
     #[test]

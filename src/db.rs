@@ -16,6 +16,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chainsync_engine::Invalid;
 use serde::{Deserialize, Serialize};
 use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool, Row,
@@ -68,34 +69,128 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// A database URL, host or connection that cannot be used; every variant names its config key.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A URL in config that cannot be used.
+    #[error("{key}: {problem}")]
+    Url {
+        key: &'static str,
+        #[source]
+        problem: UrlProblem,
+    },
+    /// No host of the list accepted a connection and was writable: each host and why.
+    #[error("{key}: no writable host ({})", hosts_text(.hosts))]
+    NoWritable {
+        key: &'static str,
+        hosts: Vec<(String, HostError)>,
+    },
+    /// The pool could not connect to the host.
+    #[error("{key} ({url}): {source}{}", pooler_hint(.source))]
+    Connect {
+        key: &'static str,
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The replica cannot be used as one.
+    #[error("{key} ({hosts}): {reason}")]
+    Replica {
+        key: &'static str,
+        hosts: String,
+        #[source]
+        reason: HostError,
+    },
+}
+
+/// Why a database URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlProblem {
+    #[error("must start with postgres://")]
+    Scheme,
+    #[error(
+        "target_session_attrs={0} is not supported (read-write: chainsync always connects to the writable host of several)"
+    )]
+    SessionAttrs(String),
+    #[error("empty host in the host list")]
+    EmptyHost,
+    /// sqlx refused the URL of one host (shown without credentials).
+    #[error("{source} (in {url})")]
+    Options {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Why one host was not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("connect timed out after 5s")]
+    Timeout,
+    #[error("{0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("read-only (in recovery)")]
+    ReadOnly,
+    #[error("not a replica (pg_is_in_recovery() is false)")]
+    NotReplica,
+}
+
+fn hosts_text(hosts: &[(String, HostError)]) -> String {
+    hosts
+        .iter()
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A hint when the server looks like a pooler that refused a startup parameter.
+fn pooler_hint(e: &sqlx::Error) -> &'static str {
+    if e.to_string().contains("unsupported startup parameter") {
+        ": this is a pooler (PgBouncer); in transaction mode set database.pooler = \
+         \"transaction\" (its connections send no startup parameters)"
+    } else {
+        ""
+    }
+}
+
 impl DatabaseSettings {
-    pub fn validate(&self, database_url: &str) -> Result<(), String> {
-        HostSet::parse("database_url", database_url, self.pooler)?;
+    pub fn validate(&self, database_url: &str) -> Result<(), Invalid> {
+        let check = |key: &'static str, url: &str, pooler: Pooler| {
+            HostSet::parse(key, url, pooler).map_err(|e| match e {
+                DbError::Url { key, problem } => Invalid::at(key, problem.to_string()),
+                other => Invalid::new(other.to_string()),
+            })
+        };
+        check("database_url", database_url, self.pooler)?;
         if let Some(u) = &self.direct_url {
-            HostSet::parse("database.direct_url", u, Pooler::None)?;
+            check("database.direct_url", u, Pooler::None)?;
         }
         if let Some(u) = &self.replica_url {
-            let set = HostSet::parse("database.replica_url", u, Pooler::None)?;
+            let set = check("database.replica_url", u, Pooler::None)?;
             if set.len() > 1 {
-                return Err("database.replica_url: give one host".into());
+                return Err(Invalid::at("database.replica_url", "give one host"));
             }
         }
         if self.migrate == Some(true)
             && self.pooler == Pooler::Transaction
             && self.direct_url.is_none()
         {
-            return Err(
-                "database.migrate: migrations need a session (the migrator holds an \
+            return Err(Invalid::at(
+                "database.migrate",
+                "migrations need a session (the migrator holds an \
                  advisory lock), which a transaction-mode pooler does not keep: set \
                  database.direct_url, or migrate = false and run `chainsync migrate` against \
-                 Postgres itself"
-                    .into(),
-            );
+                 Postgres itself",
+            ));
         }
         if self.failover_check < Duration::from_millis(100)
             || self.failover_check > Duration::from_secs(600)
         {
-            return Err("database.failover_check: must be in 100ms..=10m".into());
+            return Err(Invalid::at(
+                "database.failover_check",
+                "must be in 100ms..=10m",
+            ));
         }
         Ok(())
     }
@@ -128,13 +223,14 @@ impl std::fmt::Debug for HostSet {
 impl HostSet {
     /// Splits `postgres://user@a:1,b:2/db?…` into one URL per host. `target_session_attrs`
     /// may be `read-write` or `primary` (what chainsync always wants of several hosts).
-    pub fn parse(key: &'static str, url: &str, pooler: Pooler) -> Result<Self, String> {
+    pub fn parse(key: &'static str, url: &str, pooler: Pooler) -> Result<Self, DbError> {
+        let invalid = |problem: UrlProblem| DbError::Url { key, problem };
         let Some(scheme_end) = url.find("://") else {
-            return Err(format!("{key}: must start with postgres://"));
+            return Err(invalid(UrlProblem::Scheme));
         };
         let scheme = &url[..scheme_end];
         if scheme != "postgres" && scheme != "postgresql" {
-            return Err(format!("{key}: must start with postgres://"));
+            return Err(invalid(UrlProblem::Scheme));
         }
         let rest = &url[scheme_end + 3..];
         let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -152,10 +248,7 @@ impl HostSet {
             match pair.split_once('=') {
                 Some(("target_session_attrs", v)) => {
                     if !matches!(v, "read-write" | "primary" | "any") {
-                        return Err(format!(
-                            "{key}: target_session_attrs={v} is not supported (read-write: \
-                             chainsync always connects to the writable host of several)"
-                        ));
+                        return Err(invalid(UrlProblem::SessionAttrs(v.to_string())));
                     }
                 }
                 _ => kept.push(pair),
@@ -170,12 +263,15 @@ impl HostSet {
         let mut options = Vec::new();
         for host in hosts.split(',') {
             if host.is_empty() && hosts.contains(',') {
-                return Err(format!("{key}: empty host in the host list"));
+                return Err(invalid(UrlProblem::EmptyHost));
             }
             let one = format!("{scheme}://{userinfo}{host}{path}{query}");
-            let opts: PgConnectOptions = one
-                .parse()
-                .map_err(|e| format!("{key}: {e} (in {})", crate::app::redact_url(&one)))?;
+            let opts: PgConnectOptions = one.parse().map_err(|source| {
+                invalid(UrlProblem::Options {
+                    url: crate::app::redact_url(&one),
+                    source,
+                })
+            })?;
             options.push(pool_options(opts, pooler));
             urls.push(crate::app::redact_url(&one));
         }
@@ -201,20 +297,19 @@ impl HostSet {
 
     /// The first host (from `start`, in order) that accepts a connection and is not in
     /// recovery, with that connection.
-    pub async fn find_writable(&self, start: usize) -> Result<(usize, PgConnection), String> {
-        let mut errors = Vec::new();
+    pub async fn find_writable(&self, start: usize) -> Result<(usize, PgConnection), DbError> {
+        let mut hosts = Vec::new();
         for k in 0..self.len() {
             let i = (start + k) % self.len();
             match connect_checked(self.options(i), Role::Primary).await {
                 Ok(c) => return Ok((i, c)),
-                Err(e) => errors.push(format!("{}: {e}", self.urls[i])),
+                Err(e) => hosts.push((self.urls[i].clone(), e)),
             }
         }
-        Err(format!(
-            "{}: no writable host ({})",
-            self.key,
-            errors.join("; ")
-        ))
+        Err(DbError::NoWritable {
+            key: self.key,
+            hosts,
+        })
     }
 }
 
@@ -236,15 +331,15 @@ enum Role {
 }
 
 /// A connection that is known to be (or not to be) in recovery.
-async fn connect_checked(opts: &PgConnectOptions, role: Role) -> Result<PgConnection, String> {
+async fn connect_checked(opts: &PgConnectOptions, role: Role) -> Result<PgConnection, HostError> {
     let mut c = tokio::time::timeout(Duration::from_secs(5), opts.connect())
         .await
-        .map_err(|_| "connect timed out after 5s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let standby = in_recovery(&mut c).await.map_err(|e| e.to_string())?;
+        .map_err(|_| HostError::Timeout)?
+        .map_err(HostError::Connect)?;
+    let standby = in_recovery(&mut c).await.map_err(HostError::Connect)?;
     match (role, standby) {
-        (Role::Primary, true) => Err("read-only (in recovery)".into()),
-        (Role::Replica, false) => Err("not a replica (pg_is_in_recovery() is false)".into()),
+        (Role::Primary, true) => Err(HostError::ReadOnly),
+        (Role::Replica, false) => Err(HostError::NotReplica),
         _ => Ok(c),
     }
 }
@@ -258,7 +353,7 @@ async fn in_recovery(c: &mut PgConnection) -> Result<bool, sqlx::Error> {
 
 /// A pool over `set`, on its writable host when it has several (and then every new connection
 /// is checked to be writable). Returns the index of the host used.
-pub async fn connect_pool(set: &HostSet, max_connections: u32) -> Result<(PgPool, usize), String> {
+pub async fn connect_pool(set: &HostSet, max_connections: u32) -> Result<(PgPool, usize), DbError> {
     let mut opts = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10));
@@ -282,7 +377,11 @@ pub async fn connect_pool(set: &HostSet, max_connections: u32) -> Result<(PgPool
     let pool = opts
         .connect_with(set.options(start).clone())
         .await
-        .map_err(|e| connect_error(set.key, &set.urls[start], &e))?;
+        .map_err(|source| DbError::Connect {
+            key: set.key,
+            url: set.urls[start].clone(),
+            source,
+        })?;
     Ok((pool, start))
 }
 
@@ -292,20 +391,6 @@ pub fn lazy_pool(set: &HostSet, max_connections: u32) -> PgPool {
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(set.options(0).clone())
-}
-
-/// A connection error with a hint when the server looks like a pooler that refused a startup
-/// parameter.
-pub fn connect_error(key: &str, url: &str, e: &sqlx::Error) -> String {
-    let text = e.to_string();
-    if text.contains("unsupported startup parameter") {
-        format!(
-            "{key} ({url}): {text}: this is a pooler (PgBouncer); in transaction mode set \
-             database.pooler = \"transaction\" (its connections send no startup parameters)"
-        )
-    } else {
-        format!("{key} ({url}): {text}")
-    }
 }
 
 /// Whether connections to `opts` share server backends between transactions (a
@@ -330,10 +415,14 @@ pub async fn shares_backends(opts: &PgConnectOptions) -> Result<bool, sqlx::Erro
 }
 
 /// Checks the replica: reachable and in recovery.
-pub async fn check_replica(set: &HostSet) -> Result<(), String> {
+pub async fn check_replica(set: &HostSet) -> Result<(), DbError> {
     let c = connect_checked(set.options(0), Role::Replica)
         .await
-        .map_err(|e| format!("{} ({}): {e}", set.key, set.shown()))?;
+        .map_err(|reason| DbError::Replica {
+            key: set.key,
+            hosts: set.shown(),
+            reason,
+        })?;
     let _ = c.close().await;
     Ok(())
 }

@@ -13,7 +13,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The message and every cause, each once (an error that repeats its cause in its
+            // own message does not get it twice).
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", chainsync_engine::report(e));
             std::process::ExitCode::FAILURE
         }
     }

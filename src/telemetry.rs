@@ -9,6 +9,7 @@
 
 use std::sync::Mutex;
 
+use chainsync_engine::Invalid;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
@@ -51,29 +52,33 @@ pub struct TelemetrySettings {
 }
 
 impl TelemetrySettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(url) = &self.otlp_endpoint {
             let uri: axum::http::Uri = url
                 .parse()
-                .map_err(|e| format!("telemetry.otlp_endpoint: not a URL: {e}"))?;
+                .map_err(|e| Invalid::at("telemetry.otlp_endpoint", format!("not a URL: {e}")))?;
             match uri.scheme_str() {
                 Some("http" | "https") => {}
                 _ => {
-                    return Err(
-                        "telemetry.otlp_endpoint: use an http:// or https:// URL (OTLP/HTTP)"
-                            .into(),
-                    );
+                    return Err(Invalid::at(
+                        "telemetry.otlp_endpoint",
+                        "use an http:// or https:// URL (OTLP/HTTP)",
+                    ));
                 }
             }
             if uri.host().is_none() {
-                return Err("telemetry.otlp_endpoint: the URL has no host".into());
+                return Err(Invalid::at(
+                    "telemetry.otlp_endpoint",
+                    "the URL has no host",
+                ));
             }
         }
         if let Some(r) = self.sample_ratio
             && !(0.0..=1.0).contains(&r)
         {
-            return Err(format!(
-                "telemetry.sample_ratio: must be in 0.0..=1.0, got {r}"
+            return Err(Invalid::at(
+                "telemetry.sample_ratio",
+                format!("must be in 0.0..=1.0, got {r}"),
             ));
         }
         if self
@@ -81,7 +86,7 @@ impl TelemetrySettings {
             .as_deref()
             .is_some_and(|s| s.trim().is_empty())
         {
-            return Err("telemetry.service_name: must not be empty".into());
+            return Err(Invalid::at("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }
@@ -108,15 +113,26 @@ impl TelemetrySettings {
     }
 }
 
+/// Tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built from `[telemetry]`.
+    #[error("telemetry: OTLP exporter: {source}")]
+    Exporter {
+        #[source]
+        source: chainsync_engine::BoxError,
+    },
+}
+
 /// Builds the tracer provider: OTLP/HTTP protobuf, batched on the SDK's own thread.
-fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, String> {
+fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(url) = settings.traces_url() {
         exporter = exporter.with_endpoint(url);
     }
     let exporter = exporter
         .build()
-        .map_err(|e| format!("telemetry: OTLP exporter: {e}"))?;
+        .map_err(|e| TelemetryError::Exporter { source: e.into() })?;
     let service = settings
         .service_name
         .clone()
@@ -170,7 +186,7 @@ pub fn subscriber(
     json: bool,
     default_level: &str,
     traces: Option<&TelemetrySettings>,
-) -> Result<(Box<dyn Subscriber + Send + Sync>, Option<SdkTracerProvider>), String> {
+) -> Result<(Box<dyn Subscriber + Send + Sync>, Option<SdkTracerProvider>), TelemetryError> {
     let Some(settings) = traces.filter(|t| t.enabled()) else {
         // Exactly the log subscriber: one global filter, no per-layer filtering.
         let s = tracing_subscriber::registry()
@@ -198,7 +214,7 @@ pub fn init(
     json: bool,
     default_level: &str,
     traces: Option<&TelemetrySettings>,
-) -> Result<(), String> {
+) -> Result<(), TelemetryError> {
     let (subscriber, provider) = subscriber(json, default_level, traces)?;
     // A second init (tests) keeps the first subscriber.
     if tracing::subscriber::set_global_default(subscriber).is_err() {

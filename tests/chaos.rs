@@ -427,7 +427,7 @@ proptest! {
         for k in reg.names().into_iter().map(str::to_string).chain([kind]) {
             let mut job = NewJob::untyped(k, v.clone());
             if let Err(e) = reg.check(&mut job) {
-                prop_assert!(!e.is_empty());
+                prop_assert!(!e.to_string().is_empty());
             }
         }
     }

@@ -49,9 +49,9 @@ impl Job for Record {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), chainsync_engine::Invalid> {
         if self.tag.is_empty() {
-            return Err("tag must not be empty".into());
+            return Err(chainsync_engine::Invalid::new("tag must not be empty"));
         }
         Ok(())
     }
@@ -78,8 +78,13 @@ impl Job for Record {
                 .fetch_one(ctx.db())
                 .await?;
         match (failing, self.fail.as_deref()) {
-            (true, Some("fatal")) => Err(JobError::Fatal(format!("{} is broken", self.tag))),
-            (true, _) => Err(JobError::Retry(format!("{} not ready", self.tag))),
+            (true, Some("fatal")) => Err(JobError::fatal(format!("{} is broken", self.tag))),
+            // A failure with its cause: the history keeps the whole chain.
+            (true, Some("fatal-cause")) => Err(JobError::fatal_from(
+                format!("{} is broken", self.tag),
+                std::io::Error::other("disk on fire"),
+            )),
+            (true, _) => Err(JobError::retry(format!("{} not ready", self.tag))),
             (false, _) => Ok(()),
         }
     }
@@ -223,13 +228,13 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
         .execute(&pool)
         .await
         .unwrap();
-    for t in ["bad1", "bad2"] {
-        q.enqueue(NewJob::untyped(
-            "record",
-            json!({"tag": t, "fail": "fatal"}),
-        ))
-        .await
-        .unwrap();
+    let mut with_cause = None;
+    for (t, fail) in [("bad1", "fatal"), ("bad2", "fatal-cause")] {
+        let e = q
+            .enqueue(NewJob::untyped("record", json!({"tag": t, "fail": fail})))
+            .await
+            .unwrap();
+        with_cause = Some(e.id);
     }
     // Args through the SQL API that decode but fail the kind's validate(), which the args schema
     // cannot see: dead-lettered as fatal on the first run.
@@ -245,6 +250,12 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
         Duration::from_secs(10),
     )
     .await;
+    let dl = q.get_dead(with_cause.unwrap()).await.unwrap();
+    assert_eq!(
+        dl.errors[0]["error"], "bad2 is broken: disk on fire",
+        "the message and its cause: {:?}",
+        dl.errors
+    );
     let dl = q.get_dead(raw).await.unwrap();
     assert!(
         dl.errors[0]["error"]

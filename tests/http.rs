@@ -143,7 +143,7 @@ async fn jobs_and_dead_letters(pool: PgPool) {
         .unwrap();
     let c = chainsync::queue::Completion::new(
         &f[0],
-        chainsync::queue::Outcome::from(chainsync_jobs::JobError::Fatal("boom".into())),
+        chainsync::queue::Outcome::from(chainsync_jobs::JobError::fatal("boom")),
     );
     q.complete(owner, &[c], true).await.unwrap();
     let (st, v) = s.get("/v1/dlq?kind=noop").await;

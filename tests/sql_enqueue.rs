@@ -81,7 +81,7 @@ async fn an_unknown_field_is_refused_naming_it(pool: PgPool) {
     refused(e, "(accepts: fail, payload, sleep_ms)");
     // As the Rust enqueuers (HTTP, CLI) refuse it.
     let mut job = NewJob::untyped("noop", json!({"n": 1}));
-    let rust = kinds.check(&mut job).unwrap_err();
+    let rust = kinds.check(&mut job).unwrap_err().to_string();
     assert!(rust.contains("unknown field `n`"), "{rust}");
     refused(
         sql_enqueue(

@@ -273,7 +273,7 @@ async fn one_active_job_kinds_keep_their_key_while_running(pool: PgPool) {
             owner,
             &[Completion::new(
                 noop,
-                Outcome::from(chainsync_jobs::JobError::Retry("later".into())),
+                Outcome::from(chainsync_jobs::JobError::retry("later")),
             )],
             true,
         )

@@ -32,9 +32,10 @@ pub trait Job: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'static
         RetryPolicy::default()
     }
 
-    /// Checks the decoded arguments beyond their types (address format, ranges).
-    /// An error here is a bad-input error at enqueue time and `Fatal` at run time.
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the decoded arguments beyond their types (address format, ranges); the error
+    /// names the argument (`Invalid::at("address", …)`). An error here is a bad-input error at
+    /// enqueue time and `Fatal` at run time.
+    fn validate(&self) -> Result<(), crate::Invalid> {
         Ok(())
     }
 

@@ -89,7 +89,7 @@ pub mod sessions;
 pub mod trace;
 
 pub use context::{Enqueued, Enqueuer, JobContext, JobMeta, NewJob};
-pub use error::{Invalid, JobError};
+pub use error::{BoxError, Invalid, JobError, report};
 pub use job::Job;
-pub use registry::{KindSpec, Kinds, Registry, args_schema};
+pub use registry::{JobCheckError, KindSpec, Kinds, Registry, args_schema};
 pub use retry::RetryPolicy;

@@ -91,7 +91,7 @@ pub fn record_run(kind: &str, elapsed: Duration, err: Option<&JobError>) {
         .increment(1);
     match err {
         None => tally(kind, true),
-        Some(JobError::Retry(_) | JobError::Fatal(_)) => tally(kind, false),
+        Some(JobError::Retry { .. } | JobError::Fatal { .. }) => tally(kind, false),
         Some(JobError::Snooze(_)) => {}
     }
 }

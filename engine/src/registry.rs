@@ -9,10 +9,38 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
-use crate::{Job, JobContext, JobError, NewJob, RetryPolicy};
+use crate::{Invalid, Job, JobContext, JobError, NewJob, RetryPolicy};
 
 type RunFn<S> = fn(Value, JobContext<S>) -> BoxFuture<'static, Result<(), JobError>>;
-type CheckFn = fn(&Value) -> Result<Option<String>, String>;
+type CheckFn = fn(&Value) -> Result<Option<String>, JobCheckError>;
+
+/// A job refused before it is stored: unknown kind, arguments that do not decode or do not
+/// validate, or a job option out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum JobCheckError {
+    #[error("unknown job kind {kind:?} (known: {known})")]
+    UnknownKind { kind: String, known: String },
+    /// The arguments do not decode into the kind's type.
+    #[error("invalid args for {kind}: {source}")]
+    Decode {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The arguments decode but [`Job::validate`] refuses them.
+    #[error("invalid args for {kind}: {source}")]
+    Args {
+        kind: &'static str,
+        #[source]
+        source: Invalid,
+    },
+    /// A job option (`priority`, `max_attempts`, backoff) out of range.
+    #[error("{field} {message}")]
+    Option {
+        field: &'static str,
+        message: String,
+    },
+}
 
 /// Everything the engine needs to know about one kind, with the Rust type erased.
 #[derive(Clone)]
@@ -52,7 +80,7 @@ impl KindSpec {
     }
 
     /// Decodes `args` into the kind's type and validates them; `Ok(unique_key)`.
-    pub fn check(&self, args: &Value) -> Result<Option<String>, String> {
+    pub fn check(&self, args: &Value) -> Result<Option<String>, JobCheckError> {
         (self.check)(args)
     }
 }
@@ -68,15 +96,19 @@ pub fn args_schema<T: JsonSchema>() -> Value {
         .to_value()
 }
 
-fn decode<J: Job>(args: &Value) -> Result<J, String> {
-    let job: J = serde_json::from_value(args.clone())
-        .map_err(|e| format!("invalid args for {}: {e}", J::KIND))?;
-    job.validate()
-        .map_err(|e| format!("invalid args for {}: {e}", J::KIND))?;
+fn decode<J: Job>(args: &Value) -> Result<J, JobCheckError> {
+    let job: J = serde_json::from_value(args.clone()).map_err(|source| JobCheckError::Decode {
+        kind: J::KIND,
+        source,
+    })?;
+    job.validate().map_err(|source| JobCheckError::Args {
+        kind: J::KIND,
+        source,
+    })?;
     Ok(job)
 }
 
-fn check<J: Job>(args: &Value) -> Result<Option<String>, String> {
+fn check<J: Job>(args: &Value) -> Result<Option<String>, JobCheckError> {
     decode::<J>(args).map(|j| j.unique_key())
 }
 
@@ -85,7 +117,7 @@ fn run<J: Job>(
     ctx: JobContext<J::Services>,
 ) -> BoxFuture<'static, Result<(), JobError>> {
     Box::pin(async move {
-        let job = decode::<J>(&args).map_err(JobError::Fatal)?;
+        let job = decode::<J>(&args).map_err(JobError::fatal)?;
         job.run(&ctx).await
     })
 }
@@ -116,14 +148,13 @@ impl Kinds {
     }
 
     /// Validates a wire job: known kind, args decode; fills in the unique key when unset.
-    pub fn check(&self, job: &mut NewJob) -> Result<(), String> {
-        let spec = self.get(&job.kind).ok_or_else(|| {
-            format!(
-                "unknown job kind {:?} (known: {})",
-                job.kind,
-                self.names().join(", ")
-            )
-        })?;
+    pub fn check(&self, job: &mut NewJob) -> Result<(), JobCheckError> {
+        let spec = self
+            .get(&job.kind)
+            .ok_or_else(|| JobCheckError::UnknownKind {
+                kind: job.kind.clone(),
+                known: self.names().join(", "),
+            })?;
         let key = spec.check(&job.args)?;
         if job.unique_key.is_none() {
             job.unique_key = key;
@@ -131,26 +162,39 @@ impl Kinds {
         if let Some(p) = job.priority
             && !(0..=100).contains(&p)
         {
-            return Err(format!("priority must be in 0..=100, got {p}"));
+            return Err(JobCheckError::Option {
+                field: "priority",
+                message: format!("must be in 0..=100, got {p}"),
+            });
         }
         match (job.backoff_base_ms, job.backoff_cap_ms) {
             (Some(b), _) if b < 1 => {
-                return Err(format!("backoff_base_ms must be positive, got {b}"));
+                return Err(JobCheckError::Option {
+                    field: "backoff_base_ms",
+                    message: format!("must be positive, got {b}"),
+                });
             }
             (_, Some(c)) if c < 1 => {
-                return Err(format!("backoff_cap_ms must be positive, got {c}"));
+                return Err(JobCheckError::Option {
+                    field: "backoff_cap_ms",
+                    message: format!("must be positive, got {c}"),
+                });
             }
             (Some(b), Some(c)) if c < b => {
-                return Err(format!(
-                    "backoff_cap_ms ({c}) must not be below backoff_base_ms ({b})"
-                ));
+                return Err(JobCheckError::Option {
+                    field: "backoff_cap_ms",
+                    message: format!("({c}) must not be below backoff_base_ms ({b})"),
+                });
             }
             _ => {}
         }
         if let Some(m) = job.max_attempts
             && m < 1
         {
-            return Err(format!("max_attempts must be at least 1, got {m}"));
+            return Err(JobCheckError::Option {
+                field: "max_attempts",
+                message: format!("must be at least 1, got {m}"),
+            });
         }
         Ok(())
     }

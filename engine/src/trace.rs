@@ -35,6 +35,27 @@ pub fn enabled() -> bool {
 /// Length of a version-00 traceparent: `00-<32 hex>-<16 hex>-<2 hex>`.
 pub const TRACEPARENT_LEN: usize = 55;
 
+/// What is wrong with a traceparent, without the field name (the caller names the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceParentError {
+    #[error(
+        "must be 55 characters (expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>), got {0}"
+    )]
+    Length(usize),
+    #[error("malformed: expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>")]
+    Malformed,
+    #[error(
+        "unsupported version {0:?}: expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"
+    )]
+    Version(String),
+    #[error("not lowercase hex: expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>")]
+    NotHex,
+    #[error("the trace id must not be all zeros")]
+    ZeroTraceId,
+    #[error("the parent id must not be all zeros")]
+    ZeroParentId,
+}
+
 /// The parts of a valid traceparent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -47,36 +68,33 @@ impl TraceParent {
     /// Parses a W3C `traceparent` (version 00): `00-<trace id: 32 hex>-<parent id: 16 hex>-<flags:
     /// 2 hex>`, lowercase, neither id all zeros. The error says what is wrong, without the field
     /// name (the caller names the field).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        const FORMAT: &str = "expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>";
+    pub fn parse(s: &str) -> Result<Self, TraceParentError> {
         if s.len() != TRACEPARENT_LEN {
-            return Err(format!(
-                "must be {TRACEPARENT_LEN} characters ({FORMAT}), got {}",
-                s.len()
-            ));
+            return Err(TraceParentError::Length(s.len()));
         }
         let parts: Vec<&str> = s.split('-').collect();
         let [version, trace, parent, flags] = parts.as_slice() else {
-            return Err(format!("malformed: {FORMAT}"));
+            return Err(TraceParentError::Malformed);
         };
         let lower_hex = |p: &str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if *version != "00" {
-            return Err(format!("unsupported version {version:?}: {FORMAT}"));
+            return Err(TraceParentError::Version(version.to_string()));
         }
         if trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
-            return Err(format!("malformed: {FORMAT}"));
+            return Err(TraceParentError::Malformed);
         }
         if ![trace, parent, flags].iter().all(|p| lower_hex(p)) {
-            return Err(format!("not lowercase hex: {FORMAT}"));
+            return Err(TraceParentError::NotHex);
         }
-        let trace_id = u128::from_str_radix(trace, 16).map_err(|e| e.to_string())?;
-        let parent_id = u64::from_str_radix(parent, 16).map_err(|e| e.to_string())?;
-        let flags = u8::from_str_radix(flags, 16).map_err(|e| e.to_string())?;
+        // Lowercase hex of the right lengths: these cannot fail.
+        let trace_id = u128::from_str_radix(trace, 16).map_err(|_| TraceParentError::NotHex)?;
+        let parent_id = u64::from_str_radix(parent, 16).map_err(|_| TraceParentError::NotHex)?;
+        let flags = u8::from_str_radix(flags, 16).map_err(|_| TraceParentError::NotHex)?;
         if trace_id == 0 {
-            return Err("the trace id must not be all zeros".into());
+            return Err(TraceParentError::ZeroTraceId);
         }
         if parent_id == 0 {
-            return Err("the parent id must not be all zeros".into());
+            return Err(TraceParentError::ZeroParentId);
         }
         Ok(Self {
             trace_id,
@@ -106,7 +124,7 @@ impl TraceParent {
 pub fn check(s: &str) -> Result<(), crate::Invalid> {
     TraceParent::parse(s)
         .map(drop)
-        .map_err(|e| crate::Invalid::at("traceparent", e))
+        .map_err(|e| crate::Invalid::at("traceparent", e.to_string()))
 }
 
 /// The traceparent of `span` as an OpenTelemetry span, if it is one (an OpenTelemetry layer is
@@ -195,7 +213,7 @@ mod tests {
                 "parent id",
             ),
         ] {
-            let e = TraceParent::parse(bad).unwrap_err();
+            let e = TraceParent::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
         let e = check("nope").unwrap_err().to_string();

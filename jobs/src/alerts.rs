@@ -9,7 +9,10 @@
 
 use std::{collections::HashSet, fmt, time::Duration};
 
-use chainsync_engine::duration::{format_duration, parse_duration};
+use chainsync_engine::{
+    Invalid,
+    duration::{format_duration, parse_duration},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sqlx::PgPool;
@@ -232,55 +235,71 @@ impl AlertsConfig {
 
     /// Checks targets and rules; errors name the key (`alerts.rules[0].threshold`). Messages
     /// never repeat a URL or a secret. `kinds` are the known job kinds.
-    pub fn validate(&self, kinds: &[&str]) -> Result<(), String> {
+    pub fn validate(&self, kinds: &[&str]) -> Result<(), Invalid> {
         let mut names = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("alerts.targets[{i}]");
             if t.kind == TargetKind::Unknown {
-                return Err(format!("{key}.kind: must be \"json\" or \"slack\""));
+                return Err(Invalid::at(
+                    format!("{key}.kind"),
+                    "must be \"json\" or \"slack\"",
+                ));
             }
             if t.name.trim().is_empty() {
-                return Err(format!("{key}.name: must not be empty"));
+                return Err(Invalid::at(format!("{key}.name"), "must not be empty"));
             }
             if !names.insert(t.name.as_str()) {
-                return Err(format!("{key}.name: {:?} is used twice", t.name));
+                return Err(Invalid::at(
+                    format!("{key}.name"),
+                    format!("{:?} is used twice", t.name),
+                ));
             }
             let url = alloy::transports::http::reqwest::Url::parse(&t.url)
-                .map_err(|e| format!("{key}.url: not a valid URL ({e})"))?;
+                .map_err(|e| Invalid::at(format!("{key}.url"), format!("not a valid URL ({e})")))?;
             match url.scheme() {
                 "http" | "https" => {}
                 other => {
-                    return Err(format!(
-                        "{key}.url: scheme {other:?} is not supported (http or https)"
+                    return Err(Invalid::at(
+                        format!("{key}.url"),
+                        format!("scheme {other:?} is not supported (http or https)"),
                     ));
                 }
             }
             if url.host_str().is_none_or(str::is_empty) {
-                return Err(format!("{key}.url: no host"));
+                return Err(Invalid::at(format!("{key}.url"), "no host"));
             }
             if t.hmac_secret.as_deref().is_some_and(|s| s.len() < 16) {
-                return Err(format!("{key}.hmac_secret: use at least 16 characters"));
+                return Err(Invalid::at(
+                    format!("{key}.hmac_secret"),
+                    "use at least 16 characters",
+                ));
             }
         }
         let mut rule_names = HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("alerts.rules[{i}]");
             if self.target(&r.target).is_none() {
-                return Err(format!(
-                    "{key}.target: {:?} is not a name in [[alerts.targets]]",
-                    r.target
+                return Err(Invalid::at(
+                    format!("{key}.target"),
+                    format!("{:?} is not a name in [[alerts.targets]]", r.target),
                 ));
             }
             if !rule_names.insert(r.name()) {
-                return Err(format!(
-                    "{key}.name: {:?} is used by two rules (give each rule of a kind its own name)",
-                    r.name()
+                return Err(Invalid::at(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is used by two rules (give each rule of a kind its own name)",
+                        r.name()
+                    ),
                 ));
             }
             if r.kind == RuleKind::Unknown {
-                return Err(format!(
-                    "{key}.kind: unknown rule kind (one of: {})",
-                    RuleKind::ALL.map(RuleKind::as_str).join(", ")
+                return Err(Invalid::at(
+                    format!("{key}.kind"),
+                    format!(
+                        "unknown rule kind (one of: {})",
+                        RuleKind::ALL.map(RuleKind::as_str).join(", ")
+                    ),
                 ));
             }
             let (lo, hi, unit) = r.kind.threshold_range();
@@ -293,34 +312,44 @@ impl AlertsConfig {
                     th >= lo
                 };
             if !ok {
-                return Err(format!(
-                    "{key}.threshold: {th} is out of range for {} ({unit}, {lo}..={hi}{})",
-                    r.kind.as_str(),
-                    if r.kind == RuleKind::FailureRate {
-                        ", above 0"
-                    } else {
-                        ""
-                    }
+                return Err(Invalid::at(
+                    format!("{key}.threshold"),
+                    format!(
+                        "{th} is out of range for {} ({unit}, {lo}..={hi}{})",
+                        r.kind.as_str(),
+                        if r.kind == RuleKind::FailureRate {
+                            ", above 0"
+                        } else {
+                            ""
+                        }
+                    ),
                 ));
             }
             if r.window().is_zero() || r.window() > chainsync_engine::metrics::OUTCOME_WINDOW_MAX {
-                return Err(format!("{key}.window: must be in 1s..=1d"));
+                return Err(Invalid::at(format!("{key}.window"), "must be in 1s..=1d"));
             }
             if let Some(k) = &r.job_kind {
                 if !matches!(r.kind, RuleKind::DeadLetters | RuleKind::FailureRate) {
-                    return Err(format!(
-                        "{key}.job_kind: only for dead_letters and failure_rate rules"
+                    return Err(Invalid::at(
+                        format!("{key}.job_kind"),
+                        "only for dead_letters and failure_rate rules",
                     ));
                 }
                 if !kinds.contains(&k.as_str()) {
-                    return Err(format!("{key}.job_kind: unknown job kind {k:?}"));
+                    return Err(Invalid::at(
+                        format!("{key}.job_kind"),
+                        format!("unknown job kind {k:?}"),
+                    ));
                 }
             }
             if r.min_runs.is_some() && r.kind != RuleKind::FailureRate {
-                return Err(format!("{key}.min_runs: only for failure_rate rules"));
+                return Err(Invalid::at(
+                    format!("{key}.min_runs"),
+                    "only for failure_rate rules",
+                ));
             }
             if r.min_runs == Some(0) {
-                return Err(format!("{key}.min_runs: must be at least 1"));
+                return Err(Invalid::at(format!("{key}.min_runs"), "must be at least 1"));
             }
         }
         Ok(())
@@ -422,7 +451,7 @@ async fn findings(
                     let symbol = settings
                         .tokens
                         .iter()
-                        .find(|t| t.chain_id == cid && t.key().is_ok_and(|k| k.text() == token))
+                        .find(|t| t.chain_id == cid && t.key().text() == token)
                         .map_or(token.clone(), |t| t.symbol.clone());
                     Finding {
                         subject: format!("chain={chain} token={symbol}"),

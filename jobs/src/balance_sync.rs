@@ -61,7 +61,7 @@ pub fn resolve_tokens(
 ) -> Result<Vec<ResolvedToken>, JobError> {
     let mut out = Vec::new();
     for t in settings.tokens.iter().filter(|t| t.chain_id == chain_id) {
-        let key = t.key().map_err(JobError::Fatal)?;
+        let key = t.key();
         let wanted = match (&sel.token, sel.asset_class) {
             (Some(s), _) => {
                 t.symbol.eq_ignore_ascii_case(s.trim())
@@ -75,12 +75,12 @@ pub fn resolve_tokens(
                 key,
                 symbol: t.symbol.clone(),
                 asset_class: t.asset_class,
-                threshold: t.threshold().map_err(JobError::Fatal)?,
+                threshold: t.threshold(),
             });
         }
     }
     if out.is_empty() {
-        return Err(JobError::Fatal(match &sel.token {
+        return Err(JobError::fatal(match &sel.token {
             Some(t) => format!("unknown token {t:?} on chain {chain_id}"),
             None => format!(
                 "no configured token on chain {chain_id} matches {}",
@@ -156,7 +156,7 @@ pub async fn read_consistent(
                     "head moved during reads at latest; reading again"
                 );
             }
-            Err(JobError::Retry(format!(
+            Err(JobError::retry(format!(
                 "chain {}: the head moved during each of {} reads at latest; no consistent read",
                 chain.chain_id(),
                 HEAD_MOVED_RETRIES + 1
@@ -227,7 +227,7 @@ async fn open_run(
             return Ok(None);
         }
         let number = u64::try_from(number).unwrap_or(0);
-        let hash = parse_hash(&hash).map_err(JobError::Retry)?;
+        let hash = parse_hash(&hash).map_err(JobError::retry)?;
         let canonical = chain.block_at(number).await?;
         if canonical.is_some_and(|b| b.hash == hash) {
             return Ok(Some(PinnedBlock {
@@ -311,7 +311,7 @@ pub async fn sync_full(
     let mut skipped = 0usize;
     let mut skipped_items = 0usize;
     for (i, chunk) in queries.chunks(size).enumerate() {
-        let idx = i32::try_from(i).map_err(|_| JobError::Fatal("too many batches".into()))?;
+        let idx = i32::try_from(i).map_err(|_| JobError::fatal("too many batches"))?;
         let keys = (
             chunk.first().map(item_key).unwrap_or_default(),
             chunk.last().map(item_key).unwrap_or_default(),
@@ -506,7 +506,7 @@ pub async fn sync_holder(
     let holder = chain
         .family()
         .parse_address(address)
-        .map_err(|e| JobError::Fatal(format!("address: {e}")))?;
+        .map_err(|e| JobError::fatal_from("address", e))?;
     let sel = TokenSelector {
         token: token.map(str::to_string),
         asset_class: None,
@@ -525,10 +525,13 @@ pub async fn sync_holder(
             Err(e) if token.is_some() => {
                 // The caller asked for this token and the chain answers the same way at this
                 // block however often we ask.
-                return Err(JobError::Fatal(format!(
-                    "{} balanceOf({}) failed at block {}: {e}",
-                    t.symbol, address, block.number
-                )));
+                return Err(JobError::fatal_from(
+                    format!(
+                        "{} balanceOf({}) failed at block {}",
+                        t.symbol, address, block.number
+                    ),
+                    e,
+                ));
             }
             Err(e) => tracing::warn!(chain_id = chain_id, token = %t.key, error = %e,
                 "balance read failed; left unchanged"),
@@ -610,7 +613,7 @@ mod tests {
             (9, sel(None, None)),
         ] {
             let e = resolve_tokens(&s, chain, &sl).unwrap_err();
-            assert!(matches!(e, JobError::Fatal(_)), "{e}");
+            assert!(matches!(e, JobError::Fatal { .. }), "{e}");
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chainsync_engine::Invalid;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -39,20 +40,20 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (key, d) in [
             ("balance_max_age", self.balance_max_age),
             ("ingest_max_age", self.ingest_max_age),
             ("points_max_age", self.points_max_age),
         ] {
             if d < Duration::from_secs(1) || d > Duration::from_secs(30 * 86400) {
-                return Err(format!("health.{key}: must be in 1s..=30d"));
+                return Err(Invalid::at(format!("health.{key}"), "must be in 1s..=30d"));
             }
         }
         if !(1..=100).contains(&self.min_score) {
-            return Err(format!(
-                "health.min_score: must be in 1..=100, got {}",
-                self.min_score
+            return Err(Invalid::at(
+                "health.min_score",
+                format!("must be in 1..=100, got {}", self.min_score),
             ));
         }
         Ok(())

@@ -15,6 +15,65 @@ use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// An identifier that does not parse: which text, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("invalid address {input:?}: expected 0x followed by 40 hex digits")]
+    Address { input: String },
+    /// A TRON form (`T…`, `41…`) given for an EVM chain.
+    #[error(
+        "{inner} (base58check and 41-prefixed addresses are for chains with family = \"tron\")"
+    )]
+    TronFormOnEvm { inner: Box<IdError> },
+    #[error("invalid TRON address {input:?}: {reason}")]
+    TronAddress { input: String, reason: TronReason },
+    #[error("invalid hash {input:?}: expected 64 hex digits (with or without 0x)")]
+    Hash { input: String },
+    #[error("invalid amount {input:?}: expected a base-10 integer")]
+    Amount { input: String },
+    #[error("invalid amount {input:?}: {source}")]
+    AmountRange {
+        input: String,
+        #[source]
+        source: alloy::primitives::ruint::ParseError,
+    },
+    /// Neither `native` nor an address.
+    #[error("{inner} (or \"native\")")]
+    Token { inner: Box<IdError> },
+    #[error("unknown chain family {input:?}: expected evm or tron")]
+    Family { input: String },
+}
+
+/// Why a TRON address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TronReason {
+    #[error(
+        "expected base58check (T…), 41 followed by 40 hex digits, or 0x followed by 40 hex digits"
+    )]
+    Form,
+    #[error(transparent)]
+    Base58(#[from] Base58Error),
+    #[error(
+        "decodes to {len} bytes starting with 0x{prefix:02x}; expected 21 bytes starting with 0x41"
+    )]
+    Prefix { len: usize, prefix: u8 },
+}
+
+/// Why a base58check string does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Base58Error {
+    #[error(
+        "character {ch:?} at position {position} is not base58 (mistyped: the base58check checksum cannot match)"
+    )]
+    Character { ch: char, position: usize },
+    #[error("{0} bytes are too short for base58check")]
+    TooShort(usize),
+    #[error(
+        "base58check checksum is wrong (the address carries {carried}, its bytes give {computed}): a character is mistyped"
+    )]
+    Checksum { carried: String, computed: String },
+}
+
 /// How a chain is reached and how its addresses are written.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
@@ -38,13 +97,11 @@ impl ChainFamily {
 
     /// Parses an address of a chain of this family: `0x` + 40 hex digits on EVM chains; on TRON
     /// chains also base58check `T…` and `41`-prefixed hex (`41…` or `0x41…`).
-    pub fn parse_address(&self, s: &str) -> Result<Address, String> {
+    pub fn parse_address(&self, s: &str) -> Result<Address, IdError> {
         match self {
             Self::Evm => parse_address(s).map_err(|e| {
                 if looks_like_tron(s) {
-                    format!(
-                        "{e} (base58check and 41-prefixed addresses are for chains with family = \"tron\")"
-                    )
+                    IdError::TronFormOnEvm { inner: Box::new(e) }
                 } else {
                     e
                 }
@@ -86,13 +143,13 @@ impl fmt::Display for ChainFamily {
 }
 
 impl FromStr for ChainFamily {
-    type Err = String;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "evm" => Ok(Self::Evm),
             "tron" => Ok(Self::Tron),
-            _ => Err(format!("unknown chain family {s:?}: expected evm or tron")),
+            _ => Err(IdError::Family { input: s.into() }),
         }
     }
 }
@@ -107,7 +164,7 @@ fn looks_like_tron(s: &str) -> bool {
 /// Parses an address given where no chain says which family it belongs to (tracked addresses,
 /// shared by every chain; job args checked before the chain is known): any form of
 /// [`ChainFamily::Evm`] or [`ChainFamily::Tron`]. The 20 bytes name the same account on both.
-pub fn parse_address_any(s: &str) -> Result<Address, String> {
+pub fn parse_address_any(s: &str) -> Result<Address, IdError> {
     if looks_like_tron(s) {
         parse_tron_address(s)
     } else {
@@ -116,7 +173,7 @@ pub fn parse_address_any(s: &str) -> Result<Address, String> {
 }
 
 /// Normalises an address in any form ([`parse_address_any`]) to its canonical text form.
-pub fn normalize_address_any(s: &str) -> Result<String, String> {
+pub fn normalize_address_any(s: &str) -> Result<String, IdError> {
     parse_address_any(s).map(|a| address_text(&a))
 }
 
@@ -125,20 +182,21 @@ pub const TRON_PREFIX: u8 = 0x41;
 
 /// Parses a TRON address: base58check `T…`, `41` + 40 hex digits (with or without `0x`), or
 /// `0x` + 40 hex digits.
-pub fn parse_tron_address(s: &str) -> Result<Address, String> {
+pub fn parse_tron_address(s: &str) -> Result<Address, IdError> {
     let t = s.trim();
-    let expected =
-        "expected base58check (T…), 41 followed by 40 hex digits, or 0x followed by 40 hex digits";
+    let invalid = |reason: TronReason| IdError::TronAddress {
+        input: s.to_string(),
+        reason,
+    };
     if t.starts_with('T') {
-        let bytes =
-            base58check_decode(t).map_err(|e| format!("invalid TRON address {s:?}: {e}"))?;
+        let bytes = base58check_decode(t).map_err(|e| invalid(e.into()))?;
         return match bytes.split_first() {
             Some((&TRON_PREFIX, rest)) if rest.len() == 20 => Ok(Address::from_slice(rest)),
-            Some((p, rest)) => Err(format!(
-                "invalid TRON address {s:?}: decodes to {} bytes starting with 0x{p:02x}; expected 21 bytes starting with 0x41",
-                rest.len() + 1
-            )),
-            None => Err(format!("invalid TRON address {s:?}: {expected}")),
+            Some((p, rest)) => Err(invalid(TronReason::Prefix {
+                len: rest.len() + 1,
+                prefix: *p,
+            })),
+            None => Err(invalid(TronReason::Form)),
         };
     }
     let hex = t
@@ -148,12 +206,12 @@ pub fn parse_tron_address(s: &str) -> Result<Address, String> {
     let body = match hex.len() {
         42 if hex.starts_with("41") => &hex[2..],
         40 if hex.len() != t.len() => hex,
-        _ => return Err(format!("invalid TRON address {s:?}: {expected}")),
+        _ => return Err(invalid(TronReason::Form)),
     };
     if !body.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("invalid TRON address {s:?}: {expected}"));
+        return Err(invalid(TronReason::Form));
     }
-    Address::from_str(body).map_err(|e| format!("invalid TRON address {s:?}: {e}"))
+    Address::from_str(body).map_err(|_| invalid(TronReason::Form))
 }
 
 /// Base58check `T…` form of an account.
@@ -195,16 +253,15 @@ pub fn base58_encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes base58 (Bitcoin alphabet).
-pub fn base58_decode(s: &str) -> Result<Vec<u8>, String> {
+pub fn base58_decode(s: &str) -> Result<Vec<u8>, Base58Error> {
     let ones = s.bytes().take_while(|c| *c == b'1').count();
     let mut bytes: Vec<u8> = Vec::with_capacity(s.len());
     for (i, c) in s.bytes().enumerate().skip(ones) {
         let Some(v) = B58.iter().position(|x| *x == c) else {
-            return Err(format!(
-                "character {:?} at position {} is not base58 (mistyped: the base58check checksum cannot match)",
-                char::from(c),
-                i + 1
-            ));
+            return Err(Base58Error::Character {
+                ch: char::from(c),
+                position: i + 1,
+            });
         };
         let mut carry = u32::try_from(v).unwrap_or(0);
         for b in bytes.iter_mut() {
@@ -235,36 +292,36 @@ pub fn base58check_encode(payload: &[u8]) -> String {
 }
 
 /// The payload of a base58check string; a wrong checksum is an error that says so.
-pub fn base58check_decode(s: &str) -> Result<Vec<u8>, String> {
+pub fn base58check_decode(s: &str) -> Result<Vec<u8>, Base58Error> {
     let raw = base58_decode(s)?;
     if raw.len() < 5 {
-        return Err(format!("{} bytes are too short for base58check", raw.len()));
+        return Err(Base58Error::TooShort(raw.len()));
     }
     let (payload, sum) = raw.split_at(raw.len() - 4);
     let want = checksum(payload);
     if sum != want {
-        return Err(format!(
-            "base58check checksum is wrong (the address carries {}, its bytes give {}): a character is mistyped",
-            hex::encode(sum),
-            hex::encode(want)
-        ));
+        return Err(Base58Error::Checksum {
+            carried: hex::encode(sum),
+            computed: hex::encode(want),
+        });
     }
     Ok(payload.to_vec())
 }
 
 /// Parses `0x` + 40 hex digits (any case; the checksum is not enforced).
-pub fn parse_address(s: &str) -> Result<Address, String> {
+pub fn parse_address(s: &str) -> Result<Address, IdError> {
     let t = s.trim();
+    let invalid = || IdError::Address {
+        input: s.to_string(),
+    };
     let hex = t
         .strip_prefix("0x")
         .or_else(|| t.strip_prefix("0X"))
-        .ok_or_else(|| format!("invalid address {s:?}: expected 0x followed by 40 hex digits"))?;
+        .ok_or_else(invalid)?;
     if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "invalid address {s:?}: expected 0x followed by 40 hex digits"
-        ));
+        return Err(invalid());
     }
-    Address::from_str(t).map_err(|e| format!("invalid address {s:?}: {e}"))
+    Address::from_str(t).map_err(|_| invalid())
 }
 
 /// Canonical text form of an address: lower-case, `0x`-prefixed.
@@ -273,24 +330,22 @@ pub fn address_text(a: &Address) -> String {
 }
 
 /// Normalises an address string to its canonical text form.
-pub fn normalize_address(s: &str) -> Result<String, String> {
+pub fn normalize_address(s: &str) -> Result<String, IdError> {
     parse_address(s).map(|a| address_text(&a))
 }
 
 /// Parses a transaction or block hash: 64 hex digits, with `0x` (EVM) or without (how TRON
 /// writes transaction ids), in any case.
-pub fn parse_hash(s: &str) -> Result<B256, String> {
+pub fn parse_hash(s: &str) -> Result<B256, IdError> {
     let t = s.trim();
     let hex = t
         .strip_prefix("0x")
         .or_else(|| t.strip_prefix("0X"))
         .unwrap_or(t);
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "invalid hash {s:?}: expected 64 hex digits (with or without 0x)"
-        ));
+        return Err(IdError::Hash { input: s.into() });
     }
-    B256::from_str(hex).map_err(|e| format!("invalid hash {s:?}: {e}"))
+    B256::from_str(hex).map_err(|_| IdError::Hash { input: s.into() })
 }
 
 /// Canonical text form of a hash: lower-case, `0x`-prefixed.
@@ -299,12 +354,15 @@ pub fn hash_text(h: &B256) -> String {
 }
 
 /// Parses a base-10 amount as stored in `NUMERIC(78,0)`.
-pub fn parse_amount(s: &str) -> Result<U256, String> {
+pub fn parse_amount(s: &str) -> Result<U256, IdError> {
     let t = s.trim();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid amount {s:?}: expected a base-10 integer"));
+        return Err(IdError::Amount { input: s.into() });
     }
-    U256::from_str_radix(t, 10).map_err(|e| format!("invalid amount {s:?}: {e}"))
+    U256::from_str_radix(t, 10).map_err(|source| IdError::AmountRange {
+        input: s.into(),
+        source,
+    })
 }
 
 /// What a balance is held in: the chain's native coin or a token contract.
@@ -318,25 +376,25 @@ impl TokenKey {
     pub const NATIVE: &'static str = "native";
 
     /// `native` or a token address (any case; a TRON form too, see [`parse_address_any`]).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
         if s.trim().eq_ignore_ascii_case(Self::NATIVE) {
             Ok(Self::Native)
         } else {
             parse_address_any(s)
                 .map(Self::Contract)
-                .map_err(|e| format!("{e} (or \"native\")"))
+                .map_err(|e| IdError::Token { inner: Box::new(e) })
         }
     }
 
     /// `native` or a token address of a chain of `family`.
-    pub fn parse_for(family: ChainFamily, s: &str) -> Result<Self, String> {
+    pub fn parse_for(family: ChainFamily, s: &str) -> Result<Self, IdError> {
         if s.trim().eq_ignore_ascii_case(Self::NATIVE) {
             Ok(Self::Native)
         } else {
             family
                 .parse_address(s)
                 .map(Self::Contract)
-                .map_err(|e| format!("{e} (or \"native\")"))
+                .map_err(|e| IdError::Token { inner: Box::new(e) })
         }
     }
 
@@ -418,7 +476,7 @@ mod tests {
             &format!("{h}0"),
             &format!("0x{}g", &h[1..]),
         ] {
-            let e = parse_hash(bad).unwrap_err();
+            let e = parse_hash(bad).unwrap_err().to_string();
             assert!(e.contains("64 hex digits"), "{bad:?}: {e}");
         }
     }
@@ -431,6 +489,7 @@ mod tests {
             "solana"
                 .parse::<ChainFamily>()
                 .unwrap_err()
+                .to_string()
                 .contains("evm or tron")
         );
     }
@@ -485,19 +544,24 @@ mod tests {
     fn tron_errors_say_what_is_wrong() {
         // The last character changed: the checksum no longer matches.
         let typo = format!("{}u", &USDT_B58[..USDT_B58.len() - 1]);
-        let e = parse_tron_address(&typo).unwrap_err();
+        let e = parse_tron_address(&typo).unwrap_err().to_string();
         assert!(e.contains("checksum is wrong"), "{e}");
         // Two characters swapped.
         let swapped = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLjt6";
         assert!(
             parse_tron_address(swapped)
                 .unwrap_err()
+                .to_string()
                 .contains("checksum")
         );
-        let e = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj0t").unwrap_err();
+        let e = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj0t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not base58") && e.contains("checksum"), "{e}");
         // A valid base58check string of another kind (a Bitcoin address: prefix 0x00).
-        let e = parse_tron_address("T1BoatSLRHtKNngkdXEeobR76b53LETtpyT").unwrap_err();
+        let e = parse_tron_address("T1BoatSLRHtKNngkdXEeobR76b53LETtpyT")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("base58") || e.contains("prefix"), "{e}");
         for bad in [
             "",
@@ -509,7 +573,10 @@ mod tests {
             assert!(parse_tron_address(bad).is_err(), "{bad:?} accepted");
         }
         // EVM chains keep their strict form and say why a TRON form is refused.
-        let e = ChainFamily::Evm.parse_address(USDT_B58).unwrap_err();
+        let e = ChainFamily::Evm
+            .parse_address(USDT_B58)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("family = \"tron\""), "{e}");
         assert!(ChainFamily::Evm.parse_address(USDT_HEX).is_err());
     }

@@ -299,7 +299,7 @@ pub async fn sample(services: &Services) -> Result<Sample, sqlx::Error> {
         let current_hour = chain_now.timestamp().div_euclid(3600);
         let mut tokens = Vec::new();
         for t in settings.tokens.iter().filter(|t| t.chain_id == c.chain_id) {
-            let Ok(key) = t.key() else { continue };
+            let key = t.key();
             let key = key.text();
             let stored = balances.iter().find(|b| b.0 == key);
             let updated = stored.and_then(|b| b.1);

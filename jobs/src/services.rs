@@ -25,7 +25,7 @@ impl Services {
         db: PgPool,
         redis: Option<redis::aio::ConnectionManager>,
         settings: Arc<DomainConfig>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::chain::ChainSetupError> {
         let backend = crate::chain::budget::Backend {
             db: Some(db.clone()),
             redis: redis.clone(),

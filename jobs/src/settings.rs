@@ -9,7 +9,9 @@ use std::{
 use alloy::primitives::{Address, U256, address};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChainFamily, TokenKey, parse_address_any, parse_amount};
+use chainsync_engine::Invalid;
+
+use crate::ids::{ChainFamily, IdError, TokenKey, parse_address_any, parse_amount};
 
 /// Canonical Multicall3 deployment, the same address on every chain that has it.
 pub const MULTICALL3: Address = address!("0xcA11bde05977b3631167028862bE2a173976CA11");
@@ -69,7 +71,7 @@ pub struct ChainConfig {
     /// Multicall3 contract used for batched reads (EVM default: the canonical Multicall3).
     /// TRON has no default: without one, reads go out as JSON-RPC batches of `eth_call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub multicall_address: Option<String>,
+    pub multicall_address: Option<ConfigAddress>,
     /// Calls per Multicall3 `aggregate3` request.
     #[serde(default = "default_batch_size")]
     pub multicall_batch_size: usize,
@@ -144,29 +146,109 @@ pub struct TokenConfig {
     pub symbol: String,
     /// `None` (or `"native"`) for the chain's native coin.
     #[serde(default)]
-    pub address: Option<String>,
+    pub address: Option<ConfigToken>,
     pub decimals: u8,
     pub asset_class: AssetClass,
     /// A reconcile difference above this many base units raises an alert (log + metric).
-    #[serde(default = "default_threshold")]
-    pub reconcile_threshold: String,
-}
-
-fn default_threshold() -> String {
-    "0".into()
+    /// Written as a base-10 string (`"1000000"`), parsed when the config is read.
+    #[serde(default, with = "amount_text")]
+    pub reconcile_threshold: U256,
 }
 
 impl TokenConfig {
-    /// The token's key; `Err` only for a config that did not pass [`DomainConfig::validate`].
-    pub fn key(&self) -> Result<TokenKey, String> {
-        match self.address.as_deref() {
-            None => Ok(TokenKey::Native),
-            Some(a) => TokenKey::parse(a),
-        }
+    /// The token's key.
+    pub fn key(&self) -> TokenKey {
+        self.address.as_ref().map_or(TokenKey::Native, |a| a.key)
     }
 
-    pub fn threshold(&self) -> Result<U256, String> {
-        parse_amount(&self.reconcile_threshold)
+    /// A reconcile difference above this many base units raises an alert.
+    pub fn threshold(&self) -> U256 {
+        self.reconcile_threshold
+    }
+}
+
+/// An address written in the config, parsed when the config is read (any form of
+/// [`parse_address_any`]); the text is kept to check it against its chain's family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigAddress {
+    pub address: Address,
+    pub text: String,
+}
+
+impl ConfigAddress {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        Ok(Self {
+            address: parse_address_any(s)?,
+            text: s.to_string(),
+        })
+    }
+
+    /// The address as a chain of `family` accepts it (a TRON form is refused on EVM chains).
+    pub fn check(&self, family: ChainFamily) -> Result<Address, IdError> {
+        family.parse_address(&self.text)
+    }
+}
+
+impl Serialize for ConfigAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `native` or a token address written in the config, parsed when the config is read; the text
+/// is kept to check it against its chain's family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigToken {
+    pub key: TokenKey,
+    pub text: String,
+}
+
+impl ConfigToken {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        Ok(Self {
+            key: TokenKey::parse(s)?,
+            text: s.to_string(),
+        })
+    }
+
+    /// The key as a chain of `family` accepts it (a TRON form is refused on EVM chains).
+    pub fn check(&self, family: ChainFamily) -> Result<TokenKey, IdError> {
+        TokenKey::parse_for(family, &self.text)
+    }
+}
+
+impl Serialize for ConfigToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde for amounts written as base-10 strings.
+mod amount_text {
+    use alloy::primitives::U256;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_amount(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -196,7 +278,7 @@ impl AssetClass {
 pub struct TrackingConfig {
     /// Fixed addresses.
     #[serde(default)]
-    pub addresses: Vec<String>,
+    pub addresses: Vec<ConfigAddress>,
     /// Include the `chainsync.tracked_addresses` table (CLI `track add|remove|import`, Rust API).
     #[serde(default = "yes")]
     pub use_table: bool,
@@ -251,16 +333,18 @@ impl Default for CacheConfig {
 }
 
 impl DomainConfig {
-    /// Checks values and cross-references; errors name the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks values and cross-references; errors name the offending key. (Addresses and
+    /// amounts were parsed when the config was read; here they are checked against their
+    /// chain.)
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.points.validate()?;
         for (i, g) in self.ingest.iter().enumerate() {
             let key = format!("ingest[{i}]");
             g.validate(&key, self.family(g.chain_id))?;
             if !self.chains.iter().any(|c| c.chain_id == g.chain_id) {
-                return Err(format!(
-                    "{key}.chain_id: chain {} is not configured",
-                    g.chain_id
+                return Err(Invalid::at(
+                    format!("{key}.chain_id"),
+                    format!("chain {} is not configured", g.chain_id),
                 ));
             }
         }
@@ -268,9 +352,9 @@ impl DomainConfig {
         for (i, c) in self.chains.iter().enumerate() {
             c.validate(&format!("chains[{i}]"))?;
             if !ids.insert(c.chain_id) {
-                return Err(format!(
-                    "chains[{i}].chain_id: chain {} is configured twice",
-                    c.chain_id
+                return Err(Invalid::at(
+                    format!("chains[{i}].chain_id"),
+                    format!("chain {} is configured twice", c.chain_id),
                 ));
             }
         }
@@ -278,58 +362,59 @@ impl DomainConfig {
         let mut symbols = HashSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let key = format!("tokens[{i}]");
+            let at = |field: &str, message: String| Invalid::at(format!("{key}.{field}"), message);
             if !ids.contains(&t.chain_id) {
-                return Err(format!(
-                    "{key}.chain_id: chain {} is not configured",
-                    t.chain_id
+                return Err(at(
+                    "chain_id",
+                    format!("chain {} is not configured", t.chain_id),
                 ));
             }
             if t.symbol.trim().is_empty() {
-                return Err(format!("{key}.symbol: must not be empty"));
+                return Err(at("symbol", "must not be empty".into()));
             }
             let family = self.family(t.chain_id);
-            let token = match t.address.as_deref() {
+            let token = match &t.address {
                 None => TokenKey::Native,
-                Some(a) => {
-                    TokenKey::parse_for(family, a).map_err(|e| format!("{key}.address: {e}"))?
-                }
+                Some(a) => a.check(family).map_err(|e| at("address", e.to_string()))?,
             };
             match (token, t.asset_class) {
                 (TokenKey::Native, AssetClass::Native) => {}
                 (TokenKey::Native, other) => {
-                    return Err(format!(
-                        "{key}.asset_class: the native coin must have asset_class \"native\", got {:?}",
-                        other.as_str()
+                    return Err(at(
+                        "asset_class",
+                        format!(
+                            "the native coin must have asset_class \"native\", got {:?}",
+                            other.as_str()
+                        ),
                     ));
                 }
                 (TokenKey::Contract(_), AssetClass::Native) => {
-                    return Err(format!(
-                        "{key}.asset_class: \"native\" is only for the chain's coin (no address)"
+                    return Err(at(
+                        "asset_class",
+                        "\"native\" is only for the chain's coin (no address)".into(),
                     ));
                 }
                 (TokenKey::Contract(_), _) => {}
             }
             if t.decimals > 77 {
-                return Err(format!("{key}.decimals: at most 77, got {}", t.decimals));
+                return Err(at("decimals", format!("at most 77, got {}", t.decimals)));
             }
-            t.threshold()
-                .map_err(|e| format!("{key}.reconcile_threshold: {e}"))?;
             if !tokens.insert((t.chain_id, token)) {
-                return Err(format!(
-                    "{key}.address: token {token} is configured twice on chain {}",
-                    t.chain_id
+                return Err(at(
+                    "address",
+                    format!("token {token} is configured twice on chain {}", t.chain_id),
                 ));
             }
             if !symbols.insert((t.chain_id, t.symbol.to_ascii_lowercase())) {
-                return Err(format!(
-                    "{key}.symbol: {:?} is used twice on chain {}",
-                    t.symbol, t.chain_id
+                return Err(at(
+                    "symbol",
+                    format!("{:?} is used twice on chain {}", t.symbol, t.chain_id),
                 ));
             }
         }
         self.tracking.validate()?;
         if self.cache.balance_ttl < Duration::from_secs(1) {
-            return Err("cache.balance_ttl: must be at least 1s".into());
+            return Err(Invalid::at("cache.balance_ttl", "must be at least 1s"));
         }
         self.health.validate()?;
         let kinds = crate::registry().kinds().names();
@@ -349,33 +434,40 @@ impl DomainConfig {
 }
 
 impl ChainConfig {
-    fn validate(&self, key: &str) -> Result<(), String> {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
         if self.name.trim().is_empty() {
-            return Err(format!("{key}.name: must not be empty"));
+            return Err(Invalid::at(format!("{key}.name"), "must not be empty"));
         }
         if self.rpc_urls.is_empty() {
-            return Err(format!("{key}.rpc_urls: at least one URL is required"));
+            return Err(Invalid::at(
+                format!("{key}.rpc_urls"),
+                "at least one URL is required",
+            ));
         }
         for (j, u) in self.rpc_urls.iter().enumerate() {
-            parse_rpc_url(u).map_err(|e| format!("{key}.rpc_urls[{j}]: {e}"))?;
+            parse_rpc_url(u)
+                .map_err(|e| Invalid::at(format!("{key}.rpc_urls[{j}]"), e.to_string()))?;
         }
-        self.multicall()
-            .map_err(|e| format!("{key}.multicall_address: {e}"))?;
+        if let Some(a) = &self.multicall_address {
+            a.check(self.family)
+                .map_err(|e| Invalid::at(format!("{key}.multicall_address"), e.to_string()))?;
+        }
         if self.family == ChainFamily::Tron && self.balance_lag_blocks != 0 {
-            return Err(format!(
-                "{key}.balance_lag_blocks: TRON nodes serve state only at the latest block; must be 0"
+            return Err(Invalid::at(
+                format!("{key}.balance_lag_blocks"),
+                "TRON nodes serve state only at the latest block; must be 0",
             ));
         }
         if !(1..=10_000).contains(&self.multicall_batch_size) {
-            return Err(format!(
-                "{key}.multicall_batch_size: must be in 1..=10000, got {}",
-                self.multicall_batch_size
+            return Err(Invalid::at(
+                format!("{key}.multicall_batch_size"),
+                format!("must be in 1..=10000, got {}", self.multicall_batch_size),
             ));
         }
         if !(1..=64).contains(&self.batches_in_flight) {
-            return Err(format!(
-                "{key}.batches_in_flight: must be in 1..=64, got {}",
-                self.batches_in_flight
+            return Err(Invalid::at(
+                format!("{key}.batches_in_flight"),
+                format!("must be in 1..=64, got {}", self.batches_in_flight),
             ));
         }
         for (name, v) in [
@@ -384,32 +476,40 @@ impl ChainConfig {
             ("rate_limit_backoff", self.rate_limit_backoff),
         ] {
             if v.is_zero() {
-                return Err(format!("{key}.{name}: must be positive"));
+                return Err(Invalid::at(format!("{key}.{name}"), "must be positive"));
             }
         }
         if self.compute_units_per_second == 0 {
-            return Err(format!("{key}.compute_units_per_second: must be positive"));
+            return Err(Invalid::at(
+                format!("{key}.compute_units_per_second"),
+                "must be positive",
+            ));
         }
         if self.rpc_budget > 1_000_000 {
-            return Err(format!(
-                "{key}.rpc_budget: at most 1000000 units per second, got {}",
-                self.rpc_budget
+            return Err(Invalid::at(
+                format!("{key}.rpc_budget"),
+                format!("at most 1000000 units per second, got {}", self.rpc_budget),
             ));
         }
         if !self.rpc_method_costs.is_empty()
             && self.rpc_budget_unit != crate::chain::budget::BudgetUnit::ComputeUnits
         {
-            return Err(format!(
-                "{key}.rpc_method_costs: only used with rpc_budget_unit = \"compute_units\""
+            return Err(Invalid::at(
+                format!("{key}.rpc_method_costs"),
+                "only used with rpc_budget_unit = \"compute_units\"",
             ));
         }
         for (method, cost) in &self.rpc_method_costs {
             if method.trim().is_empty() {
-                return Err(format!("{key}.rpc_method_costs: a method name is empty"));
+                return Err(Invalid::at(
+                    format!("{key}.rpc_method_costs"),
+                    "a method name is empty",
+                ));
             }
             if *cost > 100_000 {
-                return Err(format!(
-                    "{key}.rpc_method_costs.{method}: at most 100000, got {cost}"
+                return Err(Invalid::at(
+                    format!("{key}.rpc_method_costs.{method}"),
+                    format!("at most 100000, got {cost}"),
                 ));
             }
         }
@@ -417,23 +517,21 @@ impl ChainConfig {
     }
 
     /// The Multicall3 address: the configured one, else on EVM chains the canonical one, on
-    /// TRON none. `Err` only for a config that did not pass validation.
-    pub fn multicall(&self) -> Result<Option<Address>, String> {
+    /// TRON none.
+    pub fn multicall(&self) -> Option<Address> {
         match (&self.multicall_address, self.family) {
-            (Some(a), family) => family.parse_address(a).map(Some),
-            (None, ChainFamily::Evm) => Ok(Some(MULTICALL3)),
-            (None, ChainFamily::Tron) => Ok(None),
+            (Some(a), _) => Some(a.address),
+            (None, ChainFamily::Evm) => Some(MULTICALL3),
+            (None, ChainFamily::Tron) => None,
         }
     }
 }
 
 impl TrackingConfig {
-    fn validate(&self) -> Result<(), String> {
-        for (i, a) in self.addresses.iter().enumerate() {
-            parse_address_any(a).map_err(|e| format!("tracking.addresses[{i}]: {e}"))?;
-        }
+    fn validate(&self) -> Result<(), Invalid> {
+        // The addresses were parsed when the config was read (`ConfigAddress`).
         if let Some(q) = &self.query {
-            check_query(q).map_err(|e| format!("tracking.query: {e}"))?;
+            check_query(q).map_err(|e| Invalid::at("tracking.query", e))?;
         }
         Ok(())
     }
@@ -461,18 +559,34 @@ fn check_query(q: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An RPC URL that cannot be used. It never repeats the URL: it may hold an API key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcUrlError {
+    #[error("not a valid URL ({source})")]
+    Parse {
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("scheme {scheme:?} is not supported (http or https)")]
+    Scheme { scheme: String },
+    #[error("the URL has no host")]
+    NoHost,
+}
+
 /// Parses an RPC URL (http or https). The error never repeats the URL: it may hold an API key.
-pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, String> {
+pub fn parse_rpc_url(s: &str) -> Result<alloy::transports::http::reqwest::Url, RpcUrlError> {
     let url = alloy::transports::http::reqwest::Url::parse(s.trim())
-        .map_err(|e| format!("not a valid URL ({e})"))?;
+        .map_err(|source| RpcUrlError::Parse { source })?;
     match url.scheme() {
         "http" | "https" => {}
         other => {
-            return Err(format!("scheme {other:?} is not supported (http or https)"));
+            return Err(RpcUrlError::Scheme {
+                scheme: other.to_string(),
+            });
         }
     }
     if url.host_str().is_none() {
-        return Err("the URL has no host".into());
+        return Err(RpcUrlError::NoHost);
     }
     Ok(url)
 }
@@ -561,36 +675,39 @@ impl RpcBudgetConfig {
         }
     }
 
-    fn validate(&self, kinds: &[&str]) -> Result<(), String> {
+    fn validate(&self, kinds: &[&str]) -> Result<(), Invalid> {
         for (i, k) in self.priority_kinds.iter().enumerate() {
             if !kinds.contains(&k.as_str()) {
-                return Err(format!(
-                    "rpc_budget.priority_kinds[{i}]: unknown job kind {k:?} (known: {})",
-                    kinds.join(", ")
+                return Err(Invalid::at(
+                    format!("rpc_budget.priority_kinds[{i}]"),
+                    format!("unknown job kind {k:?} (known: {})", kinds.join(", ")),
                 ));
             }
         }
         if self.heartbeat < Duration::from_millis(100) {
-            return Err("rpc_budget.heartbeat: at least 100ms".into());
+            return Err(Invalid::at("rpc_budget.heartbeat", "at least 100ms"));
         }
         if self.member_ttl < self.heartbeat * 2 {
-            return Err("rpc_budget.member_ttl: at least twice rpc_budget.heartbeat".into());
+            return Err(Invalid::at(
+                "rpc_budget.member_ttl",
+                "at least twice rpc_budget.heartbeat",
+            ));
         }
         if !(self.backoff > 0.0 && self.backoff < 1.0) {
-            return Err(format!(
-                "rpc_budget.backoff: must be above 0 and below 1, got {}",
-                self.backoff
+            return Err(Invalid::at(
+                "rpc_budget.backoff",
+                format!("must be above 0 and below 1, got {}", self.backoff),
             ));
         }
         if !(self.min_factor >= 0.001 && self.min_factor <= 1.0) {
-            return Err(format!(
-                "rpc_budget.min_factor: must be in 0.001..=1, got {}",
-                self.min_factor
+            return Err(Invalid::at(
+                "rpc_budget.min_factor",
+                format!("must be in 0.001..=1, got {}", self.min_factor),
             ));
         }
         for (name, d) in [("hold", self.hold), ("recovery", self.recovery)] {
             if d > Duration::from_secs(86_400) {
-                return Err(format!("rpc_budget.{name}: at most 1d"));
+                return Err(Invalid::at(format!("rpc_budget.{name}"), "at most 1d"));
             }
         }
         Ok(())
@@ -637,7 +754,7 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContractConfig {
-    pub address: String,
+    pub address: ConfigAddress,
     #[serde(default)]
     pub events: Vec<String>,
 }
@@ -662,35 +779,39 @@ fn default_poll() -> Duration {
 }
 
 impl IngestConfig {
-    pub fn validate(&self, key: &str, family: ChainFamily) -> Result<(), String> {
+    pub fn validate(&self, key: &str, family: ChainFamily) -> Result<(), Invalid> {
         if self.contracts.is_empty() {
-            return Err(format!(
-                "{key}.contracts: at least one contract is required"
+            return Err(Invalid::at(
+                format!("{key}.contracts"),
+                "at least one contract is required",
             ));
         }
         for (i, c) in self.contracts.iter().enumerate() {
-            family
-                .parse_address(&c.address)
-                .map_err(|e| format!("{key}.contracts[{i}].address: {e}"))?;
+            c.address
+                .check(family)
+                .map_err(|e| Invalid::at(format!("{key}.contracts[{i}].address"), e.to_string()))?;
             for (j, e) in c.events.iter().enumerate() {
-                crate::ingest::decode::CustomEvent::parse(e)
-                    .map_err(|e| format!("{key}.contracts[{i}].events[{j}]: {e}"))?;
+                crate::ingest::decode::CustomEvent::parse(e).map_err(|e| {
+                    Invalid::at(format!("{key}.contracts[{i}].events[{j}]"), e.to_string())
+                })?;
             }
         }
         if self.min_range == 0
             || self.min_range > self.initial_range
             || self.initial_range > self.max_range
         {
-            return Err(format!(
-                "{key}: need 1 <= min_range <= initial_range <= max_range"
+            return Err(Invalid::at(
+                key,
+                "need 1 <= min_range <= initial_range <= max_range",
             ));
         }
         if self.live && self.poll_interval < Duration::from_millis(10) {
-            return Err(format!("{key}.poll_interval: at least 10ms"));
+            return Err(Invalid::at(format!("{key}.poll_interval"), "at least 10ms"));
         }
         if self.max_blocks_per_run == 0 || self.keep_block_hashes == 0 {
-            return Err(format!(
-                "{key}: max_blocks_per_run and keep_block_hashes must be positive"
+            return Err(Invalid::at(
+                key,
+                "max_blocks_per_run and keep_block_hashes must be positive",
             ));
         }
         Ok(())
@@ -724,7 +845,7 @@ mod tests {
     fn err_of(f: impl FnOnce(&mut DomainConfig)) -> String {
         let mut c = base();
         f(&mut c);
-        c.validate().unwrap_err()
+        c.validate().unwrap_err().to_string()
     }
 
     #[test]
@@ -732,12 +853,12 @@ mod tests {
         let c = base();
         c.validate().unwrap();
         let chain = c.chain(31337).unwrap();
-        assert_eq!(chain.multicall().unwrap(), Some(MULTICALL3));
+        assert_eq!(chain.multicall(), Some(MULTICALL3));
         assert_eq!(chain.multicall_batch_size, 1000);
         assert!(c.tracking.use_table);
         assert!(!c.reconcile.auto_repair);
         assert_eq!(
-            c.tokens[1].threshold().unwrap(),
+            c.tokens[1].threshold(),
             U256::from(10u64).pow(U256::from(18))
         );
     }
@@ -767,10 +888,6 @@ mod tests {
             ),
             (err_of(|c| c.tokens[1].chain_id = 1), "tokens[1].chain_id"),
             (
-                err_of(|c| c.tokens[1].address = Some("0x1234".into())),
-                "tokens[1].address",
-            ),
-            (
                 err_of(|c| c.tokens[0].asset_class = AssetClass::Erc20),
                 "tokens[0].asset_class",
             ),
@@ -779,16 +896,8 @@ mod tests {
                 "tokens[1].asset_class",
             ),
             (
-                err_of(|c| c.tokens[1].reconcile_threshold = "-5".into()),
-                "tokens[1].reconcile_threshold",
-            ),
-            (
                 err_of(|c| c.tokens[1].symbol = "eth".into()),
                 "tokens[1].symbol",
-            ),
-            (
-                err_of(|c| c.tracking.addresses.push("nope".into())),
-                "tracking.addresses[1]",
             ),
             (
                 err_of(|c| c.tracking.query = Some("DELETE FROM users".into())),
@@ -863,29 +972,27 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.family(728126428), ChainFamily::Tron);
         assert_eq!(c.family(31337), ChainFamily::Evm);
-        assert_eq!(c.chain(728126428).unwrap().multicall().unwrap(), None);
+        assert_eq!(c.chain(728126428).unwrap().multicall(), None);
         assert_eq!(
-            c.tokens[3].key().unwrap().text(),
+            c.tokens[3].key().text(),
             "0xa614f803b6fd780986a42c78ec9c7f77e6ded13c"
         );
-        // A mistyped base58 address names its key and says the checksum is wrong.
+        // A mistyped base58 address does not even load, and says the checksum is wrong (the
+        // loader adds its key: see the binary's config tests).
         let mut bad = v.clone();
         bad["tokens"][3]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6u");
         let e = serde_json::from_value::<DomainConfig>(bad)
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert!(
-            e.starts_with("tokens[3].address") && e.contains("checksum"),
-            "{e}"
-        );
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum"), "{e}");
         // A base58 address on an EVM chain is refused with the reason.
         let mut evm = v.clone();
         evm["tokens"][1]["address"] = serde_json::json!("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t");
         let e = serde_json::from_value::<DomainConfig>(evm)
             .unwrap()
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("tokens[1].address") && e.contains("tron"),
             "{e}"
@@ -895,12 +1002,67 @@ mod tests {
         let e = serde_json::from_value::<DomainConfig>(lag)
             .unwrap()
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("chains[1].balance_lag_blocks"), "{e}");
         let mut fam = v;
         fam["chains"][1]["family"] = serde_json::json!("solana");
         let e = serde_json::from_value::<DomainConfig>(fam).unwrap_err();
         assert!(e.to_string().contains("solana"), "{e}");
+    }
+
+    #[test]
+    fn addresses_and_amounts_are_parsed_when_read() {
+        for (path, bad, says) in [
+            (&["tokens", "1", "address"][..], "0x1234", "invalid address"),
+            (
+                &["tokens", "1", "reconcile_threshold"][..],
+                "-5",
+                "invalid amount",
+            ),
+            (
+                &["chains", "0", "multicall_address"][..],
+                "0xnope",
+                "invalid address",
+            ),
+        ] {
+            let mut v = base_json();
+            let mut at = &mut v;
+            for p in path {
+                at = match p.parse::<usize>() {
+                    Ok(i) => &mut at[i],
+                    Err(_) => &mut at[*p],
+                };
+            }
+            *at = serde_json::json!(bad);
+            let e = serde_json::from_value::<DomainConfig>(v)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains(bad), "{path:?}: {e}");
+        }
+        let mut v = base_json();
+        v["tracking"]["addresses"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!("nope"));
+        let e = serde_json::from_value::<DomainConfig>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid address \"nope\""), "{e}");
+        // Typed values need no parsing at use.
+        let c = base();
+        assert_eq!(
+            c.tracking.addresses[0].address,
+            "0x00000000000000000000000000000000000000aa"
+                .parse::<Address>()
+                .unwrap()
+        );
+        assert_eq!(
+            c.tokens[1].key().text(),
+            "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+        );
+        assert_eq!(c.tokens[0].key(), TokenKey::Native);
+        assert_eq!(c.tokens[0].threshold(), U256::ZERO);
     }
 
     #[test]

@@ -271,9 +271,9 @@ pub async fn load_balances(
     rows.into_iter()
         .map(|(t, a, amount, b)| {
             Ok(StoredBalance {
-                token: TokenKey::parse(&t).map_err(JobError::Retry)?,
-                address: crate::ids::parse_address(&a).map_err(JobError::Retry)?,
-                amount: parse_amount(&amount).map_err(JobError::Retry)?,
+                token: TokenKey::parse(&t).map_err(JobError::retry)?,
+                address: crate::ids::parse_address(&a).map_err(JobError::retry)?,
+                amount: parse_amount(&amount).map_err(JobError::retry)?,
                 block_number: u64::try_from(b).unwrap_or(0),
             })
         })
@@ -310,12 +310,12 @@ pub async fn holder_balances(
 /// Chain ids are `bigint` in the database.
 pub fn db_chain_id(chain_id: u64) -> Result<i64, JobError> {
     i64::try_from(chain_id)
-        .map_err(|_| JobError::Fatal(format!("chain id {chain_id} is too large")))
+        .map_err(|_| JobError::fatal(format!("chain id {chain_id} is too large")))
 }
 
 /// Block numbers are `bigint` in the database.
 pub fn db_block(n: u64) -> Result<i64, JobError> {
-    i64::try_from(n).map_err(|_| JobError::Retry(format!("block number {n} out of range")))
+    i64::try_from(n).map_err(|_| JobError::retry(format!("block number {n} out of range")))
 }
 
 /// How a history row was found (the `source` column of `balance_changes`).
@@ -473,7 +473,7 @@ pub fn rated_tokens(settings: &crate::settings::DomainConfig, chain_id: u64) -> 
         .rates
         .iter()
         .filter(|r| r.chain_id == chain_id)
-        .filter_map(|r| TokenKey::parse(&r.token).ok().map(|k| k.text()))
+        .map(|r| r.token.key.text())
         .collect();
     v.sort();
     v.dedup();

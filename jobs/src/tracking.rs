@@ -17,8 +17,11 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackingError {
-    #[error("{0}")]
-    Invalid(String),
+    /// An address or hash that does not parse.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
+    #[error("chain id {0} is too large")]
+    ChainId(u64),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -29,7 +32,7 @@ pub async fn track_address(
     address: &str,
     label: Option<&str>,
 ) -> Result<bool, TrackingError> {
-    let a = parse_address_any(address).map_err(TrackingError::Invalid)?;
+    let a = parse_address_any(address).map_err(TrackingError::Id)?;
     let r = sqlx::query(
         "INSERT INTO chainsync.tracked_addresses (address, label, source) VALUES ($1, $2, 'api') \
          ON CONFLICT (address) DO NOTHING",
@@ -43,7 +46,7 @@ pub async fn track_address(
 
 /// Removes an address; `Ok(false)` when it was not tracked. Stored balances are kept.
 pub async fn untrack_address(db: &PgPool, address: &str) -> Result<bool, TrackingError> {
-    let a = parse_address_any(address).map_err(TrackingError::Invalid)?;
+    let a = parse_address_any(address).map_err(TrackingError::Id)?;
     let r = sqlx::query("DELETE FROM chainsync.tracked_addresses WHERE address = $1")
         .bind(address_text(&a))
         .execute(db)
@@ -57,7 +60,7 @@ pub struct ImportReport {
     pub inserted: u64,
     pub already_tracked: u64,
     /// (1-based line, error) of lines that are not addresses.
-    pub invalid: Vec<(usize, String)>,
+    pub invalid: Vec<(usize, crate::ids::IdError)>,
 }
 
 /// Imports addresses from text: one per line, the first comma/whitespace-separated field of each
@@ -109,13 +112,12 @@ pub async fn track_tx(
     hash: &str,
     addresses: &[&str],
 ) -> Result<bool, TrackingError> {
-    let h = parse_hash(hash).map_err(TrackingError::Invalid)?;
-    let chain = i64::try_from(chain_id)
-        .map_err(|_| TrackingError::Invalid(format!("chain id {chain_id} is too large")))?;
+    let h = parse_hash(hash).map_err(TrackingError::Id)?;
+    let chain = i64::try_from(chain_id).map_err(|_| TrackingError::ChainId(chain_id))?;
     let mut list = BTreeSet::new();
     for a in addresses {
         list.insert(address_text(
-            &parse_address_any(a).map_err(TrackingError::Invalid)?,
+            &parse_address_any(a).map_err(TrackingError::Id)?,
         ));
     }
     let list: Vec<String> = list.into_iter().collect();
@@ -178,9 +180,8 @@ pub async fn list_txs(
     limit: i64,
 ) -> Result<Vec<TrackedTx>, TrackingError> {
     let chain = chain_id
-        .map(i64::try_from)
-        .transpose()
-        .map_err(|_| TrackingError::Invalid("chain id too large".into()))?;
+        .map(|c| i64::try_from(c).map_err(|_| TrackingError::ChainId(c)))
+        .transpose()?;
     Ok(sqlx::query_as(
         "SELECT chain_id, hash, state, block_number, confirmations, first_seen, error
          FROM chainsync.tracked_txs
@@ -204,12 +205,7 @@ pub async fn tracked_addresses(
 ) -> Result<Vec<Address>, JobError> {
     let t = &settings.tracking;
     let mut set = BTreeSet::new();
-    for (i, a) in t.addresses.iter().enumerate() {
-        set.insert(
-            parse_address_any(a)
-                .map_err(|e| JobError::Fatal(format!("tracking.addresses[{i}]: {e}")))?,
-        );
-    }
+    set.extend(t.addresses.iter().map(|a| a.address));
     if t.use_table {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT address FROM chainsync.tracked_addresses")
@@ -231,7 +227,7 @@ pub async fn tracked_addresses(
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| match e {
-                sqlx::Error::Database(d) => JobError::Fatal(format!("tracking.query failed: {d}")),
+                e @ sqlx::Error::Database(_) => JobError::fatal_from("tracking.query failed", e),
                 other => JobError::from(other),
             })?;
         tx.rollback().await?;
@@ -247,9 +243,10 @@ pub async fn tracked_addresses(
                 },
                 Ok(None) => skipped += 1,
                 Err(e) => {
-                    return Err(JobError::Fatal(format!(
-                        "tracking.query: the first column must be text holding addresses: {e}"
-                    )));
+                    return Err(JobError::fatal_from(
+                        "tracking.query: the first column must be text holding addresses",
+                        e,
+                    ));
                 }
             }
         }

@@ -77,7 +77,7 @@ pub async fn track(app: &App, out: &Out, cmd: TrackCmd) -> anyhow::Result<()> {
             let invalid: Vec<_> = r
                 .invalid
                 .iter()
-                .map(|(line, e)| json!({"line": line, "error": e}))
+                .map(|(line, e)| json!({"line": line, "error": e.to_string()}))
                 .collect();
             out.message(
                 &json!({"inserted": r.inserted, "already_tracked": r.already_tracked, "invalid": invalid}),

@@ -382,7 +382,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         config
     } else {
-        crate::telemetry::init(false, "warn", None).map_err(|e| anyhow::anyhow!(e))?;
+        crate::telemetry::init(false, "warn", None)?;
         Config::load(cli.config.as_deref(), cli.database_url.as_deref())?
     };
     let app = App::connect(config).await?;

@@ -452,7 +452,7 @@ pub async fn backfill(app: &App, out: &Out, cmd: super::BackfillCmd) -> anyhow::
                 .filter(|r| r.chain_id == id)
                 .map(|r| Gap {
                     chain_id: id,
-                    token: r.token.clone(),
+                    token: r.token.text.clone(),
                     from,
                     to,
                 })

@@ -226,7 +226,7 @@ async fn queue(pool: &PgPool, keep: bool, opts: &BenchOptions) -> anyhow::Result
 
 fn services(q: &Queue) -> anyhow::Result<Services> {
     Services::new(q.pool().clone(), None, Arc::new(DomainConfig::default()))
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::from)
 }
 
 async fn unfinished(pool: &PgPool) -> anyhow::Result<i64> {

@@ -119,7 +119,8 @@ fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let v = v
         .to_str()
         .map_err(|_| ApiError::bad("traceparent", "not ASCII text"))?;
-    chainsync_engine::trace::TraceParent::parse(v).map_err(|e| ApiError::bad("traceparent", e))?;
+    chainsync_engine::trace::TraceParent::parse(v)
+        .map_err(|e| ApiError::bad("traceparent", e.to_string()))?;
     Ok(Some(v.to_string()))
 }
 

@@ -109,7 +109,7 @@ pub async fn get_balance(
     let address = address_text(
         &family
             .parse_address(&address)
-            .map_err(|e| ApiError::bad("address", e))?,
+            .map_err(|e| ApiError::bad("address", e.to_string()))?,
     );
     let token = match q.token.as_deref() {
         None => None,
@@ -196,14 +196,11 @@ fn resolve_token(
         .iter()
         .find(|c| c.chain_id == chain_id && c.symbol.eq_ignore_ascii_case(t))
     {
-        return cfg
-            .key()
-            .map(|k| k.text())
-            .map_err(|e| ApiError::bad("token", e));
+        return Ok(cfg.key().text());
     }
     TokenKey::parse_for(family, t)
         .map(|k| k.text())
-        .map_err(|e| ApiError::bad("token", e))
+        .map_err(|e| ApiError::bad("token", e.to_string()))
 }
 
 async fn cache_get(s: &HttpState, chain_id: u64, token: &str, address: &str) -> Option<Cached> {

@@ -144,10 +144,12 @@ fn parse_limits(body: &[u8], kind: bool) -> Result<LimitConfig, ApiError> {
         rate: float(&mut o, "rate_limit")?,
         burst: float(&mut o, "rate_burst")?,
     };
-    l.validate("limits", None).map_err(|m| {
-        let field = m
-            .strip_prefix("limits.")
-            .and_then(|r| r.split(':').next())
+    l.validate("limits", None).map_err(|e| {
+        let m = e.to_string();
+        let field = e
+            .field
+            .as_deref()
+            .and_then(|f| f.strip_prefix("limits."))
             .map_or("body", |f| match f {
                 "global_concurrency" => "global_concurrency",
                 "partition_by" => "partition_by",

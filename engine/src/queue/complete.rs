@@ -31,10 +31,11 @@ pub enum JobErrorKind {
 
 impl From<JobError> for Outcome {
     fn from(e: JobError) -> Self {
-        Outcome::Failed(match e {
-            JobError::Retry(m) => JobErrorKind::Retry(m),
-            JobError::Snooze(d) => JobErrorKind::Snooze(d),
-            JobError::Fatal(m) => JobErrorKind::Fatal(m),
+        // The stored text is the whole chain: the message and every cause.
+        Outcome::Failed(match &e {
+            JobError::Retry { .. } => JobErrorKind::Retry(e.report()),
+            JobError::Snooze(d) => JobErrorKind::Snooze(*d),
+            JobError::Fatal { .. } => JobErrorKind::Fatal(e.report()),
         })
     }
 }
@@ -318,7 +319,7 @@ mod tests {
     }
 
     fn retry(msg: &str) -> Outcome {
-        Outcome::from(JobError::Retry(msg.into()))
+        Outcome::from(JobError::retry(msg))
     }
 
     fn id(n: u128) -> Uuid {
@@ -331,7 +332,7 @@ mod tests {
             completion(1, 1, 3, Outcome::Done),
             completion(2, 2, 3, retry("flaky")),
             completion(3, 3, 3, retry("still flaky")),
-            completion(4, 1, 3, Outcome::from(JobError::Fatal("bad args".into()))),
+            completion(4, 1, 3, Outcome::from(JobError::fatal("bad args"))),
             completion(
                 5,
                 2,
@@ -365,7 +366,7 @@ mod tests {
         let batch = vec![
             completion(1, 2, 5, retry("not ready")).ran_for(Duration::from_millis(1234)),
             completion(2, 5, 5, retry("gave up")),
-            completion(3, 1, 5, Outcome::from(JobError::Fatal("broken".into()))),
+            completion(3, 1, 5, Outcome::from(JobError::fatal("broken"))),
         ];
         let g = group(&Policies::default(), &batch);
         let Some(entry) = &g.retry.errors[0] else {

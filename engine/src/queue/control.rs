@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Queue, QueueError};
+use crate::Invalid;
 
 /// The limits of one queue or kind, as the config and the API state them. `None` = no limit.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -43,45 +44,57 @@ impl LimitConfig {
     }
 
     /// Checks what needs no database; errors name `key.<field>`.
-    pub fn validate(&self, key: &str, fields: Option<&[String]>) -> Result<(), String> {
+    pub fn validate(&self, key: &str, fields: Option<&[String]>) -> Result<(), Invalid> {
         if self.concurrency == Some(0) {
-            return Err(format!(
-                "{key}.global_concurrency: must be at least 1 (pause the queue to stop it)"
+            return Err(Invalid::at(
+                format!("{key}.global_concurrency"),
+                "must be at least 1 (pause the queue to stop it)",
             ));
         }
         if self.partition_concurrency == Some(0) {
-            return Err(format!("{key}.partition_concurrency: must be at least 1"));
+            return Err(Invalid::at(
+                format!("{key}.partition_concurrency"),
+                "must be at least 1",
+            ));
         }
         let by = self.partition_by.as_deref().unwrap_or_default();
         if by.is_empty() != self.partition_concurrency.is_none() {
-            return Err(format!(
-                "{key}.partition_by: partition_by and partition_concurrency go together"
+            return Err(Invalid::at(
+                format!("{key}.partition_by"),
+                "partition_by and partition_concurrency go together",
             ));
         }
         if by.len() > 8 {
-            return Err(format!("{key}.partition_by: at most 8 fields"));
+            return Err(Invalid::at(
+                format!("{key}.partition_by"),
+                "at most 8 fields",
+            ));
         }
         if let Some(fields) = fields
             && let Some(f) = by.iter().find(|f| !fields.contains(f))
         {
-            return Err(format!(
-                "{key}.partition_by: {f:?} is not an args field (fields: {})",
-                fields.join(", ")
+            return Err(Invalid::at(
+                format!("{key}.partition_by"),
+                format!("{f:?} is not an args field (fields: {})", fields.join(", ")),
             ));
         }
         if let Some(r) = self.rate
             && (r.is_nan() || r <= 0.0 || r > 1_000_000.0)
         {
-            return Err(format!(
-                "{key}.rate_limit: must be above 0 and at most 1000000 jobs per second, got {r}"
+            return Err(Invalid::at(
+                format!("{key}.rate_limit"),
+                format!("must be above 0 and at most 1000000 jobs per second, got {r}"),
             ));
         }
         if let Some(b) = self.burst {
             if self.rate.is_none() {
-                return Err(format!("{key}.rate_burst: needs rate_limit"));
+                return Err(Invalid::at(format!("{key}.rate_burst"), "needs rate_limit"));
             }
             if b.is_nan() || b < 1.0 {
-                return Err(format!("{key}.rate_burst: must be at least 1, got {b}"));
+                return Err(Invalid::at(
+                    format!("{key}.rate_burst"),
+                    format!("must be at least 1, got {b}"),
+                ));
             }
         }
         Ok(())

@@ -32,7 +32,9 @@ struct Row {
 
 impl Queue {
     fn prepare(&self, mut job: NewJob) -> Result<Row, QueueError> {
-        self.kinds.check(&mut job).map_err(QueueError::Invalid)?;
+        self.kinds
+            .check(&mut job)
+            .map_err(|e| QueueError::Invalid(e.to_string()))?;
         let unique_while_running = self
             .kinds
             .get(&job.kind)

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::control::LimitConfig;
-use crate::{Kinds, RetryPolicy};
+use crate::{Invalid, Kinds, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 /// `[kinds.<kind>]` in config. Every field optional; unset = the kind's default.
@@ -86,18 +86,21 @@ impl Policies {
     pub fn with_overrides(
         registry: &Kinds,
         overrides: &BTreeMap<String, KindOverride>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Invalid> {
         let mut p = Self::from_kinds(registry);
         for (kind, o) in overrides {
             let entry = p.by_kind.get_mut(kind).ok_or_else(|| {
-                format!(
-                    "kinds.{kind}: unknown job kind (known: {})",
-                    registry.names().join(", ")
+                Invalid::at(
+                    format!("kinds.{kind}"),
+                    format!("unknown job kind (known: {})", registry.names().join(", ")),
                 )
             })?;
             if let Some(q) = &o.queue {
                 if q.is_empty() {
-                    return Err(format!("kinds.{kind}.queue: must not be empty"));
+                    return Err(Invalid::at(
+                        format!("kinds.{kind}.queue"),
+                        "must not be empty",
+                    ));
                 }
                 entry.queue = q.clone();
             }
@@ -115,14 +118,17 @@ impl Policies {
             }
             if let Some(t) = o.timeout {
                 if t.is_zero() {
-                    return Err(format!("kinds.{kind}.timeout: must be positive"));
+                    return Err(Invalid::at(
+                        format!("kinds.{kind}.timeout"),
+                        "must be positive",
+                    ));
                 }
                 entry.timeout = t;
             }
             entry
                 .retry
                 .validate()
-                .map_err(|e| format!("kinds.{kind}: {e}"))?;
+                .map_err(|e| e.within(&format!("kinds.{kind}")))?;
             let limits = o.limits();
             if !limits.is_empty() {
                 let fields: Option<Vec<String>> = registry

@@ -106,7 +106,7 @@ impl<S: Clone + Send + Sync + 'static> Inner<S> {
             }
             span.in_scope(|| match e {
                 JobError::Snooze(d) => tracing::debug!(delay = ?d, "job snoozed"),
-                e => warn!(class = e.class(), error = %e, "job failed"),
+                e => warn!(class = e.class(), error = %e.report(), "job failed"),
             });
         }
         let outcome = match result {
@@ -139,7 +139,7 @@ impl<S: Clone + Send + Sync + 'static> Inner<S> {
             services: self.runner.services.clone(),
         };
         let Some(run) = self.runner.registry.run(&job.kind, job.args.clone(), ctx) else {
-            return Err(JobError::Fatal(format!(
+            return Err(JobError::fatal(format!(
                 "unknown job kind {:?}: no worker of this version can run it",
                 job.kind
             )));
@@ -147,14 +147,14 @@ impl<S: Clone + Send + Sync + 'static> Inner<S> {
         let timeout = self.queue.policies().get(&job.kind).timeout;
         let fut = AssertUnwindSafe(run).catch_unwind();
         match tokio::time::timeout(timeout, fut).await {
-            Err(_) => Err(JobError::Retry(format!("timed out after {timeout:?}"))),
+            Err(_) => Err(JobError::retry(format!("timed out after {timeout:?}"))),
             Ok(Err(panic)) => {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
-                Err(JobError::Retry(format!("panicked: {msg}")))
+                Err(JobError::retry(format!("panicked: {msg}")))
             }
             Ok(Ok(r)) => r,
         }

@@ -1,5 +1,11 @@
 //! The one classification of RPC errors into job results, used by every job.
 //!
+//! The structure of the error decides first: the JSON-RPC error code of an error response, the
+//! HTTP status of a transport error, the kind of a connection failure. The message text is the
+//! fallback, for providers that say what happened only in words (a generic -32000 "rate limit
+//! reached", a body saying "too many requests", alloy's retry layer giving up), and it tells a
+//! "range too large" answer sent with a rate-limit code from a real rate limit.
+//!
 //! - rate limits (HTTP 429, JSON-RPC -32005 and the providers' other rate-limit codes, messages
 //!   saying "rate limit" / "too many requests") → [`JobError::Snooze`]: not the job's fault, no
 //!   attempt used. alloy's `RetryBackoffLayer` already retried inside the attempt.
@@ -81,28 +87,56 @@ pub fn is_rate_limited(e: &TransportError) -> bool {
     classify_kind(e) == RpcErrorClass::RateLimited
 }
 
+/// JSON-RPC codes that are rate limits: 429 (Alchemy); -32005 (Infura and most nodes, "limit
+/// exceeded"); -32007 and -32012 (QuickNode request and credit limits); -32055 (Cloudflare);
+/// 1008 (too many concurrent requests on one connection).
+const RATE_LIMIT_CODES: [i64; 6] = [429, -32005, -32007, -32012, -32055, 1008];
+
+/// The class a JSON-RPC error code decides on its own; `None` for the generic server codes
+/// (-32000, -32603, …) whose meaning is only in the message.
+pub fn class_of_code(code: i64) -> Option<RpcErrorClass> {
+    if RATE_LIMIT_CODES.contains(&code) {
+        Some(RpcErrorClass::RateLimited)
+    } else if (-32602..=-32600).contains(&code) {
+        // Invalid request, method not found, invalid params.
+        Some(RpcErrorClass::Invalid)
+    } else {
+        None
+    }
+}
+
+/// The class an HTTP status decides on its own; `None` when the body has to be read.
+fn class_of_status(status: u16) -> Option<RpcErrorClass> {
+    match status {
+        429 => Some(RpcErrorClass::RateLimited),
+        _ => None,
+    }
+}
+
+/// Message fallback: what the words say when the structure did not decide.
+fn class_of_message(m: &str) -> RpcErrorClass {
+    if message_says_rate_limit(m)
+        || m.contains("credits limited")
+        || m.contains("maximum number of concurrent requests")
+    {
+        RpcErrorClass::RateLimited
+    } else {
+        RpcErrorClass::Transient
+    }
+}
+
 /// The class of an RPC error.
 pub fn classify_kind(e: &TransportError) -> RpcErrorClass {
     match e {
+        // "Your range or result is too large" has no code of its own: providers send it with
+        // -32005 (their rate-limit code), -32602 or -32000. It asks for a smaller request,
+        // which ingestion makes; at its smallest range the job retries.
         RpcError::ErrorResp(p) if says_range_too_large(&p.message) => RpcErrorClass::Transient,
         RpcError::ErrorResp(p) => {
-            // 429: Alchemy; -32005: Infura and most nodes ("limit exceeded"); -32007 and -32012:
-            // QuickNode request/credit limits; -32055: Cloudflare; 1008: too many concurrent
-            // requests on one connection.
-            if matches!(p.code, 429 | -32005 | -32007 | -32012 | -32055 | 1008)
-                || message_says_rate_limit(&p.message)
-                || p.message.contains("credits limited")
-                || p.message.contains("maximum number of concurrent requests")
-            {
-                RpcErrorClass::RateLimited
-            } else {
-                match p.code {
-                    -32602..=-32600 => RpcErrorClass::Invalid,
-                    _ => RpcErrorClass::Transient,
-                }
-            }
+            class_of_code(p.code).unwrap_or_else(|| class_of_message(&p.message))
         }
         RpcError::Transport(kind) => classify_transport(kind),
+        // A body that is not JSON-RPC: some gateways answer a rate limit in plain text.
         RpcError::DeserError { text, .. } => {
             if message_says_rate_limit(text) {
                 RpcErrorClass::RateLimited
@@ -117,23 +151,46 @@ pub fn classify_kind(e: &TransportError) -> RpcErrorClass {
     }
 }
 
+fn classify_status(status: u16, body: &str) -> RpcErrorClass {
+    if let Some(class) = class_of_status(status) {
+        return class;
+    }
+    // Some providers answer a rate limit with 400, 403 or 503 and say so only in the body.
+    if message_says_rate_limit(body) {
+        return RpcErrorClass::RateLimited;
+    }
+    match status {
+        400 | 413 | 414 | 422 => RpcErrorClass::Invalid,
+        // 401/403 (a key revoked), 404 (a wrong path), 5xx: the operator or the provider can
+        // fix these; retry with backoff until the job exhausts.
+        _ => RpcErrorClass::Transient,
+    }
+}
+
 fn classify_transport(kind: &TransportErrorKind) -> RpcErrorClass {
     if let Some(h) = kind.as_http_error() {
-        return match h.status {
-            429 => RpcErrorClass::RateLimited,
-            400 | 413 | 414 | 422 if !message_says_rate_limit(&h.body) => RpcErrorClass::Invalid,
-            _ if message_says_rate_limit(&h.body) => RpcErrorClass::RateLimited,
-            // 401/403 (a key revoked), 404 (a wrong path), 5xx: the operator or the provider
-            // can fix these; retry with backoff until the job exhausts.
-            _ => RpcErrorClass::Transient,
-        };
+        return classify_status(h.status, &h.body);
     }
     match kind {
         TransportErrorKind::Custom(inner) => {
+            // Structure first: the fallback transport's endpoint errors and reqwest's own.
+            if let Some(ep) = inner.downcast_ref::<EndpointError>()
+                && (ep.timeout || ep.connect)
+            {
+                return RpcErrorClass::Transient;
+            }
+            if let Some(r) = inner.downcast_ref::<alloy::transports::http::reqwest::Error>() {
+                if let Some(status) = r.status() {
+                    return classify_status(status.as_u16(), "");
+                }
+                if r.is_timeout() || r.is_connect() {
+                    return RpcErrorClass::Transient;
+                }
+            }
             let m = inner.to_string();
-            // alloy's retry layer gives up with "Max retries exceeded <last error>", and it only
-            // retries rate limits: the provider is still limiting us (e.g. -32005 "limit
-            // exceeded", which names no rate in its message).
+            // alloy's retry layer gives up with "Max retries exceeded <last error>" (text only),
+            // and it only retries rate limits: the provider is still limiting us (e.g. -32005
+            // "limit exceeded", which names no rate in its message).
             let retries_exhausted = m.contains("Max retries exceeded") && !says_range_too_large(&m);
             if retries_exhausted || message_says_rate_limit(&m) {
                 RpcErrorClass::RateLimited
@@ -186,7 +243,7 @@ pub fn classify_for(chain: &str, chain_id: u64, what: &str, e: &TransportError) 
         "class" => class.as_str()
     )
     .increment(1);
-    let msg = format!("chain {chain_id}: {what}: {}", describe(e));
+    let context = format!("chain {chain_id}: {what}");
     match class {
         RpcErrorClass::RateLimited => {
             let d = snooze_hint(e).unwrap_or(DEFAULT_SNOOZE).min(MAX_SNOOZE);
@@ -198,8 +255,37 @@ pub fn classify_for(chain: &str, chain_id: u64, what: &str, e: &TransportError) 
             );
             JobError::Snooze(d.max(Duration::from_secs(1)))
         }
-        RpcErrorClass::Transient => JobError::Retry(msg),
-        RpcErrorClass::Invalid => JobError::Fatal(msg),
+        RpcErrorClass::Transient => JobError::retry_from(context, RpcFailure::of(e, class)),
+        RpcErrorClass::Invalid => JobError::fatal_from(context, RpcFailure::of(e, class)),
+    }
+}
+
+/// An RPC error as a job keeps it in its cause chain: what the node or the transport said
+/// (short, without URLs), with the JSON-RPC code or HTTP status it came with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{description}")]
+pub struct RpcFailure {
+    pub class: RpcErrorClass,
+    /// The JSON-RPC error code of an error response.
+    pub code: Option<i64>,
+    /// The HTTP status of a transport error.
+    pub http_status: Option<u16>,
+    pub description: String,
+}
+
+impl RpcFailure {
+    pub fn of(e: &TransportError, class: RpcErrorClass) -> Self {
+        let (code, http_status) = match e {
+            RpcError::ErrorResp(p) => (Some(p.code), None),
+            RpcError::Transport(kind) => (None, kind.as_http_error().map(|h| h.status)),
+            _ => (None, None),
+        };
+        Self {
+            class,
+            code,
+            http_status,
+            description: describe(e),
+        }
     }
 }
 
@@ -305,7 +391,10 @@ mod tests {
             TransportError::NullResp,
         ] {
             assert_eq!(classify_kind(&e), RpcErrorClass::Transient, "{e}");
-            assert!(matches!(classify(1, "t", &e), JobError::Retry(_)), "{e}");
+            assert!(
+                matches!(classify(1, "t", &e), JobError::Retry { .. }),
+                "{e}"
+            );
         }
     }
 
@@ -320,18 +409,88 @@ mod tests {
             assert_eq!(classify_kind(&e), RpcErrorClass::Invalid, "{e}");
             let j = classify(7, "eth_call", &e);
             assert!(
-                matches!(&j, JobError::Fatal(m) if m.starts_with("chain 7: eth_call:")),
-                "{j}"
+                matches!(&j, JobError::Fatal { .. })
+                    && j.report().starts_with("chain 7: eth_call: "),
+                "{}",
+                j.report()
             );
+            let failure = std::error::Error::source(&j)
+                .and_then(|s| s.downcast_ref::<RpcFailure>())
+                .expect("the RPC error is the cause");
+            assert_eq!(failure.class, RpcErrorClass::Invalid);
         }
+    }
+
+    #[test]
+    fn the_code_decides_before_the_message() {
+        // A code that means "invalid params" is invalid whatever its words say.
+        let e = resp(-32602, "invalid argument: too many requests in the filter");
+        assert_eq!(classify_kind(&e), RpcErrorClass::Invalid);
+        // A rate-limit code needs no words.
+        assert_eq!(
+            classify_kind(&resp(-32005, "limit exceeded")),
+            RpcErrorClass::RateLimited
+        );
+        // The generic server code says nothing: the message decides.
+        assert_eq!(
+            classify_kind(&resp(-32000, "Rate limit reached")),
+            RpcErrorClass::RateLimited
+        );
+        assert_eq!(
+            classify_kind(&resp(-32000, "header not found")),
+            RpcErrorClass::Transient
+        );
+        // "Range too large" sent with the rate-limit code (or any code) is not a rate limit.
+        for code in [-32005, -32602, -32000] {
+            let e = resp(code, "query returned more than 10000 results");
+            assert_eq!(classify_kind(&e), RpcErrorClass::Transient, "{code}");
+        }
+        // The HTTP status decides; the body only for providers that say it in words.
+        assert_eq!(
+            classify_kind(&TransportErrorKind::http_error(429, "fine".into())),
+            RpcErrorClass::RateLimited
+        );
+        assert_eq!(
+            classify_kind(&TransportErrorKind::http_error(403, "rate limited".into())),
+            RpcErrorClass::RateLimited
+        );
+        assert_eq!(
+            classify_kind(&TransportErrorKind::http_error(403, "forbidden".into())),
+            RpcErrorClass::Transient
+        );
+    }
+
+    #[test]
+    fn the_cause_keeps_code_and_status() {
+        let j = classify(3, "eth_call", &resp(-32603, "internal error"));
+        let f = std::error::Error::source(&j)
+            .and_then(|s| s.downcast_ref::<RpcFailure>())
+            .expect("cause");
+        assert_eq!((f.code, f.http_status), (Some(-32603), None));
+        assert_eq!(f.class, RpcErrorClass::Transient);
+        assert_eq!(j.message(), Some("chain 3: eth_call"));
+        assert!(
+            j.report().starts_with("chain 3: eth_call: ") && j.report().contains("internal error"),
+            "{}",
+            j.report()
+        );
+        let j = classify(
+            3,
+            "eth_call",
+            &TransportErrorKind::http_error(502, "bad gateway".into()),
+        );
+        let f = std::error::Error::source(&j)
+            .and_then(|s| s.downcast_ref::<RpcFailure>())
+            .expect("cause");
+        assert_eq!((f.code, f.http_status), (None, Some(502)));
     }
 
     #[test]
     fn long_messages_are_truncated() {
         let e = TransportErrorKind::http_error(500, "x".repeat(10_000));
-        let JobError::Retry(m) = classify(1, "t", &e) else {
-            panic!("expected retry")
-        };
+        let j = classify(1, "t", &e);
+        assert!(matches!(j, JobError::Retry { .. }), "{j}");
+        let m = j.report();
         assert!(m.len() < 600, "{}", m.len());
     }
 }

@@ -100,26 +100,53 @@ impl std::fmt::Debug for ChainClient {
     }
 }
 
+/// A chain client that cannot be built; names the chain and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainSetupError {
+    #[error("chains[chain_id={chain_id}]: HTTP client: {source}")]
+    HttpClient {
+        chain_id: u64,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("chains[chain_id={chain_id}].rpc_urls[{index}]: {source}")]
+    RpcUrl {
+        chain_id: u64,
+        index: usize,
+        #[source]
+        source: crate::settings::RpcUrlError,
+    },
+    #[error("chains[chain_id={chain_id}].rpc_urls: at least one URL is required")]
+    NoRpcUrl { chain_id: u64 },
+}
+
 impl ChainClient {
     /// Builds the provider with budgets private to this process; nothing is sent to the node yet.
-    pub fn new(config: &ChainConfig) -> Result<Self, String> {
+    pub fn new(config: &ChainConfig) -> Result<Self, ChainSetupError> {
         Self::with_budget(config, &budget::Backend::default())
     }
 
     /// Builds the provider, its endpoints' budgets shared through `backend`.
-    pub fn with_budget(config: &ChainConfig, backend: &budget::Backend) -> Result<Self, String> {
-        let key = format!("chains[chain_id={}]", config.chain_id);
+    pub fn with_budget(
+        config: &ChainConfig,
+        backend: &budget::Backend,
+    ) -> Result<Self, ChainSetupError> {
+        let chain_id = config.chain_id;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| format!("{key}: HTTP client: {e}"))?;
+            .map_err(|source| ChainSetupError::HttpClient { chain_id, source })?;
         let mut endpoints = Vec::with_capacity(config.rpc_urls.len());
         let mut budgets = Vec::new();
         let costs = budget::Costs::new(config.rpc_budget_unit, &config.rpc_method_costs);
         for (i, raw) in config.rpc_urls.iter().enumerate() {
-            let url = parse_rpc_url(raw).map_err(|e| format!("{key}.rpc_urls[{i}]: {e}"))?;
+            let url = parse_rpc_url(raw).map_err(|source| ChainSetupError::RpcUrl {
+                chain_id,
+                index: i,
+                source,
+            })?;
             let label = format!("rpc_urls[{i}] {}", redact_url(&url));
             let http = Http::with_client(http.clone(), url.clone());
             let transport = if config.rpc_budget > 0 {
@@ -139,7 +166,7 @@ impl ChainClient {
             endpoints.push(Endpoint { label, transport });
         }
         if endpoints.is_empty() {
-            return Err(format!("{key}.rpc_urls: at least one URL is required"));
+            return Err(ChainSetupError::NoRpcUrl { chain_id });
         }
         let is_local = config.rpc_urls.iter().all(|u| {
             parse_rpc_url(u).is_ok_and(|u| {
@@ -161,9 +188,7 @@ impl ChainClient {
                     .with_chain(&config.name, config.chain_id),
                 is_local,
             );
-        let multicall = config
-            .multicall()
-            .map_err(|e| format!("{key}.multicall_address: {e}"))?;
+        let multicall = config.multicall();
         Ok(Self {
             config: config.clone(),
             provider: RootProvider::new(client),
@@ -288,7 +313,7 @@ impl ChainClient {
                 .await
                 .map_err(|e| self.rpc_error("eth_getBlockByNumber", &e))?
                 .ok_or_else(|| {
-                    JobError::Retry(format!(
+                    JobError::retry(format!(
                         "chain {}: the node returned no latest block",
                         self.chain_id()
                     ))
@@ -297,7 +322,7 @@ impl ChainClient {
         let head = self.head().await?;
         let number = head.saturating_sub(self.config.balance_lag_blocks);
         self.block_at(number).await?.ok_or_else(|| {
-            JobError::Retry(format!(
+            JobError::retry(format!(
                 "chain {}: block {number} not available from the node",
                 self.chain_id()
             ))
@@ -313,7 +338,7 @@ pub struct Chains {
 
 impl Chains {
     /// Every chain with budgets private to this process.
-    pub fn from_settings(settings: &DomainConfig) -> Result<Self, String> {
+    pub fn from_settings(settings: &DomainConfig) -> Result<Self, ChainSetupError> {
         Self::from_settings_with(settings, &budget::Backend::default())
     }
 
@@ -321,7 +346,7 @@ impl Chains {
     pub fn from_settings_with(
         settings: &DomainConfig,
         backend: &budget::Backend,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ChainSetupError> {
         let mut by_id = BTreeMap::new();
         for c in &settings.chains {
             by_id.insert(c.chain_id, Arc::new(ChainClient::with_budget(c, backend)?));
@@ -332,7 +357,7 @@ impl Chains {
     /// The chain, or `Fatal` when it is not configured.
     pub fn get(&self, chain_id: u64) -> Result<Arc<ChainClient>, JobError> {
         self.by_id.get(&chain_id).cloned().ok_or_else(|| {
-            JobError::Fatal(format!(
+            JobError::fatal(format!(
                 "unknown chain {chain_id} (configured: {})",
                 self.ids()
                     .iter()
@@ -365,16 +390,20 @@ mod tests {
             "file:///etc/passwd",
             "https://",
         ] {
-            let e = parse_rpc_url(bad).unwrap_err();
+            let e = parse_rpc_url(bad).unwrap_err().to_string();
             assert!(!bad.is_empty() && !e.contains(bad) || bad.is_empty(), "{e}");
         }
-        let e = parse_rpc_url("wss://node.example/SECRET").unwrap_err();
+        let e = parse_rpc_url("wss://node.example/SECRET")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("SECRET"), "{e}");
     }
 
     #[tokio::test]
     async fn unknown_chain_is_fatal() {
         let chains = Chains::default();
-        assert!(matches!(chains.get(1), Err(JobError::Fatal(m)) if m.contains("unknown chain 1")));
+        assert!(
+            matches!(chains.get(1), Err(JobError::Fatal { message: m, .. }) if m.contains("unknown chain 1"))
+        );
     }
 }

@@ -51,7 +51,22 @@ pub struct BalanceQuery {
 }
 
 /// The outcome of one call: the balance, or why this call failed.
-pub type BalanceRead = Result<U256, String>;
+pub type BalanceRead = Result<U256, ReadError>;
+
+/// Why one balance read failed (the others of its batch may have succeeded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The call reverted, with its decoded reason or the start of its return data.
+    #[error("reverted: {0}")]
+    Reverted(String),
+    #[error("empty return data (no contract at the token address?)")]
+    Empty,
+    #[error("return data of {0} bytes is not a uint256")]
+    NotUint(usize),
+    /// The node refused even a batch of this one call.
+    #[error("the node could not execute the call: {0}")]
+    NodeRefused(String),
+}
 
 fn encode(multicall: Address, q: &BalanceQuery) -> IMulticall3::Call3 {
     match q.token {
@@ -77,13 +92,13 @@ fn decode_one(r: &IMulticall3::Result3) -> BalanceRead {
     if !r.success {
         let reason =
             decode_revert_reason(&r.returnData).unwrap_or_else(|| short_hex(&r.returnData, 36));
-        return Err(format!("reverted: {reason}"));
+        return Err(ReadError::Reverted(reason));
     }
     match r.returnData.len() {
-        0 => Err("empty return data (no contract at the token address?)".into()),
+        0 => Err(ReadError::Empty),
         // Standard ABI: one word. Longer returns are decoded like abi.decode does: first word.
         n if n >= 32 => Ok(U256::from_be_slice(&r.returnData[..32])),
-        n => Err(format!("return data of {n} bytes is not a uint256")),
+        n => Err(ReadError::NotUint(n)),
     }
 }
 
@@ -146,14 +161,12 @@ pub fn read_balances<'a>(
                 return Ok(left);
             }
             Err(e) if queries.len() == 1 && batch_too_big(&e) => {
-                return Ok(vec![Err(format!(
-                    "the node could not execute the call: {e}"
-                ))]);
+                return Ok(vec![Err(ReadError::NodeRefused(e.to_string()))]);
             }
             Err(e) => return Err(chain.rpc_error("eth_call aggregate3", &e)),
         };
         if out.is_empty() {
-            return Err(JobError::Fatal(format!(
+            return Err(JobError::fatal(format!(
                 "chain {}: no Multicall3 contract at {} (block {}); deploy it or set multicall_address",
                 chain.chain_id(),
                 chain.family().show_address(&multicall),
@@ -161,14 +174,17 @@ pub fn read_balances<'a>(
             )));
         }
         let results = IMulticall3::aggregate3Call::abi_decode_returns(&out).map_err(|e| {
-            JobError::Retry(format!(
-                "chain {}: undecodable aggregate3 response ({} bytes): {e}",
-                chain.chain_id(),
-                out.len()
-            ))
+            JobError::retry_from(
+                format!(
+                    "chain {}: undecodable aggregate3 response ({} bytes)",
+                    chain.chain_id(),
+                    out.len()
+                ),
+                e,
+            )
         })?;
         if results.len() != queries.len() {
-            return Err(JobError::Retry(format!(
+            return Err(JobError::retry(format!(
                 "chain {}: aggregate3 returned {} results for {} calls",
                 chain.chain_id(),
                 results.len(),
@@ -190,7 +206,7 @@ pub async fn read_balances_timed(
     block: &PinnedBlock,
 ) -> Result<(PinnedBlock, Vec<BalanceRead>), JobError> {
     let Some(multicall) = chain.multicall else {
-        return Err(JobError::Fatal(format!(
+        return Err(JobError::fatal(format!(
             "chain {}: block-timed reads need a Multicall3 (multicall_address)",
             chain.chain_id()
         )));
@@ -209,14 +225,14 @@ pub async fn read_balances_timed(
         Ok(out) => out,
         Err(e) if batch_too_big(&e) => {
             let Some(b) = chain.block_at(block.number).await? else {
-                return Err(JobError::Retry(format!(
+                return Err(JobError::retry(format!(
                     "chain {}: block {} not available from the node",
                     chain.chain_id(),
                     block.number
                 )));
             };
             if b.hash != block.hash {
-                return Err(JobError::Retry(format!(
+                return Err(JobError::retry(format!(
                     "chain {}: block {} changed while it was read (reorg)",
                     chain.chain_id(),
                     block.number
@@ -228,7 +244,7 @@ pub async fn read_balances_timed(
         Err(e) => return Err(chain.rpc_error("eth_call aggregate3", &e)),
     };
     if out.is_empty() {
-        return Err(JobError::Fatal(format!(
+        return Err(JobError::fatal(format!(
             "chain {}: no Multicall3 contract at {} (block {}); deploy it or set multicall_address",
             chain.chain_id(),
             chain.family().show_address(&multicall),
@@ -236,14 +252,17 @@ pub async fn read_balances_timed(
         )));
     }
     let results = IMulticall3::aggregate3Call::abi_decode_returns(&out).map_err(|e| {
-        JobError::Retry(format!(
-            "chain {}: undecodable aggregate3 response ({} bytes): {e}",
-            chain.chain_id(),
-            out.len()
-        ))
+        JobError::retry_from(
+            format!(
+                "chain {}: undecodable aggregate3 response ({} bytes)",
+                chain.chain_id(),
+                out.len()
+            ),
+            e,
+        )
     })?;
     let (Some(first), true) = (results.first(), results.len() == queries.len() + 1) else {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "chain {}: aggregate3 returned {} results for {} calls",
             chain.chain_id(),
             results.len(),
@@ -251,9 +270,9 @@ pub async fn read_balances_timed(
         )));
     };
     let timestamp = decode_one(first)
-        .map_err(|e| JobError::Retry(format!("block timestamp: {e}")))
+        .map_err(|e| JobError::retry_from("block timestamp", e))
         .and_then(|t| {
-            u64::try_from(t).map_err(|_| JobError::Retry("block timestamp out of range".into()))
+            u64::try_from(t).map_err(|_| JobError::retry("block timestamp out of range"))
         })?;
     let pinned = PinnedBlock {
         timestamp,
@@ -287,7 +306,7 @@ async fn read_balances_batched(
             move |e: alloy::transports::TransportError| -> Result<BalanceRead, JobError> {
                 match e {
                     RpcError::ErrorResp(p) if p.code != -32005 && p.code != 429 => {
-                        Ok(Err(format!("reverted: {}", p.message)))
+                        Ok(Err(ReadError::Reverted(p.message.to_string())))
                     }
                     e => Err(super::error::classify_for(&label.0, label.1, label.2, &e)),
                 }
@@ -312,11 +331,9 @@ async fn read_balances_batched(
                 Box::pin(async move {
                     w.await
                         .map(|out| match out.len() {
-                            0 => {
-                                Err("empty return data (no contract at the token address?)".into())
-                            }
+                            0 => Err(ReadError::Empty),
                             n if n >= 32 => Ok(U256::from_be_slice(&out[..32])),
-                            n => Err(format!("return data of {n} bytes is not a uint256")),
+                            n => Err(ReadError::NotUint(n)),
                         })
                         .or_else(classify)
                 })
@@ -356,16 +373,19 @@ mod tests {
         assert!(
             decode_one(&result(true, vec![]))
                 .unwrap_err()
+                .to_string()
                 .contains("empty")
         );
         assert!(
             decode_one(&result(true, vec![1; 31]))
                 .unwrap_err()
+                .to_string()
                 .contains("31 bytes")
         );
         assert!(
             decode_one(&result(false, vec![]))
                 .unwrap_err()
+                .to_string()
                 .contains("reverted")
         );
         // Error("paused")
@@ -373,7 +393,7 @@ mod tests {
             alloy::sol_types::SolError::abi_encode(&alloy::sol_types::Revert::from("paused"));
         assert_eq!(
             decode_one(&result(false, revert)).unwrap_err(),
-            "reverted: revert: paused"
+            ReadError::Reverted("revert: paused".into())
         );
     }
 

@@ -18,6 +18,38 @@ sol! {
     event TransferBatch(address indexed operator, address indexed from, address indexed to, uint256[] ids, uint256[] values);
 }
 
+/// An event signature in config that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid event signature {signature:?}: {source}")]
+pub struct EventSignatureError {
+    pub signature: String,
+    #[source]
+    pub source: chainsync_engine::BoxError,
+}
+
+/// A log of a known shape whose data does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The ABI decoder refused the data of `event`.
+    #[error("{event}: {source}")]
+    Data {
+        event: String,
+        #[source]
+        source: chainsync_engine::BoxError,
+    },
+    #[error("TransferBatch: {ids} ids but {values} values")]
+    BatchLengths { ids: usize, values: usize },
+    #[error("{event}: missing value for {param}")]
+    Missing { event: String, param: String },
+}
+
+fn data_error(event: &str) -> impl FnOnce(alloy::sol_types::Error) -> DecodeError + '_ {
+    move |e| DecodeError::Data {
+        event: event.to_string(),
+        source: e.into(),
+    }
+}
+
 /// A custom event from config.
 #[derive(Debug, Clone)]
 pub struct CustomEvent {
@@ -26,9 +58,11 @@ pub struct CustomEvent {
 }
 
 impl CustomEvent {
-    pub fn parse(signature: &str) -> Result<Self, String> {
-        let event = Event::parse(signature)
-            .map_err(|e| format!("invalid event signature {signature:?}: {e}"))?;
+    pub fn parse(signature: &str) -> Result<Self, EventSignatureError> {
+        let event = Event::parse(signature).map_err(|e| EventSignatureError {
+            signature: signature.to_string(),
+            source: e.into(),
+        })?;
         let selector = event.selector();
         Ok(Self { event, selector })
     }
@@ -61,7 +95,7 @@ fn nonzero(list: &[Address]) -> Vec<Address> {
 
 /// Decodes `log`; `Ok(None)` for a log of no known shape (ignored), `Err` for a known shape whose
 /// data does not decode (a misbehaving node or contract; reported, not stored).
-pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, String> {
+pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, DecodeError> {
     let Some(topic0) = log.topics().first().copied() else {
         return Ok(None);
     };
@@ -80,7 +114,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
                 moved: Some((from, to, U256::from(1))),
             }));
         }
-        let t = Transfer::decode_log_data(data).map_err(|e| format!("Transfer: {e}"))?;
+        let t = Transfer::decode_log_data(data).map_err(data_error("Transfer"))?;
         return Ok(Some(Decoded {
             event: "Transfer".into(),
             args: json!({"from": addr(&t.from), "to": addr(&t.to), "value": t.value.to_string()}),
@@ -90,8 +124,7 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
         }));
     }
     if topic0 == TransferSingle::SIGNATURE_HASH {
-        let t =
-            TransferSingle::decode_log_data(data).map_err(|e| format!("TransferSingle: {e}"))?;
+        let t = TransferSingle::decode_log_data(data).map_err(data_error("TransferSingle"))?;
         return Ok(Some(Decoded {
             event: "TransferSingle".into(),
             args: json!({"operator": addr(&t.operator), "from": addr(&t.from), "to": addr(&t.to),
@@ -102,13 +135,12 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
         }));
     }
     if topic0 == TransferBatch::SIGNATURE_HASH {
-        let t = TransferBatch::decode_log_data(data).map_err(|e| format!("TransferBatch: {e}"))?;
+        let t = TransferBatch::decode_log_data(data).map_err(data_error("TransferBatch"))?;
         if t.ids.len() != t.values.len() {
-            return Err(format!(
-                "TransferBatch: {} ids but {} values",
-                t.ids.len(),
-                t.values.len()
-            ));
+            return Err(DecodeError::BatchLengths {
+                ids: t.ids.len(),
+                values: t.values.len(),
+            });
         }
         return Ok(Some(Decoded {
             event: "TransferBatch".into(),
@@ -123,10 +155,10 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
     let Some(c) = custom.iter().find(|c| c.selector == topic0) else {
         return Ok(None);
     };
-    let decoded = c
-        .event
-        .decode_log(data)
-        .map_err(|e| format!("{}: {e}", c.event.name))?;
+    let decoded = c.event.decode_log(data).map_err(|e| DecodeError::Data {
+        event: c.event.name.clone(),
+        source: e.into(),
+    })?;
     let (mut indexed, mut body) = (decoded.indexed.into_iter(), decoded.body.into_iter());
     let mut args = serde_json::Map::new();
     let mut addresses = Vec::new();
@@ -137,7 +169,10 @@ pub fn decode(log: &Log, custom: &[CustomEvent]) -> Result<Option<Decoded>, Stri
             body.next()
         };
         let Some(v) = v else {
-            return Err(format!("{}: missing value for {}", c.event.name, p.name));
+            return Err(DecodeError::Missing {
+                event: c.event.name.clone(),
+                param: p.name.clone(),
+            });
         };
         if let DynSolValue::Address(a) = &v {
             addresses.push((p.name.clone(), *a));

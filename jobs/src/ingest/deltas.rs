@@ -88,7 +88,7 @@ async fn load_bases(db: &sqlx::PgPool, chain_id: u64, deltas: &Deltas) -> Result
         .await?;
     let mut out = Bases::new();
     for (t, a, n, amount) in rows {
-        let amount = parse_amount(&amount).map_err(JobError::Retry)?;
+        let amount = parse_amount(&amount).map_err(JobError::retry)?;
         out.entry((t, a))
             .or_default()
             .push((u64::try_from(n).unwrap_or(0), amount));
@@ -162,10 +162,10 @@ pub async fn record(
         .map(|(n, hash)| async move {
             match chain.block_at(n).await? {
                 Some(b) if b.hash == hash => Ok(b),
-                Some(_) => Err(JobError::Retry(format!(
+                Some(_) => Err(JobError::retry(format!(
                     "chain {chain_id}: block {n} changed while it was ingested (reorg)"
                 ))),
-                None => Err(JobError::Retry(format!(
+                None => Err(JobError::retry(format!(
                     "chain {chain_id}: block {n} not available from the node"
                 ))),
             }

@@ -103,7 +103,7 @@ pub async fn ingest(
 /// checkpoint) so that the next pass starts again at the configured start block. Returns the
 /// number of events deleted.
 pub async fn reset(db: &sqlx::PgPool, chain_id: u64) -> Result<u64, JobError> {
-    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::fatal("chain id too large"))?;
     let mut tx = db.begin().await?;
     let events = sqlx::query("DELETE FROM chainsync.events WHERE chain_id = $1")
         .bind(cid)
@@ -135,11 +135,11 @@ pub async fn ingest_pass(
         .ingest
         .iter()
         .find(|c| c.chain_id == chain_id)
-        .ok_or_else(|| JobError::Fatal(format!("no [[ingest]] entry for chain {chain_id}")))?
+        .ok_or_else(|| JobError::fatal(format!("no [[ingest]] entry for chain {chain_id}")))?
         .clone();
     let chain = services.chains.get(chain_id)?;
     let db = &services.db;
-    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::fatal("chain id too large"))?;
     let mut report = IngestReport::default();
 
     let mut checkpoint = load_checkpoint(db, cid).await?;
@@ -162,11 +162,7 @@ pub async fn ingest_pass(
         from.saturating_add(cfg.max_blocks_per_run)
             .saturating_sub(1),
     );
-    let addresses: Vec<Address> = cfg
-        .contracts
-        .iter()
-        .filter_map(|c| chain.family().parse_address(&c.address).ok())
-        .collect();
+    let addresses: Vec<Address> = cfg.contracts.iter().map(|c| c.address.address).collect();
     let custom: Vec<CustomEvent> = cfg
         .contracts
         .iter()
@@ -205,7 +201,7 @@ pub async fn ingest_pass(
             }
         };
         let Some(end) = chain.block_at(to).await? else {
-            return Err(JobError::Retry(format!("block {to} not available yet")));
+            return Err(JobError::retry(format!("block {to} not available yet")));
         };
         let mut rows = Vec::with_capacity(logs.len());
         let mut referrals = Vec::new();
@@ -336,15 +332,15 @@ fn token_contracts(settings: &crate::settings::DomainConfig, chain_id: u64) -> B
         .iter()
         .filter(|t| t.chain_id == chain_id)
         .filter_map(|t| match t.key() {
-            Ok(TokenKey::Contract(a)) => Some(a),
-            _ => None,
+            TokenKey::Contract(a) => Some(a),
+            TokenKey::Native => None,
         })
         .collect()
 }
 
 /// The last ingested block of `chain_id`, if any.
 pub async fn checkpoint(db: &sqlx::PgPool, chain_id: u64) -> Result<Option<u64>, JobError> {
-    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::fatal("chain id too large"))?;
     Ok(load_checkpoint(db, cid).await?.map(|(n, _)| n))
 }
 
@@ -512,7 +508,7 @@ async fn reset_orphaned_balances(
     }
     let chain = services.chains.get(chain_id)?;
     let Some(block) = chain.block_at(ancestor).await? else {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "block {ancestor} not available from the node"
         )));
     };
@@ -692,7 +688,7 @@ async fn record_touched(
     let mut derived: Vec<(Key, Vec<(u64, U256)>)> = Vec::new();
     if !candidates.is_empty() {
         let Some(start) = chain.block_at(start_n).await? else {
-            return Err(JobError::Retry(format!(
+            return Err(JobError::retry(format!(
                 "block {start_n} not available yet"
             )));
         };
@@ -744,10 +740,10 @@ async fn record_touched(
     .collect::<Result<_, _>>()?;
     for (n, header) in missing.iter().zip(headers) {
         let Some(header) = header else {
-            return Err(JobError::Retry(format!("block {n} not available yet")));
+            return Err(JobError::retry(format!("block {n} not available yet")));
         };
         if blocks.get(n).is_some_and(|(h, _)| *h != header.hash) {
-            return Err(JobError::Retry(format!(
+            return Err(JobError::retry(format!(
                 "block {n} changed while its logs were read (reorg); the range is read again"
             )));
         }
@@ -828,7 +824,8 @@ async fn read_touched_blocks(
         .into_iter()
         .collect::<Result<_, _>>()?;
     let mut obs = Vec::new();
-    let mut failed: BTreeMap<Address, (usize, String)> = BTreeMap::new();
+    let mut failed: BTreeMap<Address, (usize, crate::chain::multicall::ReadError)> =
+        BTreeMap::new();
     for (block, queries, r) in results {
         for (q, read) in queries.iter().zip(r) {
             match read {

@@ -3,6 +3,7 @@
 //! child jobs.
 
 use async_trait::async_trait;
+use chainsync_engine::Invalid;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,10 @@ impl Job for BackfillWindow {
 
     const KIND: &'static str = "backfill-window";
 
-    fn validate(&self) -> Result<(), String> {
-        TokenKey::parse(&self.token).map_err(|e| format!("token: {e}"))?;
+    fn validate(&self) -> Result<(), Invalid> {
+        TokenKey::parse(&self.token).map_err(|e| Invalid::at("token", e.to_string()))?;
         if self.from >= self.to {
-            return Err("from must be before to".into());
+            return Err(Invalid::new("from must be before to"));
         }
         Ok(())
     }
@@ -48,7 +49,7 @@ impl Job for BackfillWindow {
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
         // The kind's RPC class (priority or bulk) for everything this run sends.
         crate::chain::budget::for_job(ctx, async {
-            let token = TokenKey::parse(&self.token).map_err(JobError::Fatal)?;
+            let token = TokenKey::parse(&self.token).map_err(JobError::fatal)?;
             let r = crate::points::backfill::backfill(
                 &ctx.services,
                 Some(ctx.meta.id),

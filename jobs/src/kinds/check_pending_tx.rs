@@ -176,7 +176,7 @@ async fn check_one(
     now: DateTime<Utc>,
     tx: OpenTx,
 ) -> Result<Update, JobError> {
-    let hash = parse_hash(&tx.hash).map_err(JobError::Fatal)?;
+    let hash = parse_hash(&tx.hash).map_err(JobError::fatal)?;
     let too_old = now.signed_duration_since(tx.first_seen).num_seconds()
         > i64::try_from(chain.config.max_pending_time.as_secs()).unwrap_or(i64::MAX);
     let waiting = |known: bool| {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chainsync_engine::Invalid;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -46,12 +47,12 @@ impl Job for DeliverAlert {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.target.trim().is_empty() {
-            return Err("target: must not be empty".into());
+            return Err(Invalid::at("target", "must not be empty"));
         }
         if !self.alert.is_object() {
-            return Err("alert: must be a JSON object".into());
+            return Err(Invalid::at("alert", "must be a JSON object"));
         }
         Ok(())
     }
@@ -63,7 +64,7 @@ impl Job for DeliverAlert {
             .alerts
             .target(&self.target)
             .ok_or_else(|| {
-                JobError::Fatal(format!(
+                JobError::fatal(format!(
                     "alert target {:?} is not configured in [[alerts.targets]]",
                     self.target
                 ))
@@ -80,7 +81,7 @@ pub fn body(target: &AlertTarget, alert: &serde_json::Value) -> Result<Vec<u8>, 
             "text": alert.get("text").and_then(|t| t.as_str()).unwrap_or("chainsync alert"),
         }),
     };
-    serde_json::to_vec(&value).map_err(|e| JobError::Fatal(format!("alert body: {e}")))
+    serde_json::to_vec(&value).map_err(|e| JobError::fatal_from("alert body", e))
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
@@ -103,7 +104,7 @@ pub async fn post(target: &AlertTarget, alert: &serde_json::Value) -> Result<(),
     let client = reqwest::Client::builder()
         .timeout(POST_TIMEOUT)
         .build()
-        .map_err(|e| JobError::Retry(format!("HTTP client: {}", e.without_url())))?;
+        .map_err(|e| JobError::retry_from("HTTP client", e.without_url()))?;
     let mut req = client
         .post(target.url.as_str())
         .header("content-type", "application/json")
@@ -115,17 +116,13 @@ pub async fn post(target: &AlertTarget, alert: &serde_json::Value) -> Result<(),
         req = req.header(SIGNATURE_HEADER, signature(secret, &body));
     }
     let resp = req.body(body).send().await.map_err(|e| {
-        JobError::Retry(format!(
-            "alert target {:?}: {}",
-            target.name,
-            e.without_url()
-        ))
+        JobError::retry_from(format!("alert target {:?}", target.name), e.without_url())
     })?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(JobError::Retry(format!(
+        Err(JobError::retry(format!(
             "alert target {:?}: HTTP {status}",
             target.name
         )))

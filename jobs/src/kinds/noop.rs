@@ -37,8 +37,8 @@ impl Job for Noop {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         match self.fail {
-            Some(NoopFailure::Retry) => Err(JobError::Retry("noop asked to fail (retry)".into())),
-            Some(NoopFailure::Fatal) => Err(JobError::Fatal("noop asked to fail (fatal)".into())),
+            Some(NoopFailure::Retry) => Err(JobError::retry("noop asked to fail (retry)")),
+            Some(NoopFailure::Fatal) => Err(JobError::fatal("noop asked to fail (fatal)")),
             None => Ok(()),
         }
     }

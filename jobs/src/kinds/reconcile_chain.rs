@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use alloy::primitives::{Address, U256};
 use async_trait::async_trait;
+use chainsync_engine::Invalid;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,7 @@ fn abs_diff(a: U256, b: U256) -> U256 {
 fn compare(
     tokens: &[ResolvedToken],
     items: &[(BalanceQuery, Option<(U256, u64)>)],
-    reads: Vec<Result<U256, String>>,
+    reads: Vec<crate::chain::multicall::BalanceRead>,
 ) -> (Vec<Mismatch>, usize) {
     let thresholds: BTreeMap<TokenKey, U256> =
         tokens.iter().map(|t| (t.key, t.threshold)).collect();
@@ -155,7 +156,7 @@ impl Job for ReconcileChain {
 
     const KIND: &'static str = "reconcile-chain";
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         check_selector(&self.token, &self.asset_class)
     }
 
@@ -258,7 +259,7 @@ impl Job for ReconcileChain {
             let symbol = settings
                 .tokens
                 .iter()
-                .find(|t| t.chain_id == self.chain_id && t.key().is_ok_and(|k| k == *token))
+                .find(|t| t.chain_id == self.chain_id && t.key() == *token)
                 .map_or_else(|| token.text(), |t| t.symbol.clone());
             let labels = [("chain", chain_label.clone()), ("token", symbol)];
             metrics::counter!("chainsync_reconcile_mismatches_total", &labels)
@@ -433,7 +434,7 @@ mod tests {
             Ok(U256::from(111)),
             Ok(U256::ZERO),
             Ok(U256::from(50)),
-            Err("reverted".to_string()),
+            Err(crate::chain::multicall::ReadError::Reverted("x".into())),
         ];
         let (ms, failed) = compare(&[token(t, 10)], &items, reads);
         assert_eq!(failed, 1);

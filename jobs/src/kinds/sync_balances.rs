@@ -6,6 +6,7 @@
 //! the batches it already wrote. See [`crate::balance_sync::sync_full`].
 
 use async_trait::async_trait;
+use chainsync_engine::Invalid;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -39,11 +40,11 @@ impl SyncBalances {
 pub(crate) fn check_selector(
     token: &Option<String>,
     class: &Option<AssetClass>,
-) -> Result<(), String> {
+) -> Result<(), Invalid> {
     match (token, class) {
-        (Some(_), Some(_)) => Err("give either token or asset_class, not both".into()),
-        (None, None) => Err("token or asset_class is required".into()),
-        (Some(t), None) if t.trim().is_empty() => Err("token: must not be empty".into()),
+        (Some(_), Some(_)) => Err(Invalid::new("give either token or asset_class, not both")),
+        (None, None) => Err(Invalid::new("token or asset_class is required")),
+        (Some(t), None) if t.trim().is_empty() => Err(Invalid::at("token", "must not be empty")),
         _ => Ok(()),
     }
 }
@@ -55,7 +56,7 @@ impl Job for SyncBalances {
 
     const KIND: &'static str = "sync-balances";
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         check_selector(&self.token, &self.asset_class)
     }
 

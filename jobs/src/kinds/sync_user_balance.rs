@@ -6,6 +6,7 @@
 //! amount changed, and Redis is written through when configured.
 
 use async_trait::async_trait;
+use chainsync_engine::Invalid;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -52,12 +53,12 @@ impl Job for SyncUserBalance {
 
     const KIND: &'static str = "sync-user-balance";
 
-    fn validate(&self) -> Result<(), String> {
-        parse_address_any(&self.address).map_err(|e| format!("address: {e}"))?;
+    fn validate(&self) -> Result<(), Invalid> {
+        parse_address_any(&self.address).map_err(|e| Invalid::at("address", e.to_string()))?;
         if let Some(t) = &self.token
             && t.trim().is_empty()
         {
-            return Err("token: must not be empty when given".into());
+            return Err(Invalid::at("token", "must not be empty when given"));
         }
         Ok(())
     }
@@ -123,7 +124,12 @@ mod tests {
                 .ends_with(":0x00000000000000000000000000000000000000aa")
         );
         let bad = SyncUserBalance::new(1, "0x1234", None);
-        assert!(bad.validate().unwrap_err().starts_with("address:"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("address:")
+        );
         let at = j.for_change_at(42).unwrap();
         assert_eq!(
             at.unique_key.unwrap(),

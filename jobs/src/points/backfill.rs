@@ -36,14 +36,14 @@ pub fn rate_of(settings: &DomainConfig, chain_id: u64, token: &TokenKey) -> Resu
         .points
         .rates
         .iter()
-        .find(|r| r.chain_id == chain_id && TokenKey::parse(&r.token).is_ok_and(|k| &k == token))
+        .find(|r| r.chain_id == chain_id && r.token.key == *token)
         .ok_or_else(|| {
-            JobError::Fatal(format!(
+            JobError::fatal(format!(
                 "no points rate configured for {} on chain {chain_id}",
                 token.text()
             ))
         })?;
-    Rate::parse(&r.rate).map_err(JobError::Fatal)
+    Ok(r.rate)
 }
 
 /// Complete windows in `[from, to)`: starts aligned to the hour, ending no later than `now`.
@@ -96,7 +96,7 @@ pub async fn backfill(
         return Ok(report);
     };
     let end = last + Duration::seconds(WINDOW_SECS);
-    let cid = i64::try_from(chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+    let cid = i64::try_from(chain_id).map_err(|_| JobError::fatal("chain id too large"))?;
     let tok = token.text();
     let addresses: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT address FROM chainsync.balance_changes
@@ -209,9 +209,8 @@ pub async fn lag(
         .iter()
         .filter(|r| chain.is_none_or(|c| c == r.chain_id))
     {
-        let key = TokenKey::parse(&r.token).map_err(JobError::Fatal)?;
-        let cid =
-            i64::try_from(r.chain_id).map_err(|_| JobError::Fatal("chain id too large".into()))?;
+        let key = r.token.key;
+        let cid = i64::try_from(r.chain_id).map_err(|_| JobError::fatal("chain id too large"))?;
         // Chain time when it is known (windows are by block timestamps), else `now`.
         let closed = super::compute::closed_until(services, r.chain_id, &key)
             .await

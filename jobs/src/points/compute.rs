@@ -56,15 +56,13 @@ pub async fn closed_until(
     chain_id: u64,
     token: &TokenKey,
 ) -> Result<Option<DateTime<Utc>>, JobError> {
-    let ingested = match token {
-        TokenKey::Contract(a) => services.settings.ingest.iter().any(|c| {
-            c.chain_id == chain_id
-                && c.contracts
-                    .iter()
-                    .any(|k| crate::ids::parse_address_any(&k.address).is_ok_and(|x| x == *a))
-        }),
-        TokenKey::Native => false,
-    };
+    let ingested =
+        match token {
+            TokenKey::Contract(a) => services.settings.ingest.iter().any(|c| {
+                c.chain_id == chain_id && c.contracts.iter().any(|k| k.address.address == *a)
+            }),
+            TokenKey::Native => false,
+        };
     if ingested {
         let t: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
             "SELECT block_time FROM chainsync.ingest_checkpoints WHERE chain_id = $1",
@@ -212,7 +210,7 @@ pub async fn compute(
 ) -> Result<ComputeReport, JobError> {
     let mut report = ComputeReport::default();
     for token in rated_tokens(&services.settings, chain_id) {
-        let key = TokenKey::parse(&token).map_err(JobError::Fatal)?;
+        let key = TokenKey::parse(&token).map_err(JobError::fatal)?;
         let rate = rate_of(&services.settings, chain_id, &key)?;
         loop {
             let Some(closed) = closed_until(services, chain_id, &key).await? else {

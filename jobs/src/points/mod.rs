@@ -11,6 +11,7 @@ pub mod backfill;
 pub mod compute;
 
 use alloy::primitives::{U256, U512};
+use chainsync_engine::Invalid;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -54,20 +55,20 @@ impl Default for PointsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PointsRate {
     pub chain_id: u64,
-    /// Token address or "native".
-    pub token: String,
-    pub rate: String,
+    /// Token address or "native", parsed when the config is read.
+    pub token: crate::settings::ConfigToken,
+    /// A non-negative decimal, written as a string (`"0.5"`), parsed when the config is read.
+    pub rate: Rate,
 }
 
 impl PointsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        for (i, r) in self.rates.iter().enumerate() {
-            crate::ids::TokenKey::parse(&r.token)
-                .map_err(|e| format!("points.rates[{i}].token: {e}"))?;
-            Rate::parse(&r.rate).map_err(|e| format!("points.rates[{i}].rate: {e}"))?;
-        }
+    pub fn validate(&self) -> Result<(), Invalid> {
+        // Tokens and rates were parsed when the config was read.
         if self.max_windows_per_job == 0 || self.stale_factor == 0 {
-            return Err("points: max_windows_per_job and stale_factor must be positive".into());
+            return Err(Invalid::at(
+                "points",
+                "max_windows_per_job and stale_factor must be positive",
+            ));
         }
         Ok(())
     }
@@ -80,25 +81,55 @@ pub struct Rate {
     pub scale: u32,
 }
 
+/// A rate that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("{input:?} is not a non-negative decimal number")]
+    NotDecimal { input: String },
+    #[error("{input:?} has more than 30 decimals")]
+    TooManyDecimals { input: String },
+    #[error("{input:?}: {source}")]
+    Range {
+        input: String,
+        #[source]
+        source: alloy::primitives::ruint::ParseError,
+    },
+}
+
 impl Rate {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, RateError> {
         let s = s.trim();
         let (int, frac) = s.split_once('.').unwrap_or((s, ""));
         if int.is_empty() && frac.is_empty()
             || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
         {
-            return Err(format!("{s:?} is not a non-negative decimal number"));
+            return Err(RateError::NotDecimal { input: s.into() });
         }
         if frac.len() > 30 {
-            return Err(format!("{s:?} has more than 30 decimals"));
+            return Err(RateError::TooManyDecimals { input: s.into() });
         }
         let digits = format!("{int}{frac}");
         let numerator = U256::from_str_radix(if digits.is_empty() { "0" } else { &digits }, 10)
-            .map_err(|e| format!("{s:?}: {e}"))?;
+            .map_err(|source| RateError::Range {
+                input: s.into(),
+                source,
+            })?;
         Ok(Self {
             numerator,
             scale: u32::try_from(frac.len()).unwrap_or(30),
         })
+    }
+
+    /// The rate as a decimal string (`"0.5"`), as [`Rate::parse`] reads it.
+    pub fn text(&self) -> String {
+        let digits = self.numerator.to_string();
+        let scale = self.scale as usize;
+        if scale == 0 {
+            return digits;
+        }
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        format!("{int}.{frac}")
     }
 
     /// floor(amount × rate), saturating at U256::MAX.
@@ -106,6 +137,19 @@ impl Rate {
         let wide = U512::from(amount) * U512::from(self.numerator);
         let q = wide / U512::from(U256::from(10u8).pow(U256::from(self.scale)));
         narrow(q)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

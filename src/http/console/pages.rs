@@ -1532,7 +1532,7 @@ pub async fn chain(
     };
     let token_of = |chain_id: i64, token: &str| -> Option<(String, u8)> {
         domain.tokens.iter().find_map(|t| {
-            let key = t.key().ok()?.text();
+            let key = t.key().text();
             (i64::try_from(t.chain_id).ok()? == chain_id && key == token)
                 .then(|| (t.symbol.clone(), t.decimals))
         })

@@ -105,6 +105,15 @@ fn micros(d: Duration) -> Micros {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Redis did not answer a budget script.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisBudgetError {
+    #[error("timed out")]
+    Timeout,
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+}
+
 /// Reserves `cost` units of endpoint `id`; also returns the factor in force.
 pub async fn reserve(
     conn: &mut ConnectionManager,
@@ -113,7 +122,7 @@ pub async fn reserve(
     cost: u64,
     horizon: Micros,
     p: &AdaptParams,
-) -> Result<(Reservation, u32), String> {
+) -> Result<(Reservation, u32), RedisBudgetError> {
     let (tat, adapt) = keys(id);
     let call = async {
         RESERVE_SCRIPT
@@ -129,8 +138,7 @@ pub async fn reserve(
     };
     let (ok, us, f) = tokio::time::timeout(REDIS_TIMEOUT, call)
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| RedisBudgetError::Timeout)??;
     let factor = u32::try_from(f).unwrap_or(1000);
     Ok(if ok == 1 {
         (Reservation::Go(us.max(0)), factor)
@@ -145,7 +153,7 @@ pub async fn cut(
     id: &str,
     p: &AdaptParams,
     pause: Duration,
-) -> Result<u32, String> {
+) -> Result<u32, RedisBudgetError> {
     let (tat, adapt) = keys(id);
     let call = async {
         CUT_SCRIPT
@@ -162,7 +170,6 @@ pub async fn cut(
     };
     let f = tokio::time::timeout(REDIS_TIMEOUT, call)
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| RedisBudgetError::Timeout)??;
     Ok(u32::try_from(f).unwrap_or(1000))
 }
