@@ -24,15 +24,16 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT hashtextextended('chainsync.limit:' || what || ':' || name || coalesce('#' || slot, ''), 0)
 $$;
 
--- Shares the limit (`what`, `name`) for this transaction: a shared lock on it and one free slot.
+-- Shares the limit (`what`, `name`) for this transaction: a shared lock on it and one of its
+-- `slots` slots.
 -- False when an exclusive fetch holds the limit or all slots are taken.
-CREATE FUNCTION chainsync.limit_share(what text, name text) RETURNS boolean
+CREATE FUNCTION chainsync.limit_share(what text, name text, slots int) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF NOT pg_try_advisory_xact_lock_shared(chainsync.limit_lock_key(what, name)) THEN
         RETURN false;
     END IF;
-    FOR s IN 0..3 LOOP
+    FOR s IN 0..slots - 1 LOOP
         IF pg_try_advisory_xact_lock(chainsync.limit_lock_key(what, name, s)) THEN
             RETURN true;
         END IF;
@@ -73,7 +74,6 @@ DECLARE
     pick uuid[];
     qts timestamptz;
     free text[] := '{}';
-    shared_queue boolean := false;
     -- See the top of this file.
     slots constant int := 4;
     share_cap constant int := 1000;
@@ -94,8 +94,7 @@ BEGIN
 
     -- A queue concurrency limit far above what runs: shared by the fetches (see the top).
     IF qr.concurrency IS NOT NULL AND qr.rate IS NULL AND NOT qr.near AND n <= share_cap
-       AND qr.concurrency >= slots * share_cap AND chainsync.limit_share('queue', q) THEN
-        shared_queue := true;
+       AND qr.concurrency >= slots * share_cap AND chainsync.limit_share('queue', q, slots) THEN
         queue_limited := true;
         SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.queue = q;
         IF running + slots * share_cap > qr.concurrency THEN
@@ -106,37 +105,37 @@ BEGIN
                 hint := 5;
             END IF;
         END IF;
-    END IF;
-
-    -- The queue's own limits: one fetch of this queue at a time.
-    IF NOT shared_queue AND (qr.concurrency IS NOT NULL OR qr.rate IS NOT NULL) THEN
-        PERFORM pg_advisory_xact_lock(chainsync.limit_lock_key('queue', q));
-        SELECT * INTO qr FROM chainsync.queues c WHERE c.queue = q FOR UPDATE;
-        IF qr.paused THEN
-            RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
-                NULL::bigint, NULL::bigint, NULL::boolean, 'paused'::text, NULL::int;
-            RETURN;
+    ELSE
+        -- The queue's own limits otherwise: one fetch of this queue at a time.
+        IF qr.concurrency IS NOT NULL OR qr.rate IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock(chainsync.limit_lock_key('queue', q));
+            SELECT * INTO qr FROM chainsync.queues c WHERE c.queue = q FOR UPDATE;
+            IF qr.paused THEN
+                RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
+                    NULL::bigint, NULL::bigint, NULL::boolean, 'paused'::text, NULL::int;
+                RETURN;
+            END IF;
+            queue_limited := qr.concurrency IS NOT NULL OR qr.rate IS NOT NULL;
         END IF;
-        queue_limited := qr.concurrency IS NOT NULL OR qr.rate IS NOT NULL;
-    END IF;
-    IF NOT shared_queue AND qr.concurrency IS NOT NULL THEN
-        SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.queue = q;
-        IF running + budget > qr.concurrency THEN
-            held := true;
-            budget := greatest(qr.concurrency - running, 0);
+        IF qr.concurrency IS NOT NULL THEN
+            SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.queue = q;
+            IF running + budget > qr.concurrency THEN
+                held := true;
+                budget := greatest(qr.concurrency - running, 0);
+            END IF;
+            IF qr.near AND running + (slots + 1) * share_cap <= qr.concurrency THEN
+                UPDATE chainsync.queues c SET near = false WHERE c.queue = q;
+            END IF;
         END IF;
-        IF qr.near AND running + (slots + 1) * share_cap <= qr.concurrency THEN
-            UPDATE chainsync.queues c SET near = false WHERE c.queue = q;
-        END IF;
-    END IF;
-    IF NOT shared_queue AND qr.rate IS NOT NULL THEN
-        qts := clock_timestamp();
-        qtok := least(qr.burst, qr.tokens + greatest(extract(epoch FROM qts - qr.refilled_at), 0) * qr.rate);
-        IF floor(qtok) < budget THEN
-            held := true;
-            budget := greatest(floor(qtok)::int, 0);
-            IF qtok < 1 THEN
-                hint := ceil((1 - qtok) / qr.rate * 1000);
+        IF qr.rate IS NOT NULL THEN
+            qts := clock_timestamp();
+            qtok := least(qr.burst, qr.tokens + greatest(extract(epoch FROM qts - qr.refilled_at), 0) * qr.rate);
+            IF floor(qtok) < budget THEN
+                held := true;
+                budget := greatest(floor(qtok)::int, 0);
+                IF qtok < 1 THEN
+                    hint := ceil((1 - qtok) / qr.rate * 1000);
+                END IF;
             END IF;
         END IF;
     END IF;
@@ -155,64 +154,56 @@ BEGIN
             SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = k AND l.active;
             IF FOUND AND lr.rate IS NULL AND lr.partition_concurrency IS NULL AND NOT lr.near
                AND n <= share_cap AND lr.concurrency >= slots * share_cap
-               AND chainsync.limit_share('kind', k) THEN
+               AND chainsync.limit_share('kind', k, slots) THEN
                 locked := locked || k;
                 SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.kind = k;
                 IF running + slots * share_cap <= lr.concurrency THEN
                     free := free || k;
                     CONTINUE;
                 END IF;
+                -- Close to the limit: what is safe beside the other sharers, and the mark.
                 allowed := least(budget, greatest(lr.concurrency - running - (slots - 1) * share_cap, 0));
                 UPDATE chainsync.kind_limits l SET near = true WHERE l.kind = k AND NOT l.near;
                 held := true;
                 IF allowed <= 0 THEN
                     hint := least(coalesce(hint, 5), 5);
+                END IF;
+            ELSE
+                -- Otherwise the limit is this fetch's alone while it decides (sharers hold it off).
+                IF NOT pg_try_advisory_xact_lock(chainsync.limit_lock_key('kind', k)) THEN
+                    held := true;
+                    hint := least(coalesce(hint, 20), 20);
                     CONTINUE;
                 END IF;
-                SELECT c_id || coalesce(array_agg(t.id), '{}'), c_pri || coalesce(array_agg(t.priority), '{}'),
-                       c_run || coalesce(array_agg(t.run_at), '{}')
-                INTO c_id, c_pri, c_run
-                FROM (SELECT j.id, j.priority, j.run_at FROM chainsync.jobs j
-                      WHERE j.kind = k AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
-                      ORDER BY j.priority, j.run_at, j.id
-                      LIMIT allowed
-                      FOR UPDATE SKIP LOCKED) t;
-                CONTINUE;
-            END IF;
-            -- Otherwise the limit is this fetch's alone while it decides (sharers hold it off).
-            IF NOT pg_try_advisory_xact_lock(chainsync.limit_lock_key('kind', k)) THEN
-                held := true;
-                hint := least(coalesce(hint, 20), 20);
-                CONTINUE;
-            END IF;
-            SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = k AND l.active
-                FOR UPDATE SKIP LOCKED;
-            IF NOT FOUND THEN
-                -- Another fetch holds it (or the limit just went): try again in a moment.
-                held := true;
-                hint := least(coalesce(hint, 20), 20);
-                CONTINUE;
-            END IF;
-            locked := locked || k;
-            allowed := budget;
-            IF lr.concurrency IS NOT NULL THEN
-                SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.kind = k;
-                IF running + allowed > lr.concurrency THEN
+                SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = k AND l.active
+                    FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    -- Another fetch holds it (or the limit just went): try again in a moment.
                     held := true;
-                    allowed := greatest(lr.concurrency - running, 0);
+                    hint := least(coalesce(hint, 20), 20);
+                    CONTINUE;
                 END IF;
-                IF lr.near AND running + (slots + 1) * share_cap <= lr.concurrency THEN
-                    UPDATE chainsync.kind_limits l SET near = false WHERE l.kind = k;
+                locked := locked || k;
+                allowed := budget;
+                IF lr.concurrency IS NOT NULL THEN
+                    SELECT count(*) INTO running FROM chainsync.jobs j WHERE j.state = 'running' AND j.kind = k;
+                    IF running + allowed > lr.concurrency THEN
+                        held := true;
+                        allowed := greatest(lr.concurrency - running, 0);
+                    END IF;
+                    IF lr.near AND running + (slots + 1) * share_cap <= lr.concurrency THEN
+                        UPDATE chainsync.kind_limits l SET near = false WHERE l.kind = k;
+                    END IF;
                 END IF;
-            END IF;
-            IF lr.rate IS NOT NULL AND allowed > 0 THEN
-                ts := clock_timestamp();
-                tok := least(lr.burst, lr.tokens + greatest(extract(epoch FROM ts - lr.refilled_at), 0) * lr.rate);
-                IF floor(tok) < allowed THEN
-                    held := true;
-                    allowed := greatest(floor(tok)::int, 0);
-                    IF tok < 1 THEN
-                        hint := least(coalesce(hint, 2147483647), ceil((1 - tok) / lr.rate * 1000)::int);
+                IF lr.rate IS NOT NULL AND allowed > 0 THEN
+                    ts := clock_timestamp();
+                    tok := least(lr.burst, lr.tokens + greatest(extract(epoch FROM ts - lr.refilled_at), 0) * lr.rate);
+                    IF floor(tok) < allowed THEN
+                        held := true;
+                        allowed := greatest(floor(tok)::int, 0);
+                        IF tok < 1 THEN
+                            hint := least(coalesce(hint, 2147483647), ceil((1 - tok) / lr.rate * 1000)::int);
+                        END IF;
                     END IF;
                 END IF;
             END IF;
