@@ -657,27 +657,52 @@ async fn bad_control_input_names_the_key(pool: PgPool) {
     assert_eq!((l.concurrency, l.manual), (Some(7), false));
 }
 
-/// Fetches by `tasks` concurrent connections through `chainsync.fetch_controlled` (1,000 at a
-/// time), each completing half of what it took for `churn` rounds, then none: returns the most
-/// jobs seen running right after any fetch, and the number running at the end.
-async fn fetch_concurrently(pool: &PgPool, queue: &str, tasks: usize, churn: usize) -> (i64, i64) {
+/// How a test fetches: straight through `chainsync.fetch_controlled`, or as a daemon does (the
+/// plain statement, which shares the limits that hold nothing back, then the controlled one).
+#[derive(Clone, Copy)]
+enum Via {
+    Controlled,
+    Plain,
+}
+
+/// Fetches by `tasks` concurrent connections (1,000 at a time), each completing half of what it
+/// took for `churn` rounds, then none: returns the most jobs seen running right after any fetch,
+/// and the number running at the end.
+async fn fetch_concurrently(
+    pool: &PgPool,
+    q: &chainsync::queue::Queue,
+    queue: &str,
+    tasks: usize,
+    churn: usize,
+    via: Via,
+) -> (i64, i64) {
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let pool = pool.clone();
+        let q = q.clone();
         let queue = queue.to_string();
         handles.push(tokio::spawn(async move {
             let owner = uuid::Uuid::now_v7();
             let (mut most, mut empty) = (0i64, 0);
             let t = Instant::now();
             for round in 0.. {
-                let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-                    "SELECT id FROM chainsync.fetch_controlled($1, 1000, $2, 600000) WHERE id IS NOT NULL",
-                )
-                .bind(&queue)
-                .bind(owner)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+                let ids: Vec<uuid::Uuid> = match via {
+                    Via::Controlled => sqlx::query_scalar(
+                        "SELECT id FROM chainsync.fetch_controlled($1, 1000, $2, 600000) WHERE id IS NOT NULL",
+                    )
+                    .bind(&queue)
+                    .bind(owner)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap(),
+                    Via::Plain => q
+                        .fetch(&queue, 1000, owner, Duration::from_secs(600))
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|j| j.id)
+                        .collect(),
+                };
                 most = most.max(
                     count(&pool, "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'").await,
                 );
@@ -728,7 +753,7 @@ async fn large_limit_is_shared_and_holds(pool: PgPool, set: &'static str, table:
         .await
         .unwrap();
     sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
-    let (most, end) = fetch_concurrently(&pool, &queue, 4, 12).await;
+    let (most, end) = fetch_concurrently(&pool, &app.queue, &queue, 4, 12, Via::Controlled).await;
     assert!(most <= 6000, "{most} running under a limit of 6,000");
     assert_eq!(end, 6000, "the fetches stopped short of the limit");
     let near = format!("SELECT count(*) FROM chainsync.{table} WHERE near");
@@ -770,6 +795,71 @@ async fn a_large_queue_limit_is_shared_by_fetches_and_never_exceeded(pool: PgPoo
     large_limit_is_shared_and_holds(
         pool,
         "SELECT chainsync.set_queue_limit($1, concurrency => 6000)",
+        "queues",
+    )
+    .await;
+}
+
+/// Through the plain fetch, as daemons fetch: a large limit far from reached is shared without a
+/// count of the running jobs at every fetch (a stored count and the tickets drawn since bound
+/// them), is never exceeded while jobs start and end, and fills to exactly the limit.
+async fn large_limit_holds_through_the_plain_fetch(pool: PgPool, set: &'static str, table: &str) {
+    let app = app(&pool, "").await;
+    app.queue
+        .enqueue_many(noops(30_000, 0, |i| json!(i)))
+        .await
+        .unwrap();
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
+    let tickets = "SELECT last_value FROM chainsync.limit_tickets";
+    let before = count(&pool, tickets).await;
+    let (most, end) = fetch_concurrently(&pool, &app.queue, &queue, 4, 4, Via::Plain).await;
+    assert!(most <= 20_000, "{most} running under a limit of 20,000");
+    assert_eq!(end, 20_000, "the fetches stopped short of the limit");
+    assert!(
+        count(&pool, tickets).await - before >= 20,
+        "the shared fetches drew no tickets"
+    );
+    // The limit changes: the stored count is forgotten.
+    let stored = format!("SELECT count(*) FROM chainsync.{table} WHERE counted_ticket IS NOT NULL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE chainsync.{table} SET counted_ticket = 1, counted_running = 0"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE chainsync.{table} SET concurrency = 25000"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&pool, &stored).await,
+        0,
+        "a stale count survived a change of the limit"
+    );
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_large_kind_limit_holds_through_the_plain_fetch(pool: PgPool) {
+    large_limit_holds_through_the_plain_fetch(
+        pool,
+        "SELECT chainsync.set_kind_limit('noop', concurrency => 20000) WHERE $1 IS NOT NULL",
+        "kind_limits",
+    )
+    .await;
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_large_queue_limit_holds_through_the_plain_fetch(pool: PgPool) {
+    large_limit_holds_through_the_plain_fetch(
+        pool,
+        "SELECT chainsync.set_queue_limit($1, concurrency => 20000)",
         "queues",
     )
     .await;

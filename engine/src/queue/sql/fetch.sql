@@ -3,13 +3,19 @@
 -- attempt bump plus lease_owner is the fencing token a completion must present.
 -- The ids are gathered first (an InitPlan) and the update finds them by primary key: no join for
 -- the planner to turn into a scan of the whole table when the statistics are stale.
--- A queue under control (paused or limited in chainsync.queues, or any kind limited in
--- chainsync.kind_limits) is not fetched here: the statement then takes nothing and returns one
+-- Limits: with none (nothing in chainsync.queues controls the queue, no kind limited in
+-- chainsync.kind_limits: two probes of small tables) the statement takes jobs in queue order.
+-- Otherwise chainsync.fetch_plan() decides, once per statement: either the limits hold nothing
+-- back (shared for this transaction; the kinds limited without due jobs here are left out, and
+-- the jobs of limited kinds flagged `limited`), or the statement takes nothing and returns one
 -- row with `control = 'controlled'`, and the caller uses chainsync.fetch_controlled() instead.
--- The check is two probes of small tables, evaluated once per statement.
 WITH control AS MATERIALIZED (
-    SELECT EXISTS (SELECT 1 FROM chainsync.queues c WHERE c.queue = $1 AND c.controlled)
-        OR EXISTS (SELECT 1 FROM chainsync.kind_limits l WHERE l.active) AS controlled
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM chainsync.queues c WHERE c.queue = $1 AND c.controlled)
+          OR EXISTS (SELECT 1 FROM chainsync.kind_limits l WHERE l.active)
+        THEN chainsync.fetch_plan($1, $2::int)
+        ELSE ROW(false, '{}'::text[], '{}'::text[], false)::chainsync.fetch_plan
+    END AS p
 ),
 taken AS (
     UPDATE chainsync.jobs
@@ -21,7 +27,8 @@ taken AS (
     WHERE id = ANY(ARRAY(
         SELECT id FROM chainsync.jobs
         WHERE state = 'available' AND queue = $1 AND run_at <= now()
-          AND NOT (SELECT controlled FROM control)
+          AND NOT (SELECT (p).controlled FROM control)
+          AND kind <> ALL(coalesce((SELECT (p).skip FROM control), '{}'))
         ORDER BY priority, run_at, id
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -30,8 +37,9 @@ taken AS (
               traceparent
 )
 SELECT id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
-       false AS limited, NULL::text AS control, NULL::int AS retry_ms, traceparent
+       (SELECT (p).queue_limited OR kind = ANY((p).locked) FROM control) AS limited,
+       NULL::text AS control, NULL::int AS retry_ms, traceparent
 FROM taken
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'controlled', NULL, NULL
-FROM control WHERE controlled
+FROM control WHERE (p).controlled
