@@ -94,13 +94,16 @@ $$;
 -- whose limit cannot be shared); otherwise the limits are shared for this transaction
 -- (chainsync.limit_share, chainsync.limit_running) and hold nothing back: the fetch leaves out
 -- the kinds in `skip` (limited, without due jobs here) and flags the jobs of the kinds in
--- `locked` (and all of them when `queue_limited`) as taken under a limit.
-CREATE TYPE chainsync.fetch_plan AS (controlled boolean, skip text[], locked text[], queue_limited boolean);
+-- `locked` (and all of them when `queue_limited`) as taken under a limit. A kind with a rate
+-- (and no other limit) whose bucket holds a token for every job the fetch may take is `rated`:
+-- its row stays locked to the end of the fetch, which charges the bucket with what it took.
+CREATE TYPE chainsync.fetch_plan AS (controlled boolean, skip text[], locked text[], queue_limited boolean,
+                                     rated text[]);
 
 CREATE FUNCTION chainsync.fetch_plan(q text, n int) RETURNS chainsync.fetch_plan
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    p chainsync.fetch_plan := ROW(true, '{}'::text[], '{}'::text[], false);
+    p chainsync.fetch_plan := ROW(true, '{}'::text[], '{}'::text[], false, '{}'::text[]);
     qr chainsync.queues%ROWTYPE;
     lr chainsync.kind_limits%ROWTYPE;
     -- See the top of 20261129000000_shared_limits.sql.
@@ -124,6 +127,18 @@ BEGIN
                 RETURN p;
             END IF;
             p.locked := p.locked || lr.kind;
+        ELSIF lr.rate IS NOT NULL AND lr.concurrency IS NULL AND lr.partition_concurrency IS NULL THEN
+            -- The bucket, under the limit's lock and its row's, as the controlled fetch takes it.
+            IF NOT pg_try_advisory_xact_lock(chainsync.limit_lock_key('kind', lr.kind)) THEN
+                RETURN p;
+            END IF;
+            SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = lr.kind FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND OR lr.rate IS NULL
+               OR least(lr.burst, lr.tokens + greatest(extract(epoch FROM clock_timestamp() - lr.refilled_at), 0) * lr.rate) < n THEN
+                RETURN p;
+            END IF;
+            p.locked := p.locked || lr.kind;
+            p.rated := p.rated || lr.kind;
         ELSE
             -- (The first in queue order rather than EXISTS, whose ORDER BY and LIMIT the planner
             -- drops: so that the index by kind answers.)
@@ -276,8 +291,9 @@ BEGIN
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT 1;
                 CONTINUE WHEN NOT FOUND;
-                -- The limit is this fetch's alone while it decides (sharers hold it off).
-                exclusive := true;
+                -- The limit is this fetch's alone while it decides (sharers hold it off). (A rate
+                -- alone that holds nothing back is one the plain fetch serves.)
+                exclusive := exclusive OR lr.concurrency IS NOT NULL OR lr.partition_concurrency IS NOT NULL;
                 IF NOT pg_try_advisory_xact_lock(chainsync.limit_lock_key('kind', k)) THEN
                     held := true;
                     hint := least(coalesce(hint, 20), 20);

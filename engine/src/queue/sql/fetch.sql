@@ -6,15 +6,16 @@
 -- Limits: with none (nothing in chainsync.queues controls the queue, no kind limited in
 -- chainsync.kind_limits: two probes of small tables) the statement takes jobs in queue order.
 -- Otherwise chainsync.fetch_plan() decides, once per statement: either the limits hold nothing
--- back (shared for this transaction; the kinds limited without due jobs here are left out, and
--- the jobs of limited kinds flagged `limited`), or the statement takes nothing and returns one
--- row with `control = 'controlled'`, and the caller uses chainsync.fetch_controlled() instead.
+-- back (shared for this transaction; the kinds limited without due jobs here are left out, the
+-- jobs of limited kinds flagged `limited`, the buckets of rated kinds charged), or the statement
+-- takes nothing and returns one row with `control = 'controlled'`, and the caller uses
+-- chainsync.fetch_controlled() instead.
 WITH control AS MATERIALIZED (
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM chainsync.queues c WHERE c.queue = $1 AND c.controlled)
           OR EXISTS (SELECT 1 FROM chainsync.kind_limits l WHERE l.active)
         THEN chainsync.fetch_plan($1, $2::int)
-        ELSE ROW(false, '{}'::text[], '{}'::text[], false)::chainsync.fetch_plan
+        ELSE ROW(false, '{}'::text[], '{}'::text[], false, '{}'::text[])::chainsync.fetch_plan
     END AS p
 ),
 taken AS (
@@ -35,6 +36,16 @@ taken AS (
     ))
     RETURNING id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
               traceparent
+),
+-- The buckets of the rated kinds (locked by chainsync.fetch_plan) pay for what was taken.
+charge AS (
+    UPDATE chainsync.kind_limits l
+    SET tokens = least(l.burst, l.tokens + greatest(extract(epoch FROM clock_timestamp() - l.refilled_at), 0) * l.rate) - t.n,
+        refilled_at = clock_timestamp()
+    FROM (SELECT kind, count(*) AS n FROM taken
+          WHERE kind = ANY(coalesce((SELECT (p).rated FROM control), '{}'))
+          GROUP BY kind) t
+    WHERE l.kind = t.kind AND l.rate IS NOT NULL
 )
 SELECT id, kind, queue, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms,
        (SELECT (p).queue_limited OR kind = ANY((p).locked) FROM control) AS limited,
