@@ -40,11 +40,12 @@ pub struct Fetched {
 /// What stands between a fetch and the jobs of its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Nothing: the plain fetch statement serves the queue.
+    /// The plain fetch statement serves the queue (no limit, or none that holds anything back).
     None,
     /// The queue is paused: nothing was taken.
     Paused,
-    /// Limits apply (fetch through `chainsync.fetch_controlled`) and held nothing back.
+    /// Limits narrow the fetches (fetch through `chainsync.fetch_controlled`), but held nothing
+    /// back this time.
     Open,
     /// Limits held jobs back: fetch again when a token comes (`retry`), or when a limited job
     /// ends (`None`).
@@ -96,9 +97,10 @@ impl Queue {
         Ok(batch.jobs)
     }
 
-    /// One fetch statement: the plain one (`controlled = false`), which takes nothing from a
-    /// queue under control and says so (`Control::Open`), or `chainsync.fetch_controlled`, which
-    /// applies pause and limits and says `Control::None` once none applies.
+    /// One fetch statement: the plain one (`controlled = false`), which serves limits that hold
+    /// nothing back and otherwise takes nothing and says so (`Control::Open`), or
+    /// `chainsync.fetch_controlled`, which applies pause and every limit and says `Control::None`
+    /// after a fetch that no limit narrowed.
     pub async fn fetch_batch(
         &self,
         queue: &str,

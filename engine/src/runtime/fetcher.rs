@@ -75,8 +75,8 @@ impl FetchLoop {
     pub async fn run(self, source: impl Lease) {
         let mut failures = 0u32;
         let mut backlog = false;
-        // Whether the queue is under control (pause, limits): then fetches go through
-        // chainsync.fetch_controlled, until it says no control applies.
+        // Whether limits narrow the queue's fetches (or it is paused): then fetches go through
+        // chainsync.fetch_controlled, until it says the plain statement can serve the queue.
         let mut controlled = false;
         let mut switched = false;
         loop {
