@@ -452,7 +452,10 @@ DROP TABLE chainsync.points_history_unpartitioned;
 -- Indexes after the rows (one build per partition).
 CREATE UNIQUE INDEX balance_changes_block_key
     ON chainsync.balance_changes (chain_id, token, address, block_number);
-CREATE INDEX balance_changes_time_idx ON chainsync.balance_changes (chain_id, token, block_time);
+-- Points read the changes of one token by chain time, coalesce(block_time, observed_at): indexed as
+-- such (the old index on block_time alone served none of those reads).
+CREATE INDEX balance_changes_time_idx
+    ON chainsync.balance_changes (chain_id, token, (coalesce(block_time, observed_at)));
 ALTER TABLE chainsync.events ADD PRIMARY KEY (chain_id, tx_hash, log_index, block_number);
 CREATE INDEX events_block_idx ON chainsync.events (chain_id, block_number);
 ALTER TABLE chainsync.points_history ADD PRIMARY KEY (chain_id, token, address, window_start);
