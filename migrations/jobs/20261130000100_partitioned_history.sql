@@ -102,6 +102,8 @@ BEGIN
     EXECUTE format('CREATE TABLE chainsync.%I PARTITION OF chainsync.%I FOR VALUES FROM (%s) TO (MAXVALUE)',
                    t || '_high', t, last_block);
     IF src IS NOT NULL THEN
+        -- No write lands in `src` (the DEFAULT partition) until the chain's table is attached.
+        EXECUTE format('LOCK TABLE chainsync.%I IN EXCLUSIVE MODE', src);
         EXECUTE format('WITH m AS (DELETE FROM chainsync.%I WHERE chain_id = $1 RETURNING *)
                         INSERT INTO chainsync.%I SELECT * FROM m', src, t) USING chain;
     END IF;
