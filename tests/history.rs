@@ -589,3 +589,51 @@ async fn passes_beside_writes_lose_nothing(pool: PgPool) {
         }
     }
 }
+
+/// The console's newest points of an address read the last days' months first; windows older
+/// than that are still found (fewer than the limit in the last days).
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn console_points_are_the_newest_whatever_their_age(pool: PgPool) {
+    let _app = app(&pool, "").await;
+    let address = format!("{:#x}", holder(0xa));
+    sqlx::query(
+        "INSERT INTO chainsync.balances (chain_id, token, address, amount, block_number, block_hash)
+         VALUES (1, 'native', $1, 1, 1, 'h')",
+    )
+    .bind(&address)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 30 windows 60 days back, then 10 in the last hours.
+    sqlx::query(
+        "INSERT INTO chainsync.points_history (chain_id, token, address, window_start, twab, points)
+         SELECT 1, 'native', $1, date_trunc('hour', now() - interval '60 days') + h * interval '1 hour', h, h
+         FROM generate_series(0, 29) h
+         UNION ALL
+         SELECT 1, 'native', $1, date_trunc('hour', now()) - h * interval '1 hour', 100 + h, 100 + h
+         FROM generate_series(1, 10) h",
+    )
+    .bind(&address)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (limit, want) in [(5, 5), (25, 25), (100, 40)] {
+        let r = chainsync_jobs::console::address_report(&pool, &[1], &address, limit)
+            .await
+            .unwrap();
+        assert_eq!(r.points.len(), want, "limit {limit}");
+        assert!(
+            r.points
+                .windows(2)
+                .all(|w| w[0].window_start > w[1].window_start)
+        );
+        let newest: DateTime<Utc> = sqlx::query_scalar(
+            "SELECT max(window_start) FROM chainsync.points_history WHERE address = $1",
+        )
+        .bind(&address)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(r.points[0].window_start, newest);
+    }
+}
