@@ -637,3 +637,64 @@ async fn console_points_are_the_newest_whatever_their_age(pool: PgPool) {
         assert_eq!(r.points[0].window_start, newest);
     }
 }
+
+/// A chain's rows move out of the DEFAULT partition into the chain's own table while queries
+/// read them: every query sees all of them (a query planned before the move never runs after it
+/// and misses them).
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn readers_see_every_row_while_a_chain_gets_its_table(pool: PgPool) {
+    let _app = app(&pool, "").await;
+    let now = Utc::now();
+    for chain in 100..112i64 {
+        sqlx::query(
+            "INSERT INTO chainsync.balance_changes
+                 (chain_id, token, address, new_amount, block_number, block_hash, block_time)
+             SELECT $1, 'native', '0x' || lpad(to_hex(g % 20), 40, '0'), g, 1000 + g, 'h',
+                    now() - interval '90 days' + g * interval '1 hour'
+             FROM generate_series(0, 1999) g",
+        )
+        .bind(chain)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, done) = (pool.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        let n: i64 = sqlx::query_scalar(
+                            "SELECT count(*) FROM chainsync.balance_changes
+                             WHERE chain_id = $1 AND token = 'native'",
+                        )
+                        .bind(chain)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                        seen.push(n);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        maintain(&pool, &HistoryConfig::default(), now)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        for r in readers {
+            let seen = r.await.unwrap();
+            assert!(seen.iter().all(|n| *n == 2000), "chain {chain}: {seen:?}");
+        }
+        assert_eq!(
+            count(
+                &pool,
+                "SELECT count(*) FROM chainsync.balance_changes_default"
+            )
+            .await,
+            0
+        );
+    }
+}

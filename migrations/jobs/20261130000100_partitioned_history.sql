@@ -102,8 +102,11 @@ BEGIN
     EXECUTE format('CREATE TABLE chainsync.%I PARTITION OF chainsync.%I FOR VALUES FROM (%s) TO (MAXVALUE)',
                    t || '_high', t, last_block);
     IF src IS NOT NULL THEN
-        -- No write lands in `src` (the DEFAULT partition) until the chain's table is attached.
-        EXECUTE format('LOCK TABLE chainsync.%I IN EXCLUSIVE MODE', src);
+        -- Rows move from `src` (the DEFAULT partition) to a partition attached beside it. Attaching
+        -- takes a weaker lock on the parent than readers need, and a query planned before the
+        -- attach would run after it and see the moved rows in neither place: so no query of the
+        -- table runs (and no write lands in `src`) until this transaction ends.
+        EXECUTE format('LOCK TABLE chainsync.%I IN ACCESS EXCLUSIVE MODE', parent);
         EXECUTE format('WITH m AS (DELETE FROM chainsync.%I WHERE chain_id = $1 RETURNING *)
                         INSERT INTO chainsync.%I SELECT * FROM m', src, t) USING chain;
     END IF;
