@@ -594,6 +594,11 @@ addresses = ["TRACKED"]
             ("[health]\nmin_score = 0".into(), "health.min_score"),
             ("[health]\nbalance_max_age = '0s'".into(), "health.balance_max_age"),
             ("[metrics]\nsample_interval = '0s'".into(), "metrics.sample_interval"),
+            ("[history]\nbalance_changes = '1h'".into(), "history.balance_changes"),
+            ("[history]\nevents = 'soon'".into(), "history.events"),
+            ("[history]\npoints_history = '2w'".into(), "history.points_history"),
+            ("[history]\nperiod_blocks = 0".into(), "history.period_blocks"),
+            ("[history]\nkeep = '30d'".into(), "keep"),
         ] {
             let e = Config::from_toml(&toml).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
@@ -607,5 +612,9 @@ addresses = ["TRACKED"]
         let cfg = Config::from_toml(text).unwrap();
         assert_eq!(cfg.worker, WorkerSettings::default());
         assert_eq!(cfg.maintenance, MaintenanceSettings::default());
+        assert_eq!(
+            cfg.domain.history,
+            chainsync_jobs::history::HistoryConfig::default()
+        );
     }
 }

@@ -50,11 +50,29 @@ pub async fn run(app: App) -> anyhow::Result<()> {
         services.clone(),
         app.config.worker.clone(),
     );
-    let maintenance = tokio::spawn(crate::runtime::maintenance::run(
-        app.queue.clone(),
-        app.config.maintenance.clone(),
-        stop.clone(),
-    ));
+    let maintenance = {
+        let (db, history) = (services.db.clone(), app.config.domain.history.clone());
+        tokio::spawn(crate::runtime::maintenance::run_with(
+            app.queue.clone(),
+            app.config.maintenance.clone(),
+            stop.clone(),
+            move || {
+                let (db, history) = (db.clone(), history.clone());
+                async move {
+                    match chainsync_jobs::history::maintain(&db, &history, chrono::Utc::now()).await
+                    {
+                        Ok(p) if p.created + p.dropped > 0 => info!(
+                            created = p.created,
+                            dropped = p.dropped,
+                            "history partitions created ahead / dropped past retention"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "history partition pass failed"),
+                    }
+                }
+            },
+        ))
+    };
     let follower = {
         let (domain, queue, stop) = (domain.clone(), app.queue.clone(), stop.clone());
         tokio::spawn(async move { domain.follow(Arc::new(queue), stop).await })

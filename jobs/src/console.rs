@@ -68,6 +68,18 @@ pub struct AddressTx {
     pub error: Option<String>,
 }
 
+/// The newest `$3` points windows of address `$2` on chains `$1`, from `$4` on (NULL: all).
+const POINTS_NEWEST: &str = "SELECT p.chain_id, p.token, p.window_start, p.twab::text AS twab,
+        p.points::text AS points, p.computed_at
+ FROM (SELECT DISTINCT chain_id, token FROM chainsync.balances
+       WHERE chain_id = ANY($1) AND address = $2) b
+ CROSS JOIN LATERAL (
+     SELECT * FROM chainsync.points_history x
+     WHERE x.chain_id = b.chain_id AND x.token = b.token AND x.address = $2
+       AND ($4::timestamptz IS NULL OR x.window_start >= $4)
+     ORDER BY x.window_start DESC LIMIT $3) p
+ ORDER BY p.window_start DESC, p.chain_id, p.token LIMIT $3";
+
 /// Everything stored about one address (lower-case hex).
 #[derive(Debug, Clone, Serialize)]
 pub struct AddressReport {
@@ -119,22 +131,22 @@ pub async fn address_report(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    let points = sqlx::query_as(
-        "SELECT p.chain_id, p.token, p.window_start, p.twab::text AS twab,
-                p.points::text AS points, p.computed_at
-         FROM (SELECT DISTINCT chain_id, token FROM chainsync.balances
-               WHERE chain_id = ANY($1) AND address = $2) b
-         CROSS JOIN LATERAL (
-             SELECT * FROM chainsync.points_history x
-             WHERE x.chain_id = b.chain_id AND x.token = b.token AND x.address = $2
-             ORDER BY x.window_start DESC LIMIT $3) p
-         ORDER BY p.window_start DESC, p.chain_id, p.token LIMIT $3",
-    )
-    .bind(chains)
-    .bind(address)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
+    // points_history has a partition per month: the windows of the last days first (planned over
+    // those months only), all of them when that gives fewer than `limit`.
+    let days = limit.clamp(1, 100_000) / 24 + 2;
+    let mut points: Vec<AddressPoints> = Vec::new();
+    for since in [Some(Utc::now() - chrono::Duration::days(days)), None] {
+        points = sqlx::query_as(POINTS_NEWEST)
+            .bind(chains)
+            .bind(address)
+            .bind(limit)
+            .bind(since)
+            .fetch_all(db)
+            .await?;
+        if i64::try_from(points.len()).unwrap_or(i64::MAX) >= limit {
+            break;
+        }
+    }
     let mismatches = sqlx::query_as(
         "SELECT m.id, m.chain_id, m.token, m.stored_amount::text AS stored_amount,
                 m.chain_amount::text AS chain_amount, m.difference::text AS difference,

@@ -15,6 +15,7 @@ pub mod console;
 pub mod domain;
 pub mod follow;
 pub mod health;
+pub mod history;
 pub mod ids;
 pub mod ingest;
 pub mod kinds;

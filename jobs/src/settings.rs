@@ -47,6 +47,9 @@ pub struct DomainConfig {
     /// (`chains[].rpc_budget`).
     #[serde(default)]
     pub rpc_budget: RpcBudgetConfig,
+    /// `[history]`: how long each history is kept (whole partitions are dropped).
+    #[serde(default)]
+    pub history: crate::history::HistoryConfig,
 }
 
 /// One chain: EVM, or TRON through its Ethereum-compatible JSON-RPC.
@@ -338,6 +341,7 @@ impl DomainConfig {
     /// chain.)
     pub fn validate(&self) -> Result<(), Invalid> {
         self.points.validate()?;
+        self.history.validate()?;
         for (i, g) in self.ingest.iter().enumerate() {
             let key = format!("ingest[{i}]");
             g.validate(&key, self.family(g.chain_id))?;

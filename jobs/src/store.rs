@@ -425,7 +425,7 @@ s AS (
     FROM k
 ),
 h AS (
-    SELECT c.id, c.block_number, s.start, c.new_amount, c.old_amount,
+    SELECT c.token, c.address, c.block_number, s.start, c.new_amount, c.old_amount,
            lag(c.new_amount) OVER (PARTITION BY c.token, c.address ORDER BY c.block_number) AS prev
     FROM chainsync.balance_changes c
     JOIN s ON c.chain_id = $1 AND c.token = s.token AND c.address = s.address
@@ -433,13 +433,15 @@ h AS (
 ),
 del AS (
     DELETE FROM chainsync.balance_changes c USING h
-    WHERE c.id = h.id AND h.block_number > h.start AND h.prev = h.new_amount
+    WHERE c.chain_id = $1 AND c.token = h.token AND c.address = h.address
+      AND c.block_number = h.block_number AND h.block_number > h.start AND h.prev = h.new_amount
     RETURNING c.token, c.address, c.block_time
 ),
 fix AS (
     UPDATE chainsync.balance_changes c SET old_amount = h.prev
     FROM h
-    WHERE c.id = h.id AND h.block_number > h.start AND h.prev IS NOT NULL
+    WHERE c.chain_id = $1 AND c.token = h.token AND c.address = h.address
+      AND c.block_number = h.block_number AND h.block_number > h.start AND h.prev IS NOT NULL
       AND h.prev <> h.new_amount AND c.old_amount IS DISTINCT FROM h.prev
     RETURNING 1
 )
@@ -560,17 +562,11 @@ const ANALYZE_AFTER_ROWS: usize = 500;
 /// whole history per holder: seconds per range). When a large write lands in such a table, its
 /// statistics are gathered at once (in the writing transaction, so its own rows count) instead of
 /// after autovacuum's next round.
+/// The table is partitioned: the partitions that were never analyzed are.
 async fn analyze_if_never_analyzed(tx: &mut sqlx::PgConnection) -> Result<(), JobError> {
-    let never: bool = sqlx::query_scalar(
-        "SELECT reltuples < 0 FROM pg_class WHERE oid = 'chainsync.balance_changes'::regclass",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if never {
-        sqlx::query("ANALYZE chainsync.balance_changes")
-            .execute(&mut *tx)
-            .await?;
-    }
+    sqlx::query("SELECT chainsync.history_analyze_new('balance_changes')")
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

@@ -62,6 +62,20 @@ impl MaintenanceSettings {
 
 /// Runs the rescuer and the pruner until `stop`.
 pub async fn run(queue: Queue, settings: MaintenanceSettings, stop: CancellationToken) {
+    run_with(queue, settings, stop, || async {}).await;
+}
+
+/// [`run`], with `extra` run after each prune of finished jobs (the application's own history:
+/// partitions ahead of time, retention).
+pub async fn run_with<F, Fut>(
+    queue: Queue,
+    settings: MaintenanceSettings,
+    stop: CancellationToken,
+    mut extra: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut rescue = tokio::time::interval(settings.rescue_interval);
     let mut prune = tokio::time::interval(settings.prune_interval);
     rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,11 +91,17 @@ pub async fn run(queue: Queue, settings: MaintenanceSettings, stop: Cancellation
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "rescue pass failed"),
             },
-            _ = prune.tick() => match queue.prune(settings.completed_retention, settings.prune_batch, 100).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "pruned finished jobs"),
-                Err(e) => warn!(error = %e, "prune pass failed"),
-            },
+            _ = prune.tick() => {
+                match queue.prune(settings.completed_retention, settings.prune_batch, 100).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(deleted = n, "pruned finished jobs"),
+                    Err(e) => warn!(error = %e, "prune pass failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = extra() => {}
+                }
+            }
         }
     }
 }
