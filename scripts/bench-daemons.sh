@@ -3,9 +3,10 @@
 # one Postgres. For each N the script makes a fresh database, migrates it, pauses the `default`
 # queue, enqueues JOBS `noop` jobs, starts N daemons and waits until each answers /health, then
 # resumes the queue and times until no job is waiting or running. It also samples the server
-# connections the daemons hold, and counts the daemons' log lines about connections the server
-# refused (`too many clients`: more daemons than `max_connections` has room for). Repetitions rotate the order of N so that machine noise falls on
-# all alike; prints the median of each N.
+# connections the daemons hold (from a session opened before they start), and counts the daemons'
+# log lines about connections they could not get (the server's `too many clients`, or a pool timed
+# out waiting: more daemons than `max_connections` has room for). Repetitions rotate the order of
+# N so that machine noise falls on all alike; prints the median of each N.
 # Usage: scripts/bench-daemons.sh BIN   (env: NS="1 2 4 8" REPS=3 JOBS=50000 CONCURRENCY=100
 #        FETCH_BATCH=100 POOL_SIZE=20 DATABASE_URL=postgres://root@127.0.0.1:5432/test)
 set -euo pipefail
