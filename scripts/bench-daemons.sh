@@ -7,8 +7,12 @@
 # log lines about connections they could not get (the server's `too many clients`, or a pool timed
 # out waiting: more daemons than `max_connections` has room for). Repetitions rotate the order of
 # N so that machine noise falls on all alike; prints the median of each N.
+# With PGBOUNCER=1 the daemons connect through a PgBouncer in transaction mode (Debian's
+# `pgbouncer`, started here on a free port with `default_pool_size` PGBOUNCER_POOL, 20), with
+# `direct_url` for their LISTEN connection.
 # Usage: scripts/bench-daemons.sh BIN   (env: NS="1 2 4 8" REPS=3 JOBS=50000 CONCURRENCY=100
-#        FETCH_BATCH=100 POOL_SIZE=20 DATABASE_URL=postgres://root@127.0.0.1:5432/test)
+#        FETCH_BATCH=100 POOL_SIZE=20 PGBOUNCER=0 PGBOUNCER_POOL=20
+#        DATABASE_URL=postgres://root@127.0.0.1:5432/test)
 set -euo pipefail
 BIN="${1:?usage: bench-daemons.sh BIN}"
 NS="${NS:-1 2 4 8}"
@@ -17,6 +21,8 @@ JOBS="${JOBS:-50000}"
 CONCURRENCY="${CONCURRENCY:-100}"
 FETCH_BATCH="${FETCH_BATCH:-100}"
 POOL_SIZE="${POOL_SIZE:-20}"
+PGBOUNCER="${PGBOUNCER:-0}"
+PGBOUNCER_POOL="${PGBOUNCER_POOL:-20}"
 ADMIN_URL="${DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
 DB=bench_daemons
 URL="${ADMIN_URL%/*}/$DB"
@@ -30,11 +36,41 @@ stop_daemons() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
 }
-trap 'stop_daemons; psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+pgb=""
+trap 'stop_daemons; [ -n "$pgb" ] && kill "$pgb" 2>/dev/null; psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+DAEMON_URL="$URL"
+if [ "$PGBOUNCER" = 1 ]; then
+    hostport="${URL#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=5432
+    user="${URL#*://}"; user="${user%%@*}"; user="${user%%:*}"
+    pport="$(free_port)"
+    chmod 755 "$WORK"
+    printf '"%s" ""\n' "$user" > "$WORK/users.txt"
+    cat > "$WORK/pgbouncer.ini" <<INI
+[databases]
+* = host=$host port=$port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pport
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/users.txt
+pool_mode = transaction
+default_pool_size = $PGBOUNCER_POOL
+max_client_conn = 2000
+INI
+    as_user=(); [ "$(id -u)" -eq 0 ] && as_user=(-u postgres)
+    "$(command -v pgbouncer || echo /usr/sbin/pgbouncer)" "${as_user[@]}" "$WORK/pgbouncer.ini" > "$WORK/pgbouncer.log" 2>&1 &
+    pgb=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break; sleep 0.05; done
+    DAEMON_URL="postgres://$user@127.0.0.1:$pport/$DB"
+    echo "pgbouncer on port $pport, default_pool_size $PGBOUNCER_POOL" >&2
+fi
 
 run_one() {
     local n=$1
@@ -43,6 +79,10 @@ run_one() {
     printf 'database_url = "%s"\npool_size = %s\n[worker]\nconcurrency = %s\nfetch_batch = %s\n' \
         "$URL" "$POOL_SIZE" "$CONCURRENCY" "$FETCH_BATCH" > "$base"
     "$BIN" --config "$base" migrate >/dev/null 2>&1
+    if [ "$PGBOUNCER" = 1 ]; then
+        printf 'database_url = "%s"\npool_size = %s\n[database]\npooler = "transaction"\ndirect_url = "%s"\n[worker]\nconcurrency = %s\nfetch_batch = %s\n' \
+            "$DAEMON_URL" "$POOL_SIZE" "$URL" "$CONCURRENCY" "$FETCH_BATCH" > "$base"
+    fi
     psql -q "$URL" -c "SELECT chainsync.pause_queue('default')" \
         -c "SELECT count(chainsync.enqueue('noop', jsonb_build_object('payload', g))) FROM generate_series(1, $JOBS) g" >/dev/null
     local ports=()
