@@ -864,3 +864,54 @@ async fn a_large_queue_limit_holds_through_the_plain_fetch(pool: PgPool) {
     )
     .await;
 }
+
+/// A shared limit whose slots are all held (by fetches of other queues, say) keeps a queue off
+/// the plain fetch only if the limited kind has due jobs there: otherwise the plain fetch leaves
+/// the kind out and serves the queue.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn held_slots_of_a_kind_without_jobs_here_do_not_stop_the_plain_fetch(pool: PgPool) {
+    let app = app(&pool, "").await;
+    app.queue
+        .enqueue_many(noops(50, 0, |i| json!(i)))
+        .await
+        .unwrap();
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT chainsync.set_kind_limit('sync-balances', concurrency => 100000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Another session holds all 4 slots of the limit.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(chainsync.limit_lock_key('kind', 'sync-balances', s))
+         FROM generate_series(0, 3) s",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let owner = uuid::Uuid::now_v7();
+    let lease = Duration::from_secs(60);
+    let batch = app
+        .queue
+        .fetch_batch(&queue, 10, owner, lease, false)
+        .await
+        .unwrap();
+    assert_eq!(batch.jobs.len(), 10);
+    assert_eq!(batch.control, chainsync::queue::Control::None);
+    // With a due job of the kind in the queue, the plain fetch hands over.
+    sqlx::query("UPDATE chainsync.jobs SET kind = 'sync-balances' WHERE id = (SELECT id FROM chainsync.jobs WHERE state = 'available' LIMIT 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = app
+        .queue
+        .fetch_batch(&queue, 10, owner, lease, false)
+        .await
+        .unwrap();
+    assert!(batch.jobs.is_empty());
+    assert_eq!(batch.control, chainsync::queue::Control::Open);
+    other.rollback().await.unwrap();
+}

@@ -121,9 +121,8 @@ BEGIN
     END IF;
     FOR lr IN SELECT * FROM chainsync.kind_limits l WHERE l.active ORDER BY l.kind LOOP
         IF lr.rate IS NULL AND lr.partition_concurrency IS NULL AND NOT lr.near AND n <= share_cap
-           AND lr.concurrency >= slots * share_cap THEN
-            IF NOT chainsync.limit_share('kind', lr.kind, slots)
-               OR chainsync.limit_running('kind', lr.kind, lr.concurrency, slots, share_cap) + slots * share_cap > lr.concurrency THEN
+           AND lr.concurrency >= slots * share_cap AND chainsync.limit_share('kind', lr.kind, slots) THEN
+            IF chainsync.limit_running('kind', lr.kind, lr.concurrency, slots, share_cap) + slots * share_cap > lr.concurrency THEN
                 RETURN p;
             END IF;
             p.locked := p.locked || lr.kind;
@@ -140,8 +139,9 @@ BEGIN
             p.locked := p.locked || lr.kind;
             p.rated := p.rated || lr.kind;
         ELSE
-            -- (The first in queue order rather than EXISTS, whose ORDER BY and LIMIT the planner
-            -- drops: so that the index by kind answers.)
+            -- Any due job of the kind here? (Also for a shareable limit whose slots fetches of
+            -- other queues hold.) The first in queue order rather than EXISTS, whose ORDER BY and
+            -- LIMIT the planner drops: so that the index by kind answers.
             PERFORM FROM chainsync.jobs j
             WHERE j.kind = lr.kind AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
             ORDER BY j.priority, j.run_at, j.id
