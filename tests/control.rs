@@ -739,20 +739,31 @@ async fn fetch_concurrently(
     (most, end)
 }
 
+/// An app with `jobs` no-op jobs waiting in their queue, and the limit `set` (SQL taking the
+/// queue's name as `$1`) in force: the app and the queue.
+async fn limited_backlog(
+    pool: &PgPool,
+    jobs: usize,
+    set: &'static str,
+) -> (chainsync::app::App, String) {
+    let app = app(pool, "").await;
+    app.queue
+        .enqueue_many(noops(jobs, 0, |i| json!(i)))
+        .await
+        .unwrap();
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query(set).bind(&queue).execute(pool).await.unwrap();
+    (app, queue)
+}
+
 /// A large limit (kind or queue) is shared by concurrent fetches instead of taken in turn, is
 /// never exceeded while jobs start and end, and fills up to exactly the limit: close to it the
 /// fetches mark it `near` and take it in turn, and the mark goes once there is room again.
 async fn large_limit_is_shared_and_holds(pool: PgPool, set: &'static str, table: &str) {
-    let app = app(&pool, "").await;
-    app.queue
-        .enqueue_many(noops(16_000, 0, |i| json!(i)))
-        .await
-        .unwrap();
-    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
+    let (app, queue) = limited_backlog(&pool, 16_000, set).await;
     let (most, end) = fetch_concurrently(&pool, &app.queue, &queue, 4, 12, Via::Controlled).await;
     assert!(most <= 6000, "{most} running under a limit of 6,000");
     assert_eq!(end, 6000, "the fetches stopped short of the limit");
@@ -804,16 +815,7 @@ async fn a_large_queue_limit_is_shared_by_fetches_and_never_exceeded(pool: PgPoo
 /// count of the running jobs at every fetch (a stored count and the tickets drawn since bound
 /// them), is never exceeded while jobs start and end, and fills to exactly the limit.
 async fn large_limit_holds_through_the_plain_fetch(pool: PgPool, set: &'static str, table: &str) {
-    let app = app(&pool, "").await;
-    app.queue
-        .enqueue_many(noops(30_000, 0, |i| json!(i)))
-        .await
-        .unwrap();
-    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    sqlx::query(set).bind(&queue).execute(&pool).await.unwrap();
+    let (app, queue) = limited_backlog(&pool, 30_000, set).await;
     let tickets = "SELECT last_value FROM chainsync.limit_tickets";
     let before = count(&pool, tickets).await;
     let (most, end) = fetch_concurrently(&pool, &app.queue, &queue, 4, 4, Via::Plain).await;

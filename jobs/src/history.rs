@@ -73,15 +73,14 @@ const MIN_KEEP: Duration = Duration::from_secs(86_400);
 
 impl HistoryConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
-        for (key, keep) in [
-            ("history.balance_changes", self.balance_changes),
-            ("history.events", self.events),
-            ("history.points_history", self.points_history),
-        ] {
+        for (table, keep) in self.kept() {
             if let Keep::For(d) = keep
                 && d < MIN_KEEP
             {
-                return Err(Invalid::at(key, "must be at least 1d (or \"forever\")"));
+                return Err(Invalid::at(
+                    format!("history.{table}"),
+                    "must be at least 1d (or \"forever\")",
+                ));
             }
         }
         if !(1..=i64::MAX as u64 / 4).contains(&self.period_blocks) {
@@ -112,6 +111,17 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('chainsync.his
 /// queue every reader of the table behind it).
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 
+/// A transaction of the pass: other daemons' passes wait for it, its partition locks do not wait
+/// long.
+async fn pass_tx(
+    db: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(LOCK).execute(&mut *tx).await?;
+    sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 /// Creates the partitions the next writes need and drops those past their retention, at `now`.
 pub async fn maintain(
     db: &sqlx::PgPool,
@@ -120,9 +130,7 @@ pub async fn maintain(
 ) -> Result<HistoryPass, sqlx::Error> {
     let mut pass = HistoryPass::default();
     let period = i64::try_from(config.period_blocks).unwrap_or(i64::MAX);
-    let mut tx = db.begin().await?;
-    sqlx::query(LOCK).execute(&mut *tx).await?;
-    sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+    let mut tx = pass_tx(db).await?;
     let created: i32 = sqlx::query_scalar("SELECT chainsync.history_prepare($1, $2)")
         .bind(now)
         .bind(period)
@@ -135,9 +143,7 @@ pub async fn maintain(
         let Ok(d) = chrono::Duration::from_std(d) else {
             continue;
         };
-        let mut tx = db.begin().await?;
-        sqlx::query(LOCK).execute(&mut *tx).await?;
-        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+        let mut tx = pass_tx(db).await?;
         let dropped: i32 = sqlx::query_scalar("SELECT chainsync.history_retain($1, $2)")
             .bind(table)
             .bind(now - d)

@@ -88,6 +88,28 @@ BEGIN
 END
 $$;
 
+-- The tokens in a bucket (`rate` per second up to `burst`) at time `t`, from its level `tokens`
+-- at `refilled_at`. Inlined where it is called.
+CREATE FUNCTION chainsync.bucket_level(tokens double precision, burst double precision,
+                                       rate double precision, refilled_at timestamptz,
+                                       t timestamptz) RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT least(burst, tokens + greatest(extract(epoch FROM t - refilled_at), 0) * rate)
+$$;
+
+-- Whether kind `k` has a due job in queue `q`: the first in queue order rather than EXISTS,
+-- whose ORDER BY and LIMIT the planner drops, so that the index by kind answers.
+CREATE FUNCTION chainsync.kind_due(k text, q text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM FROM chainsync.jobs j
+    WHERE j.kind = k AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT 1;
+    RETURN FOUND;
+END
+$$;
+
 -- What the plain fetch (engine/src/queue/sql/fetch.sql) of up to `n` jobs of queue `q` may do
 -- under the limits: `controlled` when only chainsync.fetch_controlled() can serve it (paused, a
 -- rate, a small or nearly reached concurrency limit, partitions, a limited kind with due jobs
@@ -133,20 +155,15 @@ BEGIN
             END IF;
             SELECT * INTO lr FROM chainsync.kind_limits l WHERE l.kind = lr.kind FOR UPDATE SKIP LOCKED;
             IF NOT FOUND OR lr.rate IS NULL
-               OR least(lr.burst, lr.tokens + greatest(extract(epoch FROM clock_timestamp() - lr.refilled_at), 0) * lr.rate) < n THEN
+               OR chainsync.bucket_level(lr.tokens, lr.burst, lr.rate, lr.refilled_at, clock_timestamp()) < n THEN
                 RETURN p;
             END IF;
             p.locked := p.locked || lr.kind;
             p.rated := p.rated || lr.kind;
         ELSE
             -- Any due job of the kind here? (Also for a shareable limit whose slots fetches of
-            -- other queues hold.) The first in queue order rather than EXISTS, whose ORDER BY and
-            -- LIMIT the planner drops: so that the index by kind answers.
-            PERFORM FROM chainsync.jobs j
-            WHERE j.kind = lr.kind AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
-            ORDER BY j.priority, j.run_at, j.id
-            LIMIT 1;
-            IF FOUND THEN
+            -- other queues hold.)
+            IF chainsync.kind_due(lr.kind, q) THEN
                 RETURN p;
             END IF;
             p.skip := p.skip || lr.kind;
@@ -249,7 +266,7 @@ BEGIN
         END IF;
         IF qr.rate IS NOT NULL THEN
             qts := clock_timestamp();
-            qtok := least(qr.burst, qr.tokens + greatest(extract(epoch FROM qts - qr.refilled_at), 0) * qr.rate);
+            qtok := chainsync.bucket_level(qr.tokens, qr.burst, qr.rate, qr.refilled_at, qts);
             IF floor(qtok) < budget THEN
                 held := true;
                 budget := greatest(floor(qtok)::int, 0);
@@ -284,13 +301,8 @@ BEGIN
                     hint := least(coalesce(hint, 5), 5);
                 END IF;
             ELSE
-                -- Any due job of the kind here? (The first in queue order rather than EXISTS,
-                -- whose ORDER BY and LIMIT the planner drops: so that the index by kind answers.)
-                PERFORM FROM chainsync.jobs j
-                WHERE j.kind = k AND j.queue = q AND j.state = 'available' AND j.run_at <= now()
-                ORDER BY j.priority, j.run_at, j.id
-                LIMIT 1;
-                CONTINUE WHEN NOT FOUND;
+                -- Any due job of the kind here?
+                CONTINUE WHEN NOT chainsync.kind_due(k, q);
                 -- The limit is this fetch's alone while it decides (sharers hold it off). (A rate
                 -- alone that holds nothing back is one the plain fetch serves.)
                 exclusive := exclusive OR lr.concurrency IS NOT NULL OR lr.partition_concurrency IS NOT NULL;
@@ -324,7 +336,7 @@ BEGIN
                 END IF;
                 IF lr.rate IS NOT NULL AND allowed > 0 THEN
                     ts := clock_timestamp();
-                    tok := least(lr.burst, lr.tokens + greatest(extract(epoch FROM ts - lr.refilled_at), 0) * lr.rate);
+                    tok := chainsync.bucket_level(lr.tokens, lr.burst, lr.rate, lr.refilled_at, ts);
                     IF floor(tok) < allowed THEN
                         held := true;
                         allowed := greatest(floor(tok)::int, 0);
@@ -451,7 +463,7 @@ BEGIN
             SELECT up.kind, count(*) AS n FROM up WHERE up.kind = ANY(locked) GROUP BY up.kind),
         kind_charge AS (
             UPDATE chainsync.kind_limits l
-            SET tokens = least(l.burst, l.tokens + greatest(extract(epoch FROM clock_timestamp() - l.refilled_at), 0) * l.rate) - pk.n,
+            SET tokens = chainsync.bucket_level(l.tokens, l.burst, l.rate, l.refilled_at, clock_timestamp()) - pk.n,
                 refilled_at = clock_timestamp()
             FROM per_kind pk
             WHERE l.kind = pk.kind AND l.rate IS NOT NULL

@@ -40,7 +40,7 @@ taken AS (
 -- The buckets of the rated kinds (locked by chainsync.fetch_plan) pay for what was taken.
 charge AS (
     UPDATE chainsync.kind_limits l
-    SET tokens = least(l.burst, l.tokens + greatest(extract(epoch FROM clock_timestamp() - l.refilled_at), 0) * l.rate) - t.n,
+    SET tokens = chainsync.bucket_level(l.tokens, l.burst, l.rate, l.refilled_at, clock_timestamp()) - t.n,
         refilled_at = clock_timestamp()
     FROM (SELECT kind, count(*) AS n FROM taken
           WHERE kind = ANY(coalesce((SELECT (p).rated FROM control), '{}'))
