@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# History tables before and after partitioning (migration 20261130000100_partitioned_history.sql):
+# History tables before and after partitioning (migration 20261130000100_partitioned_history.sql;
+# finished jobs: scripts/bench-finished-jobs.sh):
 # table sizes, prune time and the balance / points lookups, measured on one database of its own.
 #
-#   scripts/bench-history.sh                 # 5M balance_changes, 5M points_history, 1M events,
-#                                            # 1M finished jobs
+#   scripts/bench-history.sh                 # 5M balance_changes, 5M points_history, 1M events
 #   ROWS=500000 POINTS=500000 scripts/bench-history.sh     # smaller
 #
 # Steps: the schema as it was before partitioning (every migration before 20261130), rows loaded
@@ -21,7 +21,6 @@ DB=${BENCH_DB:-chainsync_bench_history}
 ROWS=${ROWS:-5000000}
 POINTS=${POINTS:-5000000}
 EVENTS=${EVENTS:-1000000}
-JOBS=${JOBS:-1000000}
 REPEAT=${REPEAT:-7}
 HOLDERS=100000
 QUIET=10000
@@ -39,7 +38,7 @@ migrations() { # $1: "before" (versions < 20261130) or "partition" (the partitio
         echo "$(basename "$f") $f"
     done | sort | while read -r name f; do
         case "$1:$name" in
-            before:2026113*) ;;
+            before:2026113* | before:202612*) ;;
             before:*) q -f "$f" >/dev/null 2>&1 ;;
             partition:20261130000100_*) q -f "$f" >/dev/null ;;
         esac
@@ -94,9 +93,6 @@ FROM k, generate_series(0::bigint, $EVENTS - 1) g;
 INSERT INTO chainsync.points_history (chain_id, token, address, window_start, twab, points)
 SELECT 1, $TOKEN, $(addr "g % 527"), k.t0 + (g / 527) * interval '1 hour', g, g / 4
 FROM k, generate_series(0::bigint, $POINTS - 1) g;
-INSERT INTO chainsync.jobs (id, kind, args, state, attempt, created_at, started_at, finished_at)
-SELECT gen_random_uuid(), 'bench', '{}', 'completed', 1, f, f, f
-FROM (SELECT now() - interval '72 hours' * g / $JOBS AS f FROM generate_series(1, $JOBS) g) x;
 SQL
 q -c "VACUUM ANALYZE" >/dev/null
 
@@ -141,7 +137,6 @@ measure() { # $1: label
     printf '%-48s %s\n' "size balance_changes" "$(size balance_changes)"
     printf '%-48s %s\n' "size points_history" "$(size points_history)"
     printf '%-48s %s\n' "size events" "$(size events)"
-    printf '%-48s %s\n' "size jobs" "$(size jobs)"
     printf '%-48s %8s ms\n' "amount before block (1000 holders, head)" "$(time_ms "$(before_block "$HEAD_B")")"
     printf '%-48s %8s ms\n' "amount before block (1000 holders, mid-history)" "$(time_ms "$(before_block "$MID_B")")"
     printf '%-48s %8s ms\n' "GET /v1/balances read" "$(time_ms "$GET_BALANCES")"
@@ -150,12 +145,6 @@ measure() { # $1: label
     printf '%-48s %8s ms\n' "compute-points window rows (1 hour)" "$(time_ms "$WINDOW_ROWS")"
     printf '%-48s %8s ms\n' "compute-points opening amounts" "$(REPEAT=3 time_ms "$WINDOW_OPENING")"
     printf '%-48s %8s ms\n' "points of one window" "$(time_ms "$POINTS_WINDOW")"
-}
-
-prune_jobs() { # the pruner's statement, 5000 rows a time, until none is left
-    local sql
-    sql=$(sed -e 's/\$1/86400/' -e 's/\$2/5000/' "$ROOT/engine/src/queue/sql/prune.sql")
-    time_rolled_back "$(for _ in $(seq $((JOBS / 5000 + 1))); do echo "$sql;"; done)"
 }
 
 measure "before (unpartitioned)"
@@ -169,7 +158,6 @@ DELETE FROM chainsync.events WHERE block_number < (SELECT min(block_number) FROM
    WHERE block_time >= $CUTOFF);")"
 printf '%-48s %8s ms\n' "prune points_history older than 183d" "$(time_rolled_back "
 DELETE FROM chainsync.points_history WHERE window_start < $CUTOFF;")"
-printf '%-48s %8s ms\n' "prune finished jobs (1 day kept)" "$(prune_jobs)"
 
 echo "== partitioning migration on these rows"
 start=$(date +%s.%N)
@@ -188,4 +176,3 @@ printf '%-48s %8s ms\n' "prune events older than 183d" \
     "$(time_rolled_back "SELECT chainsync.history_retain('events', $CUTOFF);")"
 printf '%-48s %8s ms\n' "prune points_history older than 183d" \
     "$(time_rolled_back "SELECT chainsync.history_retain('points_history', $CUTOFF);")"
-printf '%-48s %8s ms\n' "prune finished jobs (1 day kept)" "$(prune_jobs)"

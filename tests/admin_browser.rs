@@ -346,7 +346,7 @@ timezone = "Europe/Berlin"
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE unique_key = 'schedule:nightly-noop:now'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE unique_key = 'schedule:nightly-noop:now'"
         )
         .await,
         1
@@ -358,7 +358,7 @@ timezone = "Europe/Berlin"
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE state = 'cancelled' AND args->>'payload' LIKE 'batch%'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'cancelled' AND args->>'payload' LIKE 'batch%'"
         )
         .await,
         3

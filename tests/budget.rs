@@ -287,7 +287,7 @@ rpc_budget = {BUDGET}
     tokio::time::sleep(steady - steady / 2).await;
     let syncs_running = scalar(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-balances' AND state <> 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'sync-balances' AND state <> 'completed'",
     )
     .await;
     assert!(
@@ -341,7 +341,7 @@ rpc_budget = {BUDGET}
         }
         let n = scalar(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance' AND state <> 'completed'",
+            "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'sync-user-balance' AND state <> 'completed'",
         )
         .await;
         if n == 0 { Ok(()) } else { Err(n) }
@@ -359,7 +359,7 @@ rpc_budget = {BUDGET}
         .map(|(id, _)| *id)
         .collect();
     let mut latencies: Vec<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM chainsync.jobs \
+        "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM chainsync.all_jobs \
          WHERE id = ANY($1)",
     )
     .bind(&steady_ids)

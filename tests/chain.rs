@@ -62,7 +62,7 @@ impl Env {
         )
         .until_ok(async || {
             let state: Option<String> =
-                sqlx::query_scalar("SELECT state::text FROM chainsync.jobs WHERE id = $1")
+                sqlx::query_scalar("SELECT state::text FROM chainsync.all_jobs WHERE id = $1")
                     .bind(id)
                     .fetch_optional(self.app.pool())
                     .await

@@ -115,7 +115,7 @@ async fn restart_and_kill(n: usize, pooler: bool) {
         .connect(&url)
         .await
         .unwrap();
-    let done = "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'";
+    let done = "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'";
     wait_until(&pool, done, n as i64 * 3 / 20, Duration::from_secs(60)).await;
 
     // The database goes away for a few seconds; the API says 503 meanwhile, not a crash.
@@ -138,7 +138,7 @@ async fn restart_and_kill(n: usize, pooler: bool) {
     wait_until(&pool, done, n as i64, Duration::from_secs(180)).await;
     a.stop();
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM chainsync.jobs").await,
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
         n as i64
     );
     assert_eq!(
@@ -203,7 +203,7 @@ batches_in_flight = 1
     wait_until(
         &pool,
         &format!(
-            "SELECT count(*) FROM chainsync.jobs WHERE id = '{}' AND state = 'completed'",
+            "SELECT count(*) FROM chainsync.all_jobs WHERE id = '{}' AND state = 'completed'",
             job.id
         ),
         1,
@@ -334,7 +334,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         .until_ok(async || {
             let open = count(
                 &pool,
-                "SELECT count(*) FROM chainsync.jobs WHERE state IN ('available', 'running')",
+                "SELECT count(*) FROM chainsync.all_jobs WHERE state IN ('available', 'running')",
             )
             .await;
             peak = peak.max(count(&pool, size_sql).await);
@@ -351,7 +351,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         // The pruner deletes completed jobs past the retention: the table ends empty.
         wait_until(
             &pool,
-            "SELECT (CASE WHEN count(*) = 0 THEN 1 ELSE 0 END)::bigint FROM chainsync.jobs",
+            "SELECT (CASE WHEN count(*) = 0 THEN 1 ELSE 0 END)::bigint FROM chainsync.all_jobs",
             1,
             Duration::from_secs(300),
         )
@@ -558,7 +558,7 @@ rates = [{{ chain_id = 31337, token = "native", rate = "0.25" }}]
     let _second = Daemon::start(dir.path(), "second", &cfg);
     wait_until(
         &pool,
-        "SELECT (count(*) = 0)::int::int8 FROM chainsync.jobs WHERE state IN ('available', 'running')",
+        "SELECT (count(*) = 0)::int::int8 FROM chainsync.all_jobs WHERE state IN ('available', 'running')",
         1,
         Duration::from_secs(120),
     )

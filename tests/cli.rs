@@ -70,7 +70,10 @@ async fn cli_bad_input_fails_with_one_line_and_writes_nothing(pool: PgPool) {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["inserted"], true);
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        1
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]

@@ -91,7 +91,7 @@ overlap = "queue"
         .until(async || {
             (count(
                 &pool,
-                "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+                "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running'",
             )
             .await
                 > 0)
@@ -122,19 +122,19 @@ overlap = "queue"
     // Running jobs finish.
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running'",
         0,
         Duration::from_secs(10),
     )
     .await;
-    let started = "SELECT count(*) FROM chainsync.jobs WHERE started_at IS NOT NULL";
+    let started = "SELECT count(*) FROM chainsync.all_jobs WHERE started_at IS NOT NULL";
     let before = count(&pool, started).await;
     // A daemon restarted meanwhile keeps the pause (it is in the database).
     daemons[2].stop();
     daemons[2] = Daemon::start(dir.path(), "c2", &config(&pool, schedule));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let late: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM chainsync.jobs WHERE started_at > $1 + interval '1 second'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE started_at > $1 + interval '1 second'",
     )
     .bind(paused_at)
     .fetch_one(&pool)
@@ -145,14 +145,14 @@ overlap = "queue"
     assert!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE state = 'available'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'available'"
         )
         .await
             > 0
     );
     // The schedule kept recording and enqueueing its ticks while paused.
     let ticks: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM chainsync.cron_claims c JOIN chainsync.jobs j ON j.id = c.job_id
+        "SELECT count(*) FROM chainsync.cron_claims c JOIN chainsync.all_jobs j ON j.id = c.job_id
          WHERE c.schedule = 'tick' AND c.claimed_at > $1 AND j.state = 'available'",
     )
     .bind(paused_at)
@@ -209,7 +209,7 @@ overlap = "queue"
     .until(async || {
         (count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE state = 'available' AND run_at <= now() - interval '1 second'",
+            "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'available' AND run_at <= now() - interval '1 second'",
         )
         .await
             == 0)
@@ -218,7 +218,7 @@ overlap = "queue"
     .await;
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE (args->>'payload') IS NOT NULL AND state <> 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE (args->>'payload') IS NOT NULL AND state <> 'completed'",
         0,
         Duration::from_secs(30),
     )
@@ -244,10 +244,12 @@ partition_concurrency = 2
         .enqueue_many(noops(60, 60, |i| json!(i % 3)))
         .await
         .unwrap();
-    let done = "SELECT (count(*) FILTER (WHERE state = 'completed') = 60)::int::bigint FROM chainsync.jobs";
-    let most_partition = "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM chainsync.jobs
+    let done = "SELECT (count(*) FILTER (WHERE state = 'completed') = 60)::int::bigint FROM chainsync.all_jobs";
+    let most_partition =
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM chainsync.all_jobs
                           WHERE state = 'running' AND kind = 'noop' GROUP BY args->'payload') t";
-    let running = "SELECT count(*) FROM chainsync.jobs WHERE state = 'running' AND kind = 'noop'";
+    let running =
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running' AND kind = 'noop'";
     let t = Instant::now();
     let (mut most, mut most_p) = (0, 0);
     loop {
@@ -275,7 +277,7 @@ partition_concurrency = 2
         .enqueue_many(noops(60, 100, |i| json!(i % 3)))
         .await
         .unwrap();
-    let done2 = "SELECT (count(*) FILTER (WHERE state = 'completed') = 120)::int::bigint FROM chainsync.jobs";
+    let done2 = "SELECT (count(*) FILTER (WHERE state = 'completed') = 120)::int::bigint FROM chainsync.all_jobs";
     let most = max_while(&pool, running, done2, Duration::from_secs(60)).await;
     assert!(most <= 12, "{most} ran at once under a limit of 12");
     assert!(most > 4, "the raised limit did not apply ({most})");
@@ -300,14 +302,14 @@ async fn a_limited_kind_does_not_starve_the_others_in_its_queue(pool: PgPool) {
     let _daemons = three(&pool, dir.path(), limits);
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE kind = 'compute-points' AND started_at IS NOT NULL",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'compute-points' AND started_at IS NOT NULL",
         20,
         Duration::from_secs(30),
     )
     .await;
     let noop_done = count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop' AND started_at IS NOT NULL",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'noop' AND started_at IS NOT NULL",
     )
     .await;
     assert!(
@@ -335,7 +337,7 @@ async fn a_rate_limit_holds_over_time(pool: PgPool) {
         .until(async || {
             (count(
                 &pool,
-                "SELECT count(*) FROM chainsync.jobs WHERE started_at IS NOT NULL",
+                "SELECT count(*) FROM chainsync.all_jobs WHERE started_at IS NOT NULL",
             )
             .await
                 >= 100)
@@ -345,7 +347,7 @@ async fn a_rate_limit_holds_over_time(pool: PgPool) {
     // Jobs started per whole second (the seconds the daemons were fetching in).
     let per_second: Vec<(f64, i64)> = sqlx::query_as(
         "SELECT extract(epoch FROM date_trunc('second', started_at))::float8, count(*)
-         FROM chainsync.jobs WHERE started_at IS NOT NULL AND started_at > $1 GROUP BY 1 ORDER BY 1",
+         FROM chainsync.all_jobs WHERE started_at IS NOT NULL AND started_at > $1 GROUP BY 1 ORDER BY 1",
     )
     .bind(t0)
     .fetch_all(&pool)
@@ -383,7 +385,7 @@ async fn unique_windows_debounce_in_sql_and_rust(pool: PgPool) {
     )
     .await
     .unwrap();
-    sqlx::query("UPDATE chainsync.jobs SET state = 'completed', finished_at = now() WHERE id = $1")
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY[$1::uuid], 'completed')")
         .bind(first)
         .execute(&pool)
         .await
@@ -401,7 +403,7 @@ async fn unique_windows_debounce_in_sql_and_rust(pool: PgPool) {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE unique_key = 'k1'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE unique_key = 'k1'"
         )
         .await,
         1
@@ -417,7 +419,7 @@ async fn unique_windows_debounce_in_sql_and_rust(pool: PgPool) {
     .await
     .unwrap();
     // (Finished: a queued job of the key would absorb the enqueue, as without a window.)
-    sqlx::query("UPDATE chainsync.jobs SET state = 'completed', finished_at = now() WHERE id = $1")
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY[$1::uuid], 'completed')")
         .bind(short)
         .execute(&pool)
         .await
@@ -704,7 +706,7 @@ async fn fetch_concurrently(
                         .collect(),
                 };
                 most = most.max(
-                    count(&pool, "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'").await,
+                    count(&pool, "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running'").await,
                 );
                 if round < churn {
                     let half: Vec<uuid::Uuid> = ids.iter().step_by(2).copied().collect();
@@ -733,7 +735,7 @@ async fn fetch_concurrently(
     }
     let end = count(
         pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running'",
     )
     .await;
     (most, end)
@@ -751,7 +753,7 @@ async fn limited_backlog(
         .enqueue_many(noops(jobs, 0, |i| json!(i)))
         .await
         .unwrap();
-    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.all_jobs")
         .fetch_one(pool)
         .await
         .unwrap();
@@ -877,7 +879,7 @@ async fn held_slots_of_a_kind_without_jobs_here_do_not_stop_the_plain_fetch(pool
         .enqueue_many(noops(50, 0, |i| json!(i)))
         .await
         .unwrap();
-    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.jobs")
+    let queue: String = sqlx::query_scalar("SELECT DISTINCT queue FROM chainsync.all_jobs")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -904,7 +906,7 @@ async fn held_slots_of_a_kind_without_jobs_here_do_not_stop_the_plain_fetch(pool
     assert_eq!(batch.jobs.len(), 10);
     assert_eq!(batch.control, chainsync::queue::Control::None);
     // With a due job of the kind in the queue, the plain fetch hands over.
-    sqlx::query("UPDATE chainsync.jobs SET kind = 'sync-balances' WHERE id = (SELECT id FROM chainsync.jobs WHERE state = 'available' LIMIT 1)")
+    sqlx::query("UPDATE chainsync.jobs SET kind = 'sync-balances' WHERE id = (SELECT id FROM chainsync.all_jobs WHERE state = 'available' LIMIT 1)")
         .execute(&pool)
         .await
         .unwrap();

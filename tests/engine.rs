@@ -5,6 +5,8 @@
 //! cancellation, rescue after SIGKILL. One database per test (`#[sqlx::test]`).
 
 mod common;
+
+use chrono::{DateTime, Utc};
 use common::{count, db_url, own_pool, pgbouncer::PgBouncer, wait, wait_count};
 
 use std::{sync::Arc, time::Duration};
@@ -138,7 +140,7 @@ async fn enqueue_run_complete(pool: PgPool) {
     let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         1,
         Duration::from_secs(10),
     )
@@ -192,7 +194,10 @@ async fn retries_follow_backoff_then_dead_letter_then_replay(pool: PgPool) {
     let errors = dl.errors.as_array().unwrap();
     assert_eq!(errors.len(), 3, "one error per attempt: {errors:?}");
     assert!(errors.iter().all(|e| e["error"] == "flaky not ready"));
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
 
     // Fix the cause, replay: it runs again from attempt 1 and completes.
     sqlx::query("DELETE FROM test_flags")
@@ -202,7 +207,7 @@ async fn retries_follow_backoff_then_dead_letter_then_replay(pool: PgPool) {
     assert_eq!(q.replay(e.id).await.unwrap(), e.id);
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         1,
         Duration::from_secs(10),
     )
@@ -288,7 +293,7 @@ async fn fatal_goes_straight_to_dead_letters_and_replay_by_filter(pool: PgPool) 
     assert_eq!(replayed.len(), 2);
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         2,
         Duration::from_secs(10),
     )
@@ -327,7 +332,10 @@ async fn unique_jobs_return_the_existing_id(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(c, a.id);
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 3);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        3
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
@@ -340,11 +348,17 @@ async fn transactional_enqueue_rolls_back(pool: PgPool) {
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
     let mut tx = pool.begin().await.unwrap();
     q.enqueue_in(&mut tx, record("t3")).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        1
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
@@ -417,7 +431,10 @@ async fn bad_input_is_refused_and_writes_nothing(pool: PgPool) {
             .to_string();
         assert!(e.contains(needle), "{sql}: {e}");
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
@@ -520,7 +537,7 @@ async fn two_runtimes_process_ten_thousand_jobs_exactly_once(pool: PgPool) {
     }
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         10_000,
         Duration::from_secs(120),
     )
@@ -562,7 +579,7 @@ async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
     assert_eq!(q.get_job(a.id).await.unwrap().state, "completed");
 
     // Gives back: the job outlives the shutdown timeout; it returns to the queue unchanged.
-    sqlx::query("DELETE FROM chainsync.jobs")
+    sqlx::query("TRUNCATE chainsync.jobs, chainsync.finished_jobs")
         .execute(&pool)
         .await
         .unwrap();
@@ -597,22 +614,200 @@ async fn graceful_shutdown_finishes_or_gives_back_running_jobs(pool: PgPool) {
     );
 }
 
+/// Ranges of `chainsync.finished_jobs` (leaf partitions besides the DEFAULT one), as attached.
+async fn attached_ranges(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM pg_inherits
+         WHERE inhparent = 'chainsync.finished_jobs'::regclass
+           AND inhrelid <> 'chainsync.finished_jobs_default'::regclass",
+    )
+    .await
+}
+
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
-async fn pruner_deletes_old_finished_jobs_in_batches(pool: PgPool) {
+async fn pruner_drops_ranges_of_finished_jobs_past_the_retention(pool: PgPool) {
+    let q = setup(&pool).await;
+    q.enqueue_many((0..300).map(|i| record(&format!("r{i}"))).collect())
+        .await
+        .unwrap();
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.finished_jobs WHERE state = 'completed'",
+        300,
+        Duration::from_secs(30),
+    )
+    .await;
+    rt.stop().await;
+    // Completed jobs left the hot table. No maintenance pass ran yet (a fresh database has no
+    // ranges): the DEFAULT partition holds them.
+    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
+    let in_default = "SELECT count(*) FROM chainsync.finished_jobs_default";
+    assert_eq!(count(&pool, in_default).await, 300);
+    assert_eq!(attached_ranges(&pool).await, 0);
+
+    let db_now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    // The first pass, within the retention: ranges from the oldest finished job to ahead of the
+    // clock, the DEFAULT partition's rows moved into theirs, none dropped.
+    let p = q
+        .prune_as_of(Some(db_now + chrono::Duration::minutes(30)), day, 100, 10)
+        .await
+        .unwrap();
+    assert_eq!((p.jobs, p.ranges_dropped, p.busy), (0, 0, false));
+    assert!(p.ranges_created > 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        300
+    );
+    assert_eq!(count(&pool, in_default).await, 0);
+    let listed = "SELECT count(*) FROM chainsync.finished_job_partitions";
+    assert_eq!(attached_ranges(&pool).await, count(&pool, listed).await);
+    // Each range is a 12th of the retention (2 hours).
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.finished_job_partitions
+             WHERE to_time - from_time <> interval '2 hours'"
+        )
+        .await,
+        0
+    );
+    // Two days later: the ranges holding them go whole, with the count of what they held.
+    let p = q
+        .prune_as_of(Some(db_now + chrono::Duration::days(2)), day, 100, 10)
+        .await
+        .unwrap();
+    assert_eq!(p.jobs, 300);
+    assert!(p.ranges_dropped >= 1 && p.ranges_created >= 1, "{p:?}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
+    assert_eq!(attached_ranges(&pool).await, count(&pool, listed).await);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.finished_job_partitions WHERE to_time <= now() + interval '1 day'"
+        )
+        .await,
+        0
+    );
+    // Jobs finishing at a time whose range went (the clock said otherwise) still finish: the
+    // DEFAULT partition takes them.
+    let late = q.enqueue(record("late")).await.unwrap();
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM chainsync.finished_jobs_default WHERE state = 'completed'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    rt.stop().await;
+    assert_eq!(q.get_job(late.id).await.unwrap().state, "completed");
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn pruner_deletes_old_rows_outside_every_range_in_batches(pool: PgPool) {
     let q = setup(&pool).await;
     q.enqueue_many((0..250).map(|i| record(&format!("p{i}"))).collect())
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE chainsync.jobs SET state = 'completed', finished_at = now() - interval '2 days'",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY(SELECT id FROM chainsync.jobs), 'completed')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Finished before the first range: the DEFAULT partition holds them.
+    sqlx::query("UPDATE chainsync.finished_jobs SET finished_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.finished_jobs_default"
+        )
+        .await,
+        250
+    );
     q.enqueue(record("fresh")).await.unwrap();
-    let n = q.prune(Duration::from_secs(86_400), 100, 10).await.unwrap();
-    assert_eq!(n, 250);
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+    let p = q.prune(Duration::from_secs(86_400), 100, 10).await.unwrap();
+    assert_eq!((p.jobs, p.ranges_dropped), (250, 0));
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        1
+    );
+}
+
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn completions_beside_prune_passes_lose_nothing(pool: PgPool) {
+    // Jobs complete while prune passes (as of a clock running ahead, an hour per pass) create
+    // ranges, drop ranges holding finished jobs and delete rows of the DEFAULT partition: every
+    // job runs once and is either still there or counted by a prune, once.
+    let q = setup(&pool).await;
+    let n = 3000;
+    q.enqueue_many((0..n).map(|i| record(&format!("c{i}"))).collect())
+        .await
+        .unwrap();
+    let db_now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let rt = Runtime::start(q.clone(), registry(), services(&q), fast_settings());
+    let mut removed = 0u64;
+    let mut dropped = 0;
+    let mut hours = 0;
+    loop {
+        let open = count(&pool, "SELECT count(*) FROM chainsync.jobs").await;
+        let p = q
+            .prune_as_of(
+                Some(db_now + chrono::Duration::hours(hours)),
+                Duration::from_secs(86_400),
+                50,
+                100,
+            )
+            .await
+            .unwrap();
+        removed += p.jobs;
+        dropped += p.ranges_dropped;
+        hours += 1;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.stop().await;
+    // The clock ran far enough for the ranges of the first completions to go.
+    let p = q
+        .prune_as_of(
+            Some(db_now + chrono::Duration::hours(hours + 48)),
+            Duration::from_secs(86_400),
+            50,
+            1000,
+        )
+        .await
+        .unwrap();
+    removed += p.jobs;
+    dropped += p.ranges_dropped;
+    assert!(dropped > 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.finished_jobs").await,
+        0
+    );
+    assert_eq!(removed, n as u64, "finished jobs counted by the prunes");
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT job_id) FROM test_runs").await,
+        n as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM test_runs").await,
+        n as i64
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
@@ -707,7 +902,7 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     child.wait().unwrap();
     let held = count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'running'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'running'",
     )
     .await;
     assert!(held > 0, "the killed child held no jobs");
@@ -721,7 +916,7 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     .every(Duration::from_millis(200))
     .until_ok(async || {
         q.rescue(100).await.unwrap();
-        let sql = "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'";
+        let sql = "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'";
         match count(&pool, sql).await {
             done if done == n => Ok(()),
             done => Err(format!("{done} of {n} completed")),
@@ -737,14 +932,14 @@ async fn orphans_are_rescued_after_sigkill(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM (SELECT job_id, attempt FROM test_runs GROUP BY 1, 2 HAVING count(*) > 1) d").await, 0);
     let rescued = count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE errors @> '[{\"class\": \"lease_expired\"}]'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE errors @> '[{\"class\": \"lease_expired\"}]'",
     )
     .await;
     assert_eq!(rescued, held, "every job the child held was rescued once");
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE attempt = 2"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE attempt = 2"
         )
         .await,
         held
@@ -815,7 +1010,7 @@ async fn through_pgbouncer_jobs_run_retry_dead_letter_and_replay(pool: PgPool) {
     assert_eq!(q.replay(flaky.id).await.unwrap(), flaky.id);
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         2,
         Duration::from_secs(20),
     )
@@ -834,7 +1029,10 @@ async fn through_pgbouncer_jobs_run_retry_dead_letter_and_replay(pool: PgPool) {
         .await,
         0
     );
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 2);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        2
+    );
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
@@ -878,7 +1076,7 @@ async fn through_pgbouncer_two_runtimes_run_every_job_once(pool: PgPool) {
     }
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         n,
         Duration::from_secs(120),
     )
@@ -891,4 +1089,80 @@ async fn through_pgbouncer_two_runtimes_run_every_job_once(pool: PgPool) {
         count(&pool, "SELECT count(DISTINCT job_id) FROM test_runs").await,
         n
     );
+}
+
+/// A database with finished jobs in the hot table (before `finished_jobs`) keeps every job: the
+/// finished ones move to ranges over their span, live ones stay, nothing changes but the table.
+#[sqlx::test(migrations = false)]
+async fn migration_moves_finished_jobs_out_of_the_hot_table(pool: PgPool) {
+    let before = sqlx::migrate::Migrator::with_migrations(
+        chainsync_jobs::MIGRATOR
+            .iter()
+            .filter(|m| m.version < 20_261_201_000_000)
+            .cloned()
+            .collect(),
+    );
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO chainsync.jobs (id, kind, args, state, attempt, errors, run_at, created_at,
+                                     started_at, finished_at, lease_owner, lease_expires_at)
+         SELECT chainsync.uuid_v7(), 'noop', jsonb_build_object('n', g),
+                (ARRAY['available', 'running', 'completed', 'cancelled'])[1 + g % 4]::chainsync.job_state,
+                1, '[]', now() - g * interval '1 minute', now() - g * interval '1 minute',
+                CASE WHEN g % 4 >= 1 THEN now() - g * interval '1 minute' END,
+                CASE WHEN g % 4 >= 2 THEN now() - g * interval '1 minute' END,
+                CASE WHEN g % 4 = 1 THEN gen_random_uuid() END,
+                CASE WHEN g % 4 = 1 THEN now() + interval '1 minute' END
+         FROM generate_series(0, 11999) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let digest = "SELECT md5(string_agg(concat_ws(',', id, kind, args, state, attempt, run_at,
+                      created_at, started_at, finished_at, lease_owner), ';' ORDER BY id))
+                  FROM chainsync.%s";
+    let d0: String = sqlx::query_scalar(sqlx::AssertSqlSafe(digest.replace("%s", "jobs")))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    chainsync_jobs::MIGRATOR.run(&pool).await.unwrap();
+    let d1: String = sqlx::query_scalar(sqlx::AssertSqlSafe(digest.replace("%s", "all_jobs")))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(d0, d1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.jobs").await,
+        6000
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.finished_jobs").await,
+        6000
+    );
+    // Over the 8 1/3 days they span: ranges of 12 hours (a 12th of that, rounded down to a width
+    // of the list), none of the rows left in DEFAULT.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM chainsync.finished_jobs_default"
+        )
+        .await,
+        0
+    );
+    let widths: Vec<f64> = sqlx::query_scalar(
+        "SELECT DISTINCT extract(epoch FROM to_time - from_time)::float8 FROM chainsync.finished_job_partitions",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(widths, vec![43_200.0]);
+    // The hot table takes live jobs only.
+    let err = sqlx::query(
+        "UPDATE chainsync.jobs SET state = 'completed', finished_at = now()
+         WHERE id = (SELECT id FROM chainsync.jobs LIMIT 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("jobs_live"), "{err}");
 }

@@ -161,7 +161,7 @@ async fn primary_crash_promoted_replica_daemons_follow_and_lose_nothing() {
         })
     };
     let on_primary = pool(&primary.url("failover")).await;
-    let done = "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'";
+    let done = "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'";
     wait("jobs completing on the primary", Duration::from_secs(60))
         .every(Duration::from_millis(100))
         .until_ok(async || match scalar(&on_primary, done).await {
@@ -192,7 +192,7 @@ async fn primary_crash_promoted_replica_daemons_follow_and_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     enqueuer.await.unwrap();
-    let open = "SELECT count(*) FROM chainsync.jobs WHERE state IN ('available', 'running')";
+    let open = "SELECT count(*) FROM chainsync.all_jobs WHERE state IN ('available', 'running')";
     wait("every job done", Duration::from_secs(120))
         .every(Duration::from_millis(200))
         .until_ok(async || {
@@ -209,13 +209,13 @@ async fn primary_crash_promoted_replica_daemons_follow_and_lose_nothing() {
     // Every acknowledged job is there and completed once; nothing in the dead letters.
     let acked: Vec<Uuid> = acked.lock().unwrap().iter().copied().collect();
     let found: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM chainsync.jobs WHERE id = ANY($1) AND state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE id = ANY($1) AND state = 'completed'",
     )
     .bind(&acked)
     .fetch_one(&new_primary)
     .await
     .unwrap();
-    let total = scalar(&new_primary, "SELECT count(*) FROM chainsync.jobs").await;
+    let total = scalar(&new_primary, "SELECT count(*) FROM chainsync.all_jobs").await;
     let completed = scalar(&new_primary, done).await;
     let dead = scalar(&new_primary, "SELECT count(*) FROM chainsync.dead_letters").await;
     let (mut runs, mut completions) = (0, 0);
@@ -283,7 +283,7 @@ async fn jobs_acknowledged_but_not_replicated_are_lost_unless_commits_wait_for_t
         )
         .every(Duration::from_millis(50))
         .until_ok(async || {
-            match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chainsync.jobs")
+            match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chainsync.all_jobs")
                 .fetch_one(&standby)
                 .await
             {
@@ -305,13 +305,13 @@ async fn jobs_acknowledged_but_not_replicated_are_lost_unless_commits_wait_for_t
         replica.promote();
         let promoted = pool(&replica.url("failover")).await;
         let kept: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM chainsync.jobs WHERE id = ANY($1)")
+            sqlx::query_scalar("SELECT count(*) FROM chainsync.all_jobs WHERE id = ANY($1)")
                 .bind(&during)
                 .fetch_one(&promoted)
                 .await
                 .unwrap();
         let kept_before: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM chainsync.jobs WHERE id = ANY($1)")
+            sqlx::query_scalar("SELECT count(*) FROM chainsync.all_jobs WHERE id = ANY($1)")
                 .bind(&before)
                 .fetch_one(&promoted)
                 .await

@@ -58,7 +58,7 @@ impl Server {
         (r.status(), r.json().await.unwrap_or(Value::Null))
     }
     async fn jobs(&self) -> i64 {
-        count(&self.pool, "SELECT count(*) FROM chainsync.jobs").await
+        count(&self.pool, "SELECT count(*) FROM chainsync.all_jobs").await
     }
 }
 

@@ -173,7 +173,7 @@ async fn transfers_ingested_exactly_once_across_runs(pool: PgPool) {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'sync-user-balance'"
         )
         .await,
         0

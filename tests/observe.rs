@@ -308,7 +308,7 @@ target = "nobody"
         .unwrap();
     let attempts = || async {
         sqlx::query_scalar::<_, i32>(
-            "SELECT coalesce(max(attempt), 0) FROM chainsync.jobs WHERE kind = 'deliver-alert'
+            "SELECT coalesce(max(attempt), 0) FROM chainsync.all_jobs WHERE kind = 'deliver-alert'
                AND args->>'target' = 'ops'",
         )
         .fetch_one(&pool)
@@ -380,7 +380,7 @@ target = "nobody"
 
     // Secrets never in the jobs table, the metrics or the daemon's log.
     let args: Vec<String> = sqlx::query_scalar(
-        "SELECT args::text || errors::text FROM chainsync.jobs WHERE kind = 'deliver-alert'",
+        "SELECT args::text || errors::text FROM chainsync.all_jobs WHERE kind = 'deliver-alert'",
     )
     .fetch_all(&pool)
     .await
@@ -493,7 +493,7 @@ cool_down = "{cool}"
     let deliveries = || async {
         sqlx::query_scalar::<_, Value>(
             "SELECT coalesce(jsonb_agg(args->'alert'->>'status' ORDER BY created_at, id), '[]')
-             FROM chainsync.jobs WHERE kind = 'deliver-alert'",
+             FROM chainsync.all_jobs WHERE kind = 'deliver-alert'",
         )
         .fetch_one(&pool)
         .await

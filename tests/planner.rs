@@ -54,7 +54,7 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
         .map(|id| chainsync::queue::complete::lease_token(*id, 1, owner))
         .collect();
     let check_all = async |conn: &mut sqlx::PgConnection, state: &str| {
-        let stmts: [(&str, &str); 9] = [
+        let stmts: [(&str, &str); 8] = [
             ("fetch", include_str!("../engine/src/queue/sql/fetch.sql")),
             (
                 "complete_retain",
@@ -69,7 +69,6 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
                 "dead_letter",
                 include_str!("../engine/src/queue/sql/dead_letter.sql"),
             ),
-            ("prune", include_str!("../engine/src/queue/sql/prune.sql")),
             ("rescue", include_str!("../engine/src/queue/sql/rescue.sql")),
             (
                 "heartbeat",
@@ -99,7 +98,6 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
                     .bind(&tokens)
                     .bind(vec![serde_json::json!({}); 500])
                     .bind(vec!["fatal"; 500]),
-                "prune" => q.bind(2.0f64).bind(20_000i64),
                 "rescue" => q.bind(1000i64),
                 "heartbeat" => q.bind(owner).bind(60_000i64).bind(&ids),
                 _ => q.bind(owner),
@@ -129,15 +127,14 @@ async fn hot_statements_use_index_conditions_whatever_the_statistics_say(pool: P
         }
     };
     let burst = async |conn: &mut sqlx::PgConnection, n: i32| {
-        // Half available, half running (leased), a few expired and finished.
+        // Half available, half running (leased). Finished jobs live in their own table.
         sqlx::query(
-            "INSERT INTO chainsync.jobs (id, kind, args, state, attempt, lease_owner, lease_expires_at, finished_at)
+            "INSERT INTO chainsync.jobs (id, kind, args, state, attempt, lease_owner, lease_expires_at)
              SELECT gen_random_uuid(), 'noop', '{}',
-                    CASE WHEN i % 3 = 0 THEN 'available' WHEN i % 3 = 1 THEN 'running' ELSE 'completed' END::chainsync.job_state,
+                    CASE WHEN i % 2 = 0 THEN 'available' ELSE 'running' END::chainsync.job_state,
                     1,
-                    CASE WHEN i % 3 = 1 THEN gen_random_uuid() END,
-                    CASE WHEN i % 3 = 1 THEN now() + interval '1 minute' END,
-                    CASE WHEN i % 3 = 2 THEN now() END
+                    CASE WHEN i % 2 = 1 THEN gen_random_uuid() END,
+                    CASE WHEN i % 2 = 1 THEN now() + interval '1 minute' END
              FROM generate_series(1, $1) AS i",
         )
         .bind(n)

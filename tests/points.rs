@@ -260,7 +260,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
             }
             if std::time::Instant::now() >= deadline {
                 let errors: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-                    "SELECT kind, state::text, errors FROM chainsync.jobs WHERE errors <> '[]'
+                    "SELECT kind, state::text, errors FROM chainsync.all_jobs WHERE errors <> '[]'
                      ORDER BY created_at DESC LIMIT 5",
                 )
                 .fetch_all(&self.pool)
@@ -274,7 +274,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
 
     async fn idle(&self) {
         self.wait_for(
-            "SELECT (count(*) = 0)::int::int8 FROM chainsync.jobs WHERE state IN ('available', 'running')",
+            "SELECT (count(*) = 0)::int::int8 FROM chainsync.all_jobs WHERE state IN ('available', 'running')",
             1,
             "queue drained",
         )

@@ -148,7 +148,7 @@ async fn migrate_daemon_cli_and_http_through_pgbouncer(pool: PgPool) {
     let failing: Value = serde_json::from_str(&out).unwrap();
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         2,
     )
     .await;
@@ -203,7 +203,7 @@ async fn migrate_daemon_cli_and_http_through_pgbouncer(pool: PgPool) {
     assert!(ok, "{err}");
     wait_count(
         &pool,
-        "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
         3,
     )
     .await;

@@ -68,7 +68,7 @@ async fn three_instances_enqueue_each_tick_exactly_once(pool: PgPool) {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'noop'"
         )
         .await,
         6
@@ -80,7 +80,7 @@ async fn three_instances_enqueue_each_tick_exactly_once(pool: PgPool) {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(DISTINCT unique_key) FROM chainsync.jobs"
+            "SELECT count(DISTINCT unique_key) FROM chainsync.all_jobs"
         )
         .await,
         6
@@ -104,7 +104,10 @@ every = "10s"
     // The first job is still queued (no worker): the next tick is skipped.
     let out = s.tick_once(at("2026-06-01T12:00:11Z")).await.unwrap();
     assert!(matches!(out[..], [TickOutcome::Skipped { .. }]), "{out:?}");
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        1
+    );
     assert_eq!(
         count(
             &pool,
@@ -114,7 +117,7 @@ every = "10s"
         1
     );
     // Once it finished, ticks enqueue again.
-    sqlx::query("UPDATE chainsync.jobs SET state = 'completed', finished_at = now()")
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY(SELECT id FROM chainsync.jobs), 'completed')")
         .execute(&pool)
         .await
         .unwrap();
@@ -276,7 +279,7 @@ async fn a_switched_off_schedule_claims_nothing_and_resumes_at_its_next_tick(poo
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'noop'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'noop'"
         )
         .await,
         2
@@ -300,12 +303,14 @@ async fn run_now_enqueues_once_while_its_job_waits(pool: PgPool) {
     assert_eq!(status[0].last_job, Some(first.id));
     assert_eq!(status[0].last_outcome.as_deref(), Some("available"));
     // Once it started, a new run is queued.
-    sqlx::query(
-        "UPDATE chainsync.jobs SET started_at = now(), state = 'completed', finished_at = now()",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE chainsync.jobs SET started_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY(SELECT id FROM chainsync.jobs), 'completed')")
+        .execute(&pool)
+        .await
+        .unwrap();
     let third = chainsync::scheduler::run_now(&q, s, "test").await.unwrap();
     assert!(third.inserted && third.id != first.id);
 }

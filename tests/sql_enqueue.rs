@@ -42,7 +42,7 @@ async fn setup(pool: &PgPool) -> Kinds {
 }
 
 async fn jobs(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM chainsync.jobs")
+    sqlx::query_scalar("SELECT count(*) FROM chainsync.all_jobs")
         .fetch_one(pool)
         .await
         .unwrap()

@@ -237,7 +237,7 @@ service_name = "chainsync-traces-test"
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     assert!(err.to_string().contains("traceparent"), "{err}");
     assert_eq!(
-        common::count(&pool, "SELECT count(*) FROM chainsync.jobs").await,
+        common::count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
         0
     );
 
@@ -378,7 +378,7 @@ service_name = "chainsync-traces-test"
         .await
         .unwrap();
     let stored: Option<String> =
-        sqlx::query_scalar("SELECT traceparent FROM chainsync.jobs WHERE id = $1")
+        sqlx::query_scalar("SELECT traceparent FROM chainsync.all_jobs WHERE id = $1")
             .bind(later.id)
             .fetch_one(&pool)
             .await

@@ -458,7 +458,7 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
     assert_eq!(
         common::count(
             &pool,
-            "SELECT count(*) FROM chainsync.jobs WHERE kind = 'sync-user-balance'"
+            "SELECT count(*) FROM chainsync.all_jobs WHERE kind = 'sync-user-balance'"
         )
         .await,
         1
@@ -506,7 +506,7 @@ async fn tron_addresses_through_cli_sql_and_http(pool: PgPool) {
         .await
         .unwrap();
     let args: Value = sqlx::query_scalar(
-        "SELECT args FROM chainsync.jobs WHERE kind = 'sync-user-balance' ORDER BY created_at DESC LIMIT 1",
+        "SELECT args FROM chainsync.all_jobs WHERE kind = 'sync-user-balance' ORDER BY created_at DESC LIMIT 1",
     )
     .fetch_one(&pool)
     .await
@@ -573,7 +573,7 @@ async fn tx_row(pool: &PgPool, hash: B256) -> (String, Option<i64>, i64, Option<
 /// The addresses of the enqueued `sync-user-balance` jobs.
 async fn sync_job_addresses(pool: &PgPool) -> BTreeSet<String> {
     sqlx::query_scalar::<_, String>(
-        "SELECT args->>'address' FROM chainsync.jobs WHERE kind = 'sync-user-balance'",
+        "SELECT args->>'address' FROM chainsync.all_jobs WHERE kind = 'sync-user-balance'",
     )
     .fetch_all(pool)
     .await
@@ -726,7 +726,7 @@ async fn tron_pending_txs_confirm_at_solidified_depth(pool: PgPool) {
 
     // The follow-up syncs store what the chain holds.
     let jobs: Vec<Value> = sqlx::query_scalar(
-        "SELECT args FROM chainsync.jobs WHERE kind = 'sync-user-balance' ORDER BY created_at",
+        "SELECT args FROM chainsync.all_jobs WHERE kind = 'sync-user-balance' ORDER BY created_at",
     )
     .fetch_all(&pool)
     .await

@@ -67,7 +67,7 @@ async fn wait_completed(pool: &PgPool, id: Uuid) {
     let t = Instant::now();
     loop {
         let state: Option<String> =
-            sqlx::query_scalar("SELECT state::text FROM chainsync.jobs WHERE id = $1")
+            sqlx::query_scalar("SELECT state::text FROM chainsync.all_jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
                 .await
@@ -177,7 +177,7 @@ asset_class = "native"
         second
     );
     let queued: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM chainsync.jobs WHERE unique_key = $1 AND state = 'available'",
+        "SELECT count(*) FROM chainsync.all_jobs WHERE unique_key = $1 AND state = 'available'",
     )
     .bind(&key)
     .fetch_one(&pool)
@@ -281,7 +281,7 @@ async fn one_active_job_kinds_keep_their_key_while_running(pool: PgPool) {
         .unwrap();
     assert_eq!(stats.retried, 1);
     let states: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, state::text FROM chainsync.jobs WHERE unique_key = 'noop-key' ORDER BY id",
+        "SELECT id, state::text FROM chainsync.all_jobs WHERE unique_key = 'noop-key' ORDER BY id",
     )
     .fetch_all(&pool)
     .await

@@ -107,7 +107,7 @@ struct Row {
 async fn row(pool: &PgPool, id: Uuid) -> Row {
     sqlx::query_as(
         "SELECT state::text, attempt, lease_owner, lease_expires_at, run_at, errors
-         FROM chainsync.jobs WHERE id = $1",
+         FROM chainsync.all_jobs WHERE id = $1",
     )
     .bind(id)
     .fetch_one(pool)
@@ -365,7 +365,7 @@ async fn complete_records_a_batch_of_every_outcome_at_once(pool: PgPool) {
         assert!(last["started_at"].is_string(), "{last}");
     }
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM chainsync.jobs").await,
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
         3,
         "done (retained), retry, snooze"
     );
@@ -385,7 +385,10 @@ async fn successes_not_retained_are_deleted(pool: PgPool) {
         .collect();
     let stats = q.complete(owner, &batch, false).await.unwrap();
     assert_eq!((stats.done, stats.fenced), (4, 0));
-    assert_eq!(count(&pool, "SELECT count(*) FROM chainsync.jobs").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
 }
 
 #[sqlx::test(migrations = "../migrations/engine")]
@@ -477,7 +480,7 @@ async fn the_runtime_runs_retries_and_dead_letters_then_stops_at_once(pool: PgPo
         || async {
             count(
                 &pool,
-                "SELECT count(*) FROM chainsync.jobs WHERE state = 'completed'",
+                "SELECT count(*) FROM chainsync.all_jobs WHERE state = 'completed'",
             )
             .await
                 == 2

@@ -160,7 +160,7 @@ async fn throughput(
     let mut requests = 0;
     for _ in 0..reps {
         chainsync_jobs::ingest::reset(app.pool(), 31337).await?;
-        sqlx::query("TRUNCATE chainsync.jobs, chainsync.balance_changes, chainsync.balances")
+        sqlx::query("TRUNCATE chainsync.jobs, chainsync.finished_jobs, chainsync.balance_changes, chainsync.balances")
             .execute(app.pool())
             .await?;
         let t = Instant::now();

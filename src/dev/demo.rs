@@ -506,10 +506,11 @@ auto_repair = true
         .bind(&token_text)
         .fetch_one(&pool)
         .await?;
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state::text, count(*) FROM chainsync.jobs GROUP BY 1 ORDER BY 1")
-            .fetch_all(&pool)
-            .await?;
+    let states: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state::text, count(*) FROM chainsync.all_jobs GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
     summary.add("RAT balances stored", exact);
     // The holders the walk-through touched, as stored at the end.
     for (who, _) in holders.iter().take(3) {

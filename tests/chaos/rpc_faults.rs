@@ -143,7 +143,7 @@ async fn handle(State(s): State<ProxyState>, headers: HeaderMap, body: Bytes) ->
 
 async fn state_of(pool: &PgPool, id: uuid::Uuid) -> (Option<String>, i32, bool) {
     let row: Option<(String, i32)> =
-        sqlx::query_as("SELECT state::text, attempt FROM chainsync.jobs WHERE id = $1")
+        sqlx::query_as("SELECT state::text, attempt FROM chainsync.all_jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
@@ -188,7 +188,7 @@ async fn wait_for(pool: &PgPool, id: uuid::Uuid, want: &str, limit: Duration) {
             .await
             .unwrap();
             let jobs: Vec<(uuid::Uuid, String, i32, Value)> =
-                sqlx::query_as("SELECT id, state::text, attempt, args FROM chainsync.jobs")
+                sqlx::query_as("SELECT id, state::text, attempt, args FROM chainsync.all_jobs")
                     .fetch_all(pool)
                     .await
                     .unwrap();
@@ -295,11 +295,12 @@ rate_limit_backoff = "50ms"
             );
         }
         assert_eq!(state.as_deref(), Some("available"), "{fault:?}: snoozed");
-        let errors: Value = sqlx::query_scalar("SELECT errors FROM chainsync.jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let errors: Value =
+            sqlx::query_scalar("SELECT errors FROM chainsync.all_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(
             attempt, 0,
             "{fault:?}: a snooze gives the attempt back; errors {errors}"

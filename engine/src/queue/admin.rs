@@ -158,7 +158,7 @@ impl Queue {
             )));
         }
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM chainsync.jobs
+            "SELECT {JOB_COLUMNS} FROM chainsync.all_jobs
              WHERE ($1::text IS NULL OR state::text = $1) AND ($2::text IS NULL OR kind = $2)
                AND ($3::text IS NULL OR queue = $3)
              ORDER BY id DESC LIMIT $4 OFFSET $5"
@@ -174,7 +174,7 @@ impl Queue {
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<JobRow, QueueError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM chainsync.jobs WHERE id = $1");
+        let sql = format!("SELECT {JOB_COLUMNS} FROM chainsync.all_jobs WHERE id = $1");
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -185,15 +185,12 @@ impl Queue {
     /// Cancels an available or running job. A running job's eventual outcome is then refused by
     /// fencing; its side effects so far stay (they are idempotent by design).
     pub async fn cancel_job(&self, id: Uuid) -> Result<(), QueueError> {
-        let n = sqlx::query(
-            "UPDATE chainsync.jobs SET state = 'cancelled', finished_at = now(),
-                lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND state IN ('available', 'running')",
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM chainsync.finish_jobs(ARRAY[$1::uuid], 'cancelled')",
         )
         .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .fetch_one(&self.pool)
+        .await?;
         if n == 1 {
             return Ok(());
         }
@@ -207,7 +204,7 @@ impl Queue {
     /// Jobs per (queue, kind, state), for health and metrics.
     pub async fn counts(&self) -> Result<Vec<(String, String, String, i64)>, QueueError> {
         Ok(sqlx::query_as(
-            "SELECT queue, kind, state::text, count(*) FROM chainsync.jobs
+            "SELECT queue, kind, state::text, count(*) FROM chainsync.all_jobs
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
         .fetch_all(&self.pool)

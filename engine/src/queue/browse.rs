@@ -208,8 +208,10 @@ impl JobConditions {
     fn of(q: &JobQuery) -> Self {
         let mut matching = Vec::new();
         // The state as a literal (one of STATES, checked before): the partial indexes of the
-        // states (running jobs, finished jobs) apply only to a condition the planner can match
-        // to their predicates, which a parameter cast to the enum is not.
+        // states (available, running jobs) and the checks that keep finished jobs out of
+        // chainsync.jobs and live ones out of chainsync.finished_jobs (which leave the other
+        // table out of a plan of chainsync.all_jobs) apply only to a condition the planner can
+        // match to them, which a parameter cast to the enum is not.
         if let Some(st) = STATES.iter().find(|s| Some(**s) == q.state.as_deref()) {
             matching.push(format!("state = '{st}'"));
         }
@@ -387,7 +389,7 @@ impl Queue {
             let sql = format!(
                 "SELECT * FROM (
                     SELECT {cols}, ({}) AS matched, row_number() OVER (ORDER BY id DESC) AS rn
-                    FROM chainsync.jobs WHERE {}
+                    FROM chainsync.all_jobs WHERE {}
                     ORDER BY id DESC LIMIT $11) s
                  WHERE s.matched OR s.rn = $11
                  LIMIT $10 + 1",
@@ -403,7 +405,7 @@ impl Queue {
             let mut all = range.clone();
             all.extend(c.matching.iter().map(String::as_str));
             let sql = format!(
-                "SELECT {cols}, true AS matched, 0::bigint AS rn FROM chainsync.jobs WHERE {}
+                "SELECT {cols}, true AS matched, 0::bigint AS rn FROM chainsync.all_jobs WHERE {}
                  ORDER BY id DESC LIMIT $10",
                 JobConditions::join(&all)
             );
@@ -422,7 +424,7 @@ impl Queue {
         check_jobs(q)?;
         let (lo, hi) = id_bounds(q);
         let sql = format!(
-            "SELECT count(*) FROM chainsync.jobs WHERE {}
+            "SELECT count(*) FROM chainsync.all_jobs WHERE {}
                AND state::text = ANY($9)",
             JobConditions::of(q).all()
         );
@@ -451,36 +453,63 @@ impl Queue {
         check_jobs(q)?;
         let (lo, hi) = id_bounds(q);
         let filter = JobConditions::of(q).all();
-        let sql = match action {
-            BulkJobAction::Cancel => format!(
-                "UPDATE chainsync.jobs SET state = 'cancelled', finished_at = now(),
-                    lease_owner = NULL, lease_expires_at = NULL
-                 WHERE {filter} AND state::text = ANY($9)"
-            ),
-            BulkJobAction::Retry => format!(
-                "UPDATE chainsync.jobs SET state = 'available', run_at = now(), finished_at = NULL
-                 WHERE {filter} AND state::text = ANY($9)
-                   AND (state = 'available' OR unique_key IS NULL
-                        OR chainsync.unique_holder(unique_key) IS NULL)"
-            ),
-            BulkJobAction::Delete => {
-                format!("DELETE FROM chainsync.jobs WHERE {filter} AND state::text = ANY($9)")
-            }
+        // Live jobs are in chainsync.jobs, finished ones in chainsync.finished_jobs: an action
+        // on both is a statement on each, in one transaction.
+        let sqls = match action {
+            BulkJobAction::Cancel => vec![format!(
+                "SELECT count(*) FROM chainsync.finish_jobs(ARRAY(
+                     SELECT id FROM chainsync.jobs WHERE {filter} AND state::text = ANY($9)),
+                     'cancelled')"
+            )],
+            BulkJobAction::Retry => vec![
+                format!(
+                    "WITH u AS (UPDATE chainsync.jobs SET run_at = now()
+                                WHERE {filter} AND state::text = ANY($9) AND state = 'available'
+                                RETURNING 1)
+                     SELECT count(*) FROM u"
+                ),
+                format!(
+                    "SELECT count(*) FROM chainsync.requeue_finished(ARRAY(
+                         SELECT id FROM chainsync.finished_jobs
+                         WHERE {filter} AND state::text = ANY($9)), true)"
+                ),
+            ],
+            BulkJobAction::Delete => vec![
+                format!(
+                    "WITH d AS (DELETE FROM chainsync.jobs WHERE {filter} AND state::text = ANY($9)
+                                RETURNING 1)
+                     SELECT count(*) FROM d"
+                ),
+                format!(
+                    "WITH d AS (DELETE FROM chainsync.finished_jobs
+                                WHERE {filter} AND state::text = ANY($9) RETURNING 1)
+                     SELECT count(*) FROM d"
+                ),
+            ],
         };
-        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&q.state)
-            .bind(&q.kind)
-            .bind(&q.queue)
-            .bind(&q.text)
-            .bind(q.from)
-            .bind(q.to)
-            .bind(lo)
-            .bind(hi)
-            .bind(action.states())
-            .execute(&self.pool)
-            .await;
-        match res {
-            Ok(r) => Ok(r.rows_affected()),
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            let mut changed = 0;
+            for sql in sqls {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(&q.state)
+                    .bind(&q.kind)
+                    .bind(&q.queue)
+                    .bind(&q.text)
+                    .bind(q.from)
+                    .bind(q.to)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(action.states())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                changed += u64::try_from(n).unwrap_or(0);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(changed)
+        };
+        match run.await {
+            Ok(n) => Ok(n),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(QueueError::Conflict(
                 "some of the selected jobs share a unique key with another queued job; \
                  narrow the selection"
@@ -492,15 +521,27 @@ impl Queue {
 
     /// Runs an available job now, or queues a cancelled or completed one again (attempts kept).
     pub async fn retry_job(&self, id: Uuid) -> Result<(), QueueError> {
-        let res = sqlx::query(
-            "UPDATE chainsync.jobs SET state = 'available', run_at = now(), finished_at = NULL
-             WHERE id = $1 AND state IN ('available', 'cancelled', 'completed')",
-        )
-        .bind(id)
-        .execute(&self.pool)
+        let res = async {
+            let now = sqlx::query(
+                "UPDATE chainsync.jobs SET run_at = now() WHERE id = $1 AND state = 'available'",
+            )
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if now == 1 {
+                return Ok(1);
+            }
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM chainsync.requeue_finished(ARRAY[$1::uuid], false)",
+            )
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+        }
         .await;
         match res {
-            Ok(r) if r.rows_affected() == 1 => Ok(()),
+            Ok(1) => Ok(()),
             Ok(_) => {
                 let job = self.get_job(id).await?;
                 Err(QueueError::Conflict(format!(
@@ -606,8 +647,8 @@ impl Queue {
                 SELECT date_trunc('minute', finished_at) AS minute,
                        count(*) FILTER (WHERE state = 'completed') AS completed,
                        count(*) FILTER (WHERE state = 'cancelled') AS cancelled
-                FROM chainsync.jobs
-                WHERE state IN ('completed', 'cancelled') AND finished_at >= $1
+                FROM chainsync.finished_jobs
+                WHERE finished_at >= $1
                 GROUP BY 1),
              d AS (
                 SELECT date_trunc('minute', failed_at) AS minute, count(*) AS dead
@@ -629,7 +670,7 @@ impl Queue {
                     count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS ready,
                     extract(epoch FROM now() - min(run_at) FILTER (
                         WHERE state = 'available' AND run_at <= now()))::float8 AS oldest_ready_secs
-             FROM chainsync.jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+             FROM chainsync.all_jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -660,9 +701,8 @@ impl Queue {
                     percentile_cont(0.95) WITHIN GROUP (ORDER BY w) AS p95_secs,
                     max(w) AS max_secs
              FROM (SELECT greatest(extract(epoch FROM started_at - run_at)::float8, 0) AS w
-                   FROM chainsync.jobs
-                   WHERE state IN ('completed', 'cancelled') AND finished_at >= $1
-                     AND started_at IS NOT NULL) s",
+                   FROM chainsync.finished_jobs
+                   WHERE finished_at >= $1 AND started_at IS NOT NULL) s",
         )
         .bind(since)
         .fetch_one(&self.pool)
@@ -671,13 +711,11 @@ impl Queue {
 
     /// Jobs per state (one statement; the console's header counts).
     pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
-        Ok(
-            sqlx::query_as(
-                "SELECT state::text, count(*) FROM chainsync.jobs GROUP BY 1 ORDER BY 1",
-            )
-            .fetch_all(&self.pool)
-            .await?,
+        Ok(sqlx::query_as(
+            "SELECT state::text, count(*) FROM chainsync.all_jobs GROUP BY 1 ORDER BY 1",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 

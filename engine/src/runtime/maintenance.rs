@@ -1,6 +1,6 @@
 //! Background maintenance of a daemon: the rescuer requeues jobs whose lease expired (their
-//! worker died), the pruner deletes finished jobs past the retention. Several daemons may run
-//! them at once: both use SKIP LOCKED and are idempotent.
+//! worker died), the pruner drops the ranges of finished jobs past the retention. Several daemons may run
+//! them at once: the rescuer uses SKIP LOCKED, prunes take turns; both are idempotent.
 
 use std::time::Duration;
 
@@ -18,10 +18,12 @@ pub struct MaintenanceSettings {
     pub rescue_interval: Duration,
     #[serde(with = "crate::duration::text")]
     pub prune_interval: Duration,
-    /// Completed and cancelled jobs older than this are deleted. "0s" deletes on completion.
+    /// Completed and cancelled jobs are kept this long, then dropped with their range of
+    /// `chainsync.finished_jobs` (ranges of about a 12th of this, so a job stays up to that much
+    /// longer). "0s" deletes completed jobs on completion.
     #[serde(with = "crate::duration::text")]
     pub completed_retention: Duration,
-    /// Rows per prune statement.
+    /// Rows per prune statement (finished jobs outside every range, closed unique windows).
     pub prune_batch: i64,
 }
 
@@ -93,8 +95,14 @@ pub async fn run_with<F, Fut>(
             },
             _ = prune.tick() => {
                 match queue.prune(settings.completed_retention, settings.prune_batch, 100).await {
-                    Ok(0) => {}
-                    Ok(n) => info!(deleted = n, "pruned finished jobs"),
+                    Ok(p) if p.busy => info!("finished jobs' table busy; prune left to the next pass"),
+                    Ok(p) if p.jobs == 0 && p.ranges_created == 0 && p.ranges_dropped == 0 => {}
+                    Ok(p) => info!(
+                        deleted = p.jobs,
+                        ranges_dropped = p.ranges_dropped,
+                        ranges_created = p.ranges_created,
+                        "pruned finished jobs"
+                    ),
                     Err(e) => warn!(error = %e, "prune pass failed"),
                 }
                 tokio::select! {

@@ -486,7 +486,7 @@ pub async fn status(
                          ELSE 'pruned' END,
                     c.manual
              FROM chainsync.cron_claims c
-             LEFT JOIN chainsync.jobs j ON j.id = c.job_id
+             LEFT JOIN chainsync.all_jobs j ON j.id = c.job_id
              LEFT JOIN chainsync.dead_letters d ON d.id = c.job_id
              WHERE c.schedule = $1 ORDER BY c.tick DESC LIMIT 1",
         )
