@@ -5,7 +5,11 @@
 //! Transfer logs, block timestamps, `balanceOf`), never from rows chainsync wrote.
 
 mod common;
-use common::db_url;
+use common::{
+    db_url,
+    running::Running,
+    timeline::{self, HOUR, Timeline, Transfer, reference, times_only},
+};
 #[allow(dead_code)]
 #[path = "chaos/support.rs"]
 mod support;
@@ -19,17 +23,12 @@ use alloy::{
     sol,
     sol_types::SolEvent,
 };
-use chainsync::{app::App, config::Config, runtime::Runtime};
+use chainsync::{app::App, config::Config};
 use chainsync_dev::devchain::{self, DevChain};
 use chainsync_jobs::{NewJob, points::window_of};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
-
-sol! {
-    event Transfer(address indexed from, address indexed to, uint256 value);
-}
 
 sol!(
     #[sol(rpc)]
@@ -37,10 +36,6 @@ sol!(
     "contracts/out/AdminBalanceToken.json"
 );
 
-const RATE_DIV: u128 = 4; // rate "0.25"
-
-/// Holder → (block, block time, balance after the block) at each block where it changed.
-type Timeline = BTreeMap<Address, Vec<(u64, DateTime<Utc>, u128)>>;
 /// (address, window, old twab, old points, new twab, new points, reason).
 type AuditRow = (
     String,
@@ -51,7 +46,6 @@ type AuditRow = (
     String,
     String,
 );
-const HOUR: u64 = 3600;
 
 struct Env {
     chain: DevChain,
@@ -63,13 +57,6 @@ struct Env {
     t0: u64,
     /// The configuration, for daemon processes.
     toml: String,
-}
-
-/// The daemon's moving parts in-process: workers and live ingestion.
-struct Running {
-    rt: Runtime,
-    stop: CancellationToken,
-    follower: tokio::task::JoinHandle<()>,
 }
 
 impl Env {
@@ -158,20 +145,7 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
     }
 
     async fn start(&self) -> Running {
-        let services = self.app.services().await.unwrap();
-        let rt = Runtime::start(
-            self.app.queue.clone(),
-            self.app.registry.clone(),
-            services.clone(),
-            self.app.config.worker.clone(),
-        );
-        let stop = CancellationToken::new();
-        let follower = {
-            let domain = chainsync_jobs::domain::Domain::new(services);
-            let (queue, stop) = (self.app.queue.clone(), stop.clone());
-            tokio::spawn(async move { domain.follow(std::sync::Arc::new(queue), stop).await })
-        };
-        Running { rt, stop, follower }
+        Running::start(&self.app).await
     }
 
     /// The next block gets chain time `t0 + secs`.
@@ -306,78 +280,19 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
     /// From the chain: every holder's balance after each block where its balance changed,
     /// derived from the token's Transfer logs alone, with the block's timestamp.
     async fn log_timeline(&self) -> Timeline {
-        let logs = self
-            .chain
-            .provider()
-            .get_logs(
-                &Filter::new()
-                    .address(self.token)
-                    .event_signature(Transfer::SIGNATURE_HASH)
-                    .from_block(0),
-            )
-            .await
-            .unwrap();
-        let mut times: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
-        let mut balances: BTreeMap<Address, u128> = BTreeMap::new();
-        let mut out: BTreeMap<Address, Vec<(u64, DateTime<Utc>, u128)>> = BTreeMap::new();
-        for log in &logs {
-            let bn = log.block_number.unwrap();
-            if let std::collections::btree_map::Entry::Vacant(e) = times.entry(bn) {
-                let b = self
-                    .chain
-                    .provider()
-                    .get_block_by_number(bn.into())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                e.insert(DateTime::from_timestamp(b.header.timestamp as i64, 0).unwrap());
-            }
-            let t = Transfer::decode_log_data(log.data()).unwrap();
-            let v: u128 = t.value.to();
-            for (who, delta) in [(t.from, -(v as i128)), (t.to, v as i128)] {
-                if who.is_zero() {
-                    continue;
-                }
-                let b = balances.entry(who).or_default();
-                *b = (*b as i128 + delta) as u128;
-                let series = out.entry(who).or_default();
-                match series.last_mut() {
-                    Some(last) if last.0 == bn => last.2 = *b,
-                    _ => series.push((bn, times[&bn], *b)),
-                }
-            }
-        }
-        // A holder whose balance came back within a block has no change there.
-        for series in out.values_mut() {
-            let mut prev: Option<u128> = None;
-            series.retain(|(_, _, b)| {
-                let keep = prev != Some(*b);
-                prev = Some(*b);
-                keep
-            });
-        }
-        out
+        timeline::log_timeline(&self.chain, self.token).await
     }
 
     /// History rows of the token as stored: holder → (block, amount, source).
     async fn stored_history(&self) -> BTreeMap<Address, Vec<(u64, u128, String)>> {
-        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
-            "SELECT address, block_number, new_amount::text, source FROM chainsync.balance_changes
-             WHERE token = $1 ORDER BY address, block_number",
-        )
-        .bind(format!("{:#x}", self.token))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        let mut out: BTreeMap<Address, Vec<(u64, u128, String)>> = BTreeMap::new();
-        for (a, b, amount, source) in rows {
-            out.entry(a.parse().unwrap()).or_default().push((
-                b as u64,
-                amount.parse().unwrap(),
-                source,
-            ));
-        }
-        out
+        timeline::stored_history(&self.pool, self.token)
+            .await
+            .into_iter()
+            .map(|(a, rows)| {
+                let rows = rows.into_iter().map(|r| (r.block, r.new, r.source));
+                (a, rows.collect())
+            })
+            .collect()
     }
 
     /// Stored (holder, window start) → (twab, points) of windows `hours`.
@@ -385,69 +300,14 @@ rates = [{{ chain_id = 31337, token = "{token:#x}", rate = "0.25" }}]
         &self,
         hours: std::ops::Range<u64>,
     ) -> BTreeMap<(Address, DateTime<Utc>), (u128, u128)> {
-        let rows: Vec<(String, DateTime<Utc>, String, String)> = sqlx::query_as(
-            "SELECT address, window_start, twab::text, points::text FROM chainsync.points_history
-             WHERE token = $1 AND window_start >= $2 AND window_start < $3",
+        timeline::stored_points(
+            &self.pool,
+            self.token,
+            self.time(hours.start * HOUR),
+            self.time(hours.end * HOUR),
         )
-        .bind(format!("{:#x}", self.token))
-        .bind(self.time(hours.start * HOUR))
-        .bind(self.time(hours.end * HOUR))
-        .fetch_all(&self.pool)
         .await
-        .unwrap();
-        rows.into_iter()
-            .map(|(a, w, t, p)| {
-                (
-                    (a.parse().unwrap(), w),
-                    (t.parse().unwrap(), p.parse().unwrap()),
-                )
-            })
-            .collect()
     }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.follower.await.unwrap();
-        self.rt.stop().await;
-    }
-}
-
-/// Independent reference: per holder and window, floor(Σ balance × seconds / 3600) with the
-/// balance changing at each change's block time, and floor(twab × 0.25). No window before a
-/// holder's first change.
-fn reference(
-    timeline: &BTreeMap<Address, Vec<(DateTime<Utc>, u128)>>,
-    windows: &[DateTime<Utc>],
-) -> BTreeMap<(Address, DateTime<Utc>), (u128, u128)> {
-    let mut out = BTreeMap::new();
-    for (who, changes) in timeline {
-        for w in windows {
-            let end = *w + chrono::Duration::hours(1);
-            if changes.first().is_none_or(|c| c.0 >= end) {
-                continue;
-            }
-            let mut amount = changes.iter().rev().find(|c| c.0 <= *w).map_or(0, |c| c.1);
-            let mut at = *w;
-            let mut sum: u128 = 0;
-            for (t, a) in changes.iter().filter(|c| c.0 > *w && c.0 < end) {
-                sum += amount * (*t - at).num_seconds() as u128;
-                at = *t;
-                amount = *a;
-            }
-            sum += amount * (end - at).num_seconds() as u128;
-            let twab = sum / 3600;
-            out.insert((*who, *w), (twab, twab / RATE_DIV));
-        }
-    }
-    out
-}
-
-fn times_only(t: &Timeline) -> BTreeMap<Address, Vec<(DateTime<Utc>, u128)>> {
-    t.iter()
-        .map(|(a, v)| (*a, v.iter().map(|(_, t, b)| (*t, *b)).collect()))
-        .collect()
 }
 
 /// The history of every holder, as stored, equals the log-derived timeline: same blocks, same
