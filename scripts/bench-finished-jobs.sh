@@ -10,7 +10,7 @@
 # generate_series (JOBS finished over the last 72 hours, 10 % of them cancelled; LIVE available
 # and RUNNING leased jobs), the measurements; then the migration applied to those rows (timed:
 # the migration of an existing database), one prune pass as a daemon with 1 day of retention
-# runs it (ranges ahead), the same measurements. Prunes and completions run inside a rolled-back
+# runs it (ranges ahead), VACUUM FULL of the hot table, the same measurements. Prunes and completions run inside a rolled-back
 # transaction, so both sides see the same rows. Each read is timed REPEAT times (psql \timing);
 # the median is printed. The database is dropped at the end (KEEP=1 keeps it).
 set -euo pipefail
@@ -142,6 +142,10 @@ migrations after
 printf '%-52s %8.1f s\n' "migration" "$(echo "$(date +%s.%N) - $start" | bc)"
 q -Atc "SELECT chainsync.finished_jobs_prepare(now(), interval '1 day')" >/dev/null
 q -c "VACUUM ANALYZE" >/dev/null
+printf '%-52s %s\n' "size of the hot table after the migration" "$(size jobs)"
+# The migration deletes the finished rows from the hot table; their space is reused by new jobs,
+# or given back at once by a VACUUM FULL (it locks the table: done here before measuring).
+q -c "VACUUM FULL chainsync.jobs" -c "ANALYZE chainsync.jobs" >/dev/null
 printf '%-52s %s\n' "ranges of finished_jobs" "$(q -Atc "SELECT count(*) FROM chainsync.finished_job_partitions")"
 
 measure "after (chainsync.finished_jobs, partitioned)" all_jobs finished_jobs jobs
