@@ -41,22 +41,25 @@ $$;
 
 CREATE FUNCTION chainsync.finished_jobs_floor(t timestamptz, width interval) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT to_timestamp(floor(extract(epoch FROM t) / extract(epoch FROM width)) * extract(epoch FROM width))
+    SELECT to_timestamp(floor(extract(epoch FROM t) / extract(epoch FROM width))
+                        * extract(epoch FROM width))
 $$;
 
 -- Creates the ranges up to `p_now` plus three widths (at least an hour, or 12 widths) ahead
--- (without `ahead`: up to the range holding `p_now`), for a retention
--- of `retention`. Without any range yet the first starts at `p_start` (or the oldest row of the
--- DEFAULT partition not past the retention, or `p_now`), rounded down, and ranges of the width follow. A gap since the
--- last range (no pass for a while) is closed by one range up to `p_now`. Rows of the DEFAULT partition that belong to a new range
--- move into it. Returns the ranges created. The caller serializes passes (an advisory lock).
+-- (without `ahead`: up to the range holding `p_now`), for a retention of `retention`. Without any
+-- range yet the first starts at `p_start` (or the oldest row of the DEFAULT partition not past
+-- the retention, or `p_now`), rounded down, and ranges of the width follow. A gap since the last
+-- range (no pass for a while) is closed by one range up to `p_now`. Rows of the DEFAULT partition
+-- that belong to a new range move into it. Returns the ranges created. The caller serializes
+-- passes (an advisory lock).
 CREATE FUNCTION chainsync.finished_jobs_prepare(p_now timestamptz, retention interval,
                                                 p_start timestamptz DEFAULT NULL,
                                                 ahead boolean DEFAULT true)
 RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     width interval := chainsync.finished_jobs_width(retention);
-    horizon timestamptz := p_now + CASE WHEN ahead THEN greatest(3 * width, least(12 * width, interval '1 hour'))
+    horizon timestamptz := p_now + CASE WHEN ahead
+                                        THEN greatest(3 * width, least(12 * width, interval '1 hour'))
                                         ELSE interval '0' END;
     created int := 0;
     lo timestamptz;
@@ -68,8 +71,10 @@ BEGIN
     fresh := lo IS NULL;
     IF fresh THEN
         lo := chainsync.finished_jobs_floor(
-            least(coalesce(p_start, greatest((SELECT min(finished_at) FROM chainsync.finished_jobs_default),
-                                             p_now - retention), p_now), p_now),
+            least(coalesce(p_start,
+                           (SELECT greatest(min(finished_at), p_now - retention)
+                              FROM chainsync.finished_jobs_default HAVING count(*) > 0),
+                           p_now), p_now),
             width);
     END IF;
     WHILE lo < horizon LOOP
@@ -78,18 +83,22 @@ BEGIN
             hi := chainsync.finished_jobs_floor(p_now, width);
         END IF;
         part := 'finished_jobs_p' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI');
-        EXECUTE format('CREATE TABLE chainsync.%I (LIKE chainsync.finished_jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
-        IF EXISTS (SELECT 1 FROM chainsync.finished_jobs_default WHERE finished_at >= lo AND finished_at < hi) THEN
-            -- Attaching takes a weaker lock on the parent than readers need: a query planned
-            -- before the attach would run after it and see the moved rows in neither place, so no
-            -- query of the table runs until this transaction ends.
+        EXECUTE format('CREATE TABLE chainsync.%I
+                        (LIKE chainsync.finished_jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+        -- A range that has begun may have rows in the DEFAULT partition, and get more until it is
+        -- attached: they move, with the table held. Attaching takes a weaker lock on the parent
+        -- than readers need: a query planned before the attach would run after it and see the
+        -- moved rows in neither place, so no query of the table runs until this transaction
+        -- ends. Ranges ahead of the clock (every range of a pass keeping up) attach without it.
+        IF lo <= p_now OR EXISTS (SELECT 1 FROM chainsync.finished_jobs_default
+                                  WHERE finished_at >= lo AND finished_at < hi) THEN
             LOCK TABLE chainsync.finished_jobs IN ACCESS EXCLUSIVE MODE;
             EXECUTE format('WITH m AS (DELETE FROM chainsync.finished_jobs_default
                                        WHERE finished_at >= $1 AND finished_at < $2 RETURNING *)
                             INSERT INTO chainsync.%I SELECT * FROM m', part) USING lo, hi;
         END IF;
-        EXECUTE format('ALTER TABLE chainsync.finished_jobs ATTACH PARTITION chainsync.%I FOR VALUES FROM (%L) TO (%L)',
-                       part, lo, hi);
+        EXECUTE format('ALTER TABLE chainsync.finished_jobs ATTACH PARTITION chainsync.%I
+                        FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
         INSERT INTO chainsync.finished_job_partitions VALUES (lo, hi, part);
         created := created + 1;
         lo := hi;
