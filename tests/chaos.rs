@@ -317,6 +317,9 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         .map(|i| Daemon::start(dir.path(), &format!("d{i}"), &cfg))
         .collect();
     let size_sql = "SELECT pg_total_relation_size('chainsync.jobs')";
+    // Finished jobs, in their ranges (dropped by the pruner a minute or two after finishing).
+    let finished_size_sql = "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint
+                             FROM pg_partition_tree('chainsync.finished_jobs')";
     // Three rounds on the same daemons. The first leaves empty index pages that VACUUM can only
     // recycle later; from then on each round reuses the space the one before freed.
     const ROUNDS: u64 = 3;
@@ -326,6 +329,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         enqueue_noops(&url, n).await;
         let enqueued = t0.elapsed();
         let mut peak = 0i64;
+        let mut finished_peak = 0i64;
         wait(
             format!("round {round}: every job done"),
             Duration::from_secs(1800),
@@ -338,6 +342,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
             )
             .await;
             peak = peak.max(count(&pool, size_sql).await);
+            finished_peak = finished_peak.max(count(&pool, finished_size_sql).await);
             if open == 0 {
                 return Ok(());
             }
@@ -348,7 +353,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         })
         .await;
         let total = t0.elapsed();
-        // The pruner deletes completed jobs past the retention: the table ends empty.
+        // The pruner drops the ranges of finished jobs past the retention: nothing is left.
         wait_until(
             &pool,
             "SELECT (CASE WHEN count(*) = 0 THEN 1 ELSE 0 END)::bigint FROM chainsync.all_jobs",
@@ -365,7 +370,8 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
         println!(
             "load round {round}: {n} jobs enqueued in {:.1}s ({:.0}/s) while 3 daemons drained them; \
              all done {:.1}s after the first insert ({:.0} jobs/s end to end); \
-             jobs table peak {} MB, after prune + VACUUM {} MB (heap {} kB, the rest indexes)",
+             jobs table peak {} MB, after prune + VACUUM {} MB (heap {} kB, the rest indexes); \
+             finished jobs peak {} MB",
             enqueued.as_secs_f64(),
             n as f64 / enqueued.as_secs_f64(),
             total.as_secs_f64(),
@@ -373,6 +379,7 @@ async fn load_three_daemons_drain_and_pruning_bounds_the_table(pool: PgPool) {
             peak / (1 << 20),
             size / (1 << 20),
             heap / 1024,
+            finished_peak / (1 << 20),
         );
         after.push((peak, size));
     }
