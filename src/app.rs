@@ -310,3 +310,39 @@ impl App {
         .map_err(AppError::Services)
     }
 }
+
+/// The daemon's job-running parts in-process: workers and live ingestion over an [`App`], without
+/// the scheduler, maintenance or HTTP (benchmarks and tests drive those themselves).
+pub struct Running {
+    rt: crate::runtime::Runtime,
+    stop: tokio_util::sync::CancellationToken,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(app: &App) -> Result<Self, AppError> {
+        let services = app.services().await?;
+        let rt = crate::runtime::Runtime::start(
+            app.queue.clone(),
+            app.registry.clone(),
+            services.clone(),
+            app.config.worker.clone(),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let follower = {
+            let domain = chainsync_jobs::domain::Domain::new(services);
+            let (queue, stop) = (app.queue.clone(), stop.clone());
+            tokio::spawn(async move { domain.follow(Arc::new(queue), stop).await })
+        };
+        Ok(Self { rt, stop, follower })
+    }
+
+    /// Stops ingestion, then the workers (running jobs finish or are given back). The error is
+    /// the ingestion task's panic, if it panicked (the workers are stopped all the same).
+    pub async fn stop(self) -> Result<(), tokio::task::JoinError> {
+        self.stop.cancel();
+        let followed = self.follower.await;
+        self.rt.stop().await;
+        followed
+    }
+}

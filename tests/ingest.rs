@@ -3,7 +3,7 @@
 //! shrinking against a node that refuses large ranges, referral counts.
 
 mod common;
-use common::db_url;
+use common::{db_url, running::Running};
 
 use std::{
     net::SocketAddr,
@@ -382,19 +382,7 @@ async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
     let token = chain.deploy_token("T", "TST", 18).await.unwrap();
     let referral = chain.deploy_referral().await.unwrap();
     let app = app(&pool, &chain.url(), token, referral, 100).await;
-    let services = app.services().await.unwrap();
-    let runtime = chainsync::runtime::Runtime::start(
-        app.queue.clone(),
-        app.registry.clone(),
-        services.clone(),
-        app.config.worker.clone(),
-    );
-    let stop = tokio_util::sync::CancellationToken::new();
-    let follower = {
-        let domain = chainsync_jobs::domain::Domain::new(services);
-        let (queue, stop) = (app.queue.clone(), stop.clone());
-        tokio::spawn(async move { domain.follow(std::sync::Arc::new(queue), stop).await })
-    };
+    let running = Running::start(&app).await;
     let holders = devchain::random_holders(9, 20, devchain::units(5, 18));
     chain.mint_many(token, &holders).await.unwrap();
     chain
@@ -423,9 +411,7 @@ async fn live_mode_follows_new_blocks_to_the_balance_rows(pool: PgPool) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    follower.await.unwrap();
-    runtime.stop().await;
+    running.stop().await;
 }
 
 #[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]

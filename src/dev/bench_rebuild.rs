@@ -41,7 +41,10 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config, runtime::Runtime};
+use crate::{
+    app::{App, Running},
+    config::Config,
+};
 use chainsync_dev::devchain::{self, DevChain, DevChainOptions};
 
 sol! {
@@ -187,38 +190,6 @@ async fn counting_proxy(
         }
     });
     Ok(format!("http://{addr}"))
-}
-
-/// The daemon's moving parts in-process: workers and live ingestion.
-struct Running {
-    rt: Runtime,
-    stop: CancellationToken,
-    follower: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(app: &App) -> anyhow::Result<Self> {
-        let services = app.services().await?;
-        let rt = Runtime::start(
-            app.queue.clone(),
-            app.registry.clone(),
-            services.clone(),
-            app.config.worker.clone(),
-        );
-        let stop = CancellationToken::new();
-        let follower = {
-            let domain = chainsync_jobs::domain::Domain::new(services);
-            let (queue, stop) = (app.queue.clone(), stop.clone());
-            tokio::spawn(async move { domain.follow(Arc::new(queue), stop).await })
-        };
-        Ok(Self { rt, stop, follower })
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.follower.await;
-        self.rt.stop().await;
-    }
 }
 
 async fn scalar(pool: &PgPool, sql: &'static str) -> anyhow::Result<i64> {
@@ -514,7 +485,7 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
     let limit = Duration::from_secs(600);
     let initial_ingest = wait_ingested(&pool, head, t, limit).await?;
     let initial_points = wait_points(&pool, window(0)?, opts.holders, t, limit).await?;
-    running.stop().await;
+    let _ = running.stop().await;
 
     // The outage: `hours` of chain time, a block every `block_seconds`, transfers spread over them.
     let blocks = usize::try_from(opts.hours * HOUR / opts.block_seconds)?;
@@ -563,7 +534,7 @@ pub async fn run(opts: &RebuildOptions) -> anyhow::Result<serde_json::Value> {
     let rpc_at_ingested = counts.snapshot();
     let points_secs = wait_points(&pool, last_window, opts.holders, t, limit).await?;
     let rpc_at_points = counts.snapshot();
-    running.stop().await;
+    let _ = running.stop().await;
     proxy_stop.cancel();
     let dead = scalar(&pool, "SELECT count(*) FROM chainsync.dead_letters").await?;
     if dead > 0 {

@@ -1,35 +1,16 @@
-//! The daemon's moving parts in-process: workers and live ingestion, over an [`App`].
+//! The daemon's moving parts in-process ([`chainsync::app::Running`]: workers and live
+//! ingestion), failing the test if they cannot start or ingestion panicked.
 
-use chainsync::{app::App, runtime::Runtime};
-use tokio_util::sync::CancellationToken;
+use chainsync::app::App;
 
-pub struct Running {
-    rt: Runtime,
-    stop: CancellationToken,
-    follower: tokio::task::JoinHandle<()>,
-}
+pub struct Running(chainsync::app::Running);
 
 impl Running {
     pub async fn start(app: &App) -> Self {
-        let services = app.services().await.unwrap();
-        let rt = Runtime::start(
-            app.queue.clone(),
-            app.registry.clone(),
-            services.clone(),
-            app.config.worker.clone(),
-        );
-        let stop = CancellationToken::new();
-        let follower = {
-            let domain = chainsync_jobs::domain::Domain::new(services);
-            let (queue, stop) = (app.queue.clone(), stop.clone());
-            tokio::spawn(async move { domain.follow(std::sync::Arc::new(queue), stop).await })
-        };
-        Self { rt, stop, follower }
+        Self(chainsync::app::Running::start(app).await.unwrap())
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.follower.await.unwrap();
-        self.rt.stop().await;
+        self.0.stop().await.unwrap();
     }
 }

@@ -263,6 +263,26 @@ impl JobConditions {
     }
 }
 
+/// A statement of `action` over the jobs `q` selects that answers a count: the filter's
+/// parameters bound as [`JobConditions`] numbers them, `$9` the states the action applies to.
+fn count_of<'q>(
+    sql: String,
+    q: &'q JobQuery,
+    (lo, hi): (Option<Uuid>, Option<Uuid>),
+    action: BulkJobAction,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&q.state)
+        .bind(&q.kind)
+        .bind(&q.queue)
+        .bind(&q.text)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(lo)
+        .bind(hi)
+        .bind(action.states())
+}
+
 /// Jobs a listing examines at most, newest first, when its filter has no index to follow: a
 /// filter matching rarely (or never) answers in bounded time, saying how far it looked, with a
 /// link to look further.
@@ -430,16 +450,7 @@ impl Queue {
         );
         let mut tx = self.pool.begin().await?;
         sqlx::query(LISTING_TIMEOUT).execute(&mut *tx).await?;
-        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(&q.state)
-            .bind(&q.kind)
-            .bind(&q.queue)
-            .bind(&q.text)
-            .bind(q.from)
-            .bind(q.to)
-            .bind(lo)
-            .bind(hi)
-            .bind(action.states())
+        let n = count_of(sql, q, (lo, hi), action)
             .fetch_one(&mut *tx)
             .await
             .map_err(timed_out)?;
@@ -491,16 +502,7 @@ impl Queue {
             let mut tx = self.pool.begin().await?;
             let mut changed = 0;
             for sql in sqls {
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(&q.state)
-                    .bind(&q.kind)
-                    .bind(&q.queue)
-                    .bind(&q.text)
-                    .bind(q.from)
-                    .bind(q.to)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(action.states())
+                let n = count_of(sql, q, (lo, hi), action)
                     .fetch_one(&mut *tx)
                     .await?;
                 changed += u64::try_from(n).unwrap_or(0);

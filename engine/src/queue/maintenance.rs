@@ -52,11 +52,11 @@ impl Queue {
         let batch_i32 = i32::try_from(batch).unwrap_or(i32::MAX);
         for i in 0..max_batches.max(1) {
             match self.prune_pass(now, retention, batch_i32, i == 0).await {
-                Ok(p) => {
+                Ok((p, strays)) => {
                     pruned.ranges_created += p.ranges_created;
                     pruned.ranges_dropped += p.ranges_dropped;
-                    pruned.jobs += p.jobs + u64::try_from(p.strays).unwrap_or(0);
-                    if p.strays < i64::from(batch_i32) {
+                    pruned.jobs += p.jobs;
+                    if strays < i64::from(batch_i32) {
                         break;
                     }
                 }
@@ -86,11 +86,15 @@ impl Queue {
         retention: Duration,
         batch: i32,
         prepare: bool,
-    ) -> Result<Pass, QueueError> {
+    ) -> Result<(Pruned, i64), QueueError> {
         let secs = retention.as_secs_f64();
         let mut tx = self.pool.begin().await?;
         sqlx::query(PRUNE_LOCK).execute(&mut *tx).await?;
-        sqlx::query(PRUNE_LOCK_TIMEOUT_SQL)
+        let lock_timeout = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            PRUNE_LOCK_TIMEOUT.as_millis()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(lock_timeout))
             .execute(&mut *tx)
             .await?;
         let ranges_created = if prepare {
@@ -114,12 +118,15 @@ impl Queue {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Pass {
+        // What the pass removed: the dropped ranges' jobs and the DEFAULT partition's old rows
+        // (`strays`, also returned: a full batch of them means more may be left).
+        let pruned = Pruned {
+            jobs: u64::try_from(jobs + strays).unwrap_or(0),
             ranges_created,
             ranges_dropped,
-            jobs: u64::try_from(jobs).unwrap_or(0),
-            strays,
-        })
+            busy: false,
+        };
+        Ok((pruned, strays))
     }
 }
 
@@ -134,17 +141,9 @@ pub struct Pruned {
     pub busy: bool,
 }
 
-struct Pass {
-    ranges_created: i32,
-    ranges_dropped: i32,
-    jobs: u64,
-    strays: i64,
-}
-
 /// How long a prune waits for the finished jobs' table lock (creating, dropping a range) before
 /// giving up until the next pass: completions wait behind it meanwhile.
 pub const PRUNE_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
-const PRUNE_LOCK_TIMEOUT_SQL: &str = "SET LOCAL lock_timeout = '500ms'";
 /// Serializes the prunes of several daemons (transaction-scoped: no session state).
 const PRUNE_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended('chainsync.finished_jobs', 0))";
