@@ -1166,3 +1166,48 @@ async fn migration_moves_finished_jobs_out_of_the_hot_table(pool: PgPool) {
     .unwrap_err();
     assert!(err.to_string().contains("jobs_live"), "{err}");
 }
+
+/// A prune that would drop a range while a reader holds the table gives up within
+/// `PRUNE_LOCK_TIMEOUT` (nothing dropped, `busy`), and the next pass drops it.
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_prune_behind_a_long_reader_gives_up_and_the_next_one_drops(pool: PgPool) {
+    let q = setup(&pool).await;
+    q.enqueue_many((0..20).map(|i| record(&format!("b{i}"))).collect())
+        .await
+        .unwrap();
+    sqlx::query("SELECT chainsync.finish_jobs(ARRAY(SELECT id FROM chainsync.jobs), 'completed')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let db_now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    q.prune_as_of(Some(db_now), day, 100, 10).await.unwrap();
+    let later = Some(db_now + chrono::Duration::days(2));
+
+    let mut reader = pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM chainsync.all_jobs")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let p = q.prune_as_of(later, day, 100, 10).await.unwrap();
+    assert!(p.busy, "{p:?}");
+    assert_eq!((p.jobs, p.ranges_dropped), (0, 0));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        20
+    );
+    reader.commit().await.unwrap();
+
+    let p = q.prune_as_of(later, day, 100, 10).await.unwrap();
+    assert!(!p.busy);
+    assert_eq!(p.jobs, 20);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM chainsync.all_jobs").await,
+        0
+    );
+}
