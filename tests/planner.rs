@@ -322,3 +322,51 @@ async fn a_limited_fetch_never_walks_the_backlog_of_another_kind(pool: PgPool) {
         one.close().await;
     }
 }
+
+/// Relations a plan scans.
+fn scanned(node: &serde_json::Value, out: &mut Vec<String>) {
+    if let Some(r) = node["Relation Name"].as_str() {
+        out.push(r.to_string());
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        scanned(child, out);
+    }
+}
+
+/// A listing's state, written into the statement as a literal (as the job browser does), reads
+/// only the table that can hold it: a finished state never scans `chainsync.jobs`, a live one
+/// never a range of `chainsync.finished_jobs` (their CHECK constraints leave the other table out
+/// of the plan of `chainsync.all_jobs`).
+#[sqlx::test(migrator = "chainsync_jobs::MIGRATOR")]
+async fn a_state_in_a_listing_reads_only_its_table(pool: PgPool) {
+    sqlx::query("SELECT chainsync.finished_jobs_prepare(now(), interval '1 day')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (state, finished) in [
+        ("completed", true),
+        ("cancelled", true),
+        ("available", false),
+        ("running", false),
+    ] {
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM chainsync.all_jobs
+             WHERE state = '{state}' AND kind = 'noop' ORDER BY id DESC LIMIT 51"
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let mut rels = Vec::new();
+        scanned(&plan[0]["Plan"], &mut rels);
+        let ranges = rels
+            .iter()
+            .filter(|r| r.starts_with("finished_jobs"))
+            .count();
+        let live = rels.iter().filter(|r| *r == "jobs").count();
+        if finished {
+            assert!(ranges > 0 && live == 0, "{state}: {rels:?}");
+        } else {
+            assert!(ranges == 0 && live == 1, "{state}: {rels:?}");
+        }
+    }
+}
